@@ -1,0 +1,136 @@
+// Package blocks holds the Blockfile data model: content-addressed blocks, the
+// `.import.` stub that stands for a block inside a blocked layer, and the media
+// types and annotations that tie a standard image to its blocked form.
+//
+// The format is specified in prose in docs/FORMAT.md; this file is the same
+// specification in Go. Keep the two in step. Nothing under blocks/ imports
+// BuildKit: these packages are used by the CLI, by bundles and by the frontend
+// alike.
+package blocks
+
+import (
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// FormatVersion is the version of the Blockfile format described in docs/FORMAT.md.
+const FormatVersion = 1
+
+// Media types.
+const (
+	// MediaTypeBlock is a raw block: the exact bytes of one file, addressed by
+	// the sha256 of those bytes (what sha256sum prints for the file).
+	MediaTypeBlock = "application/vnd.blockfile.block.v1"
+
+	// MediaTypeTree is a tree block: the canonical JSON document of a folder
+	// (see blocks/tree). Its digest is the sha256 of that document.
+	MediaTypeTree = "application/vnd.blockfile.tree.v1+json"
+
+	// MediaTypeMemberGzip is a block's data member in a gzip block-framed
+	// layer: one gzip member holding the block's bytes plus tar padding to
+	// 512. It depends only on the block's bytes (no name, mtime 0).
+	MediaTypeMemberGzip = "application/vnd.blockfile.member.v1.tar+gzip"
+
+	// MediaTypeMemberZstd is the zstd counterpart of MediaTypeMemberGzip: one
+	// zstd frame holding the block's bytes plus tar padding.
+	MediaTypeMemberZstd = "application/vnd.blockfile.member.v1.tar+zstd"
+
+	// ArtifactTypeBlocked is the artifactType of a blocked manifest: the same
+	// image as a standard manifest, with block data replaced by stubs.
+	ArtifactTypeBlocked = "application/vnd.blockfile.blocked.v1"
+
+	// ArtifactTypeBlockSet is the artifactType of a block-set manifest: the
+	// list of block members that the stubs of one blocked layer name. It
+	// exists so that every registry's garbage collector keeps the members.
+	ArtifactTypeBlockSet = "application/vnd.blockfile.blockset.v1"
+)
+
+// Annotations.
+const (
+	// AnnotationBlockedOf, on a blocked manifest (and on its entry in the
+	// image index), is the digest of the standard manifest it is the blocked
+	// form of.
+	AnnotationBlockedOf = "dev.blockfile.blocked-of"
+
+	// AnnotationBlockSetOf, on a block-set manifest (and on its entry in the
+	// image index), is the digest of the blocked layer whose stubs it serves.
+	AnnotationBlockSetOf = "dev.blockfile.blockset-of"
+
+	// AnnotationStandard, on an image index written by blockfile, is the
+	// digest of the standard image (a manifest, or for a multi-platform
+	// image an index of the standard manifests) that hydrate reproduces.
+	AnnotationStandard = "dev.blockfile.standard"
+
+	// AnnotationStandardMediaType is the media type of AnnotationStandard.
+	AnnotationStandardMediaType = "dev.blockfile.standard.mediatype"
+
+	// AnnotationStandardSize is the size in bytes of AnnotationStandard.
+	AnnotationStandardSize = "dev.blockfile.standard.size"
+
+	// AnnotationBlockDigest, on a block member descriptor, is the raw
+	// block digest whose bytes the member holds.
+	AnnotationBlockDigest = "dev.blockfile.block.digest"
+
+	// LabelImports is the image config label in which the frontend records
+	// what IMPORT placed where: a JSON object mapping an absolute path in the
+	// image to a block digest ("sha256:<hex>"). A path ending in "/" names
+	// the destination folder of a tree block.
+	LabelImports = "dev.blockfile.imports"
+)
+
+// StubPrefix starts the base name of a stub entry in a blocked layer:
+// the block at <dir>/<name> is stood for by <dir>/.import.<name>.
+const StubPrefix = ".import."
+
+// StubMagic is the first line of every stub document. A file that starts
+// with it is a stub; export refuses source layers that hold such a file, so
+// stubs are never ambiguous.
+const StubMagic = "blockfile-stub/v1\n"
+
+// Stub is the document inside a `.import.` stub entry (after StubMagic, as
+// one JSON object). It says which block fills the path and carries what
+// exact reassembly needs.
+type Stub struct {
+	// Block is the raw block: digest and size of the file's bytes.
+	Block Ref `json:"block"`
+
+	// Member is the exact compressed member (gzip member or zstd frame) that
+	// holds the block's bytes plus tar padding in the standard layer. It
+	// must be listed in the block-set manifest of this blocked layer.
+	Member Ref `json:"member"`
+
+	// Header is the original tar header record(s) of the file, PAX and GNU
+	// long-name records included, byte for byte. In the standard layer they
+	// sit in a member of their own, encoded deterministically (gzip stored
+	// blocks, zstd raw blocks; see docs/FORMAT.md), so the stub carries the
+	// raw bytes and any implementation can reproduce the member exactly.
+	Header []byte `json:"header"`
+}
+
+// Ref names a blob by digest and size.
+type Ref struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+}
+
+// Descriptor returns r as an OCI descriptor of the given media type.
+func (r Ref) Descriptor(mediaType string) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: mediaType, Digest: r.Digest, Size: r.Size}
+}
+
+// Compression is a layer compression that blockfile can frame.
+type Compression string
+
+// Compressions.
+const (
+	Gzip Compression = "gzip"
+	Zstd Compression = "zstd"
+)
+
+// MemberMediaType returns the block member media type for c.
+func (c Compression) MemberMediaType() string {
+	if c == Zstd {
+		return MediaTypeMemberZstd
+	}
+	return MediaTypeMemberGzip
+}
