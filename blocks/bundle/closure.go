@@ -1,0 +1,281 @@
+package bundle
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
+)
+
+// Fetcher reads blobs. Fetch must verify: its reader returns an error at EOF
+// when the bytes do not match desc (the store, transport sources and the
+// bundle reader all do).
+type Fetcher interface {
+	Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+}
+
+// Closure is what a target must hold for one image to hydrate: every blob
+// reachable from the image index except the standard layers that hydrate
+// rebuilds from blocked layers and block members.
+type Closure struct {
+	Image
+
+	// Blobs are the blobs the target must hold, each once, in walk order.
+	Blobs []Blob
+
+	// Hydrated are the standard layers the target rebuilds rather than
+	// receives (their blocked counterpart has another digest).
+	Hydrated []ocispec.Descriptor
+}
+
+// Walk computes the closure of the image index idx, tagged name. It reads
+// every index and manifest through f, and nothing else.
+func Walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor) (*Closure, error) {
+	w := &walker{
+		f:      f,
+		pos:    map[digest.Digest]int{},
+		layers: map[digest.Digest][]ocispec.Descriptor{},
+		entry:  map[digest.Digest]ocispec.Descriptor{},
+	}
+	c := &Closure{Image: Image{Name: name, Index: plainDescriptor(idx)}}
+	root, err := w.index(ctx, idx)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	std, err := standardOf(root, idx)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: index %s: %w", name, idx.Digest, err)
+	}
+	c.Standard = std
+	switch std.MediaType {
+	case ocispec.MediaTypeImageManifest:
+		e, ok := w.entry[std.Digest]
+		if !ok {
+			return nil, fmt.Errorf("image %s: the standard manifest %s is not listed in index %s", name, std.Digest, idx.Digest)
+		}
+		c.Platforms = platformsOf([]ocispec.Descriptor{e})
+	default:
+		// A multi-platform source: the standard index is a blob of its own
+		// that gc keeps through the annotation; it lists the standard entries.
+		var sub *ocispec.Index
+		if _, seen := w.pos[std.Digest]; seen {
+			sub = new(ocispec.Index)
+			err = getJSON(ctx, w.f, std, sub)
+		} else {
+			sub, err = w.index(ctx, std)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("image %s: standard index: %w", name, err)
+		}
+		c.Platforms = platformsOf(sub.Manifests)
+	}
+
+	// A standard layer is rebuilt at the target when the blocked manifest
+	// of its manifest has, at the same position, a layer of another digest.
+	hydrated := map[digest.Digest]ocispec.Descriptor{}
+	asIs := map[digest.Digest]bool{} // used unchanged by some blocked manifest
+	for _, b := range w.blocked {
+		of, err := digest.Parse(b.entry.Annotations[blocks.AnnotationBlockedOf])
+		if err != nil {
+			return nil, fmt.Errorf("image %s: blocked manifest %s: annotation %s: %w", name, b.entry.Digest, blocks.AnnotationBlockedOf, err)
+		}
+		std, ok := w.layers[of]
+		if !ok {
+			return nil, fmt.Errorf("image %s: blocked manifest %s is the blocked form of %s, which the index does not list", name, b.entry.Digest, of)
+		}
+		if len(std) != len(b.layers) {
+			return nil, fmt.Errorf("image %s: blocked manifest %s has %d layers, its standard manifest %s has %d", name, b.entry.Digest, len(b.layers), of, len(std))
+		}
+		for i := range std {
+			if std[i].Digest != b.layers[i].Digest {
+				hydrated[std[i].Digest] = plainDescriptor(std[i])
+			} else {
+				// A layer without blocks is its own blocked form.
+				w.blobs[w.pos[std[i].Digest]].Kind = KindLayer
+				asIs[std[i].Digest] = true
+			}
+		}
+	}
+	for _, blob := range w.blobs {
+		if _, ok := hydrated[blob.Digest]; ok && blob.Kind == KindLayer && !asIs[blob.Digest] {
+			continue
+		}
+		c.Blobs = append(c.Blobs, blob)
+	}
+	for d := range asIs {
+		delete(hydrated, d)
+	}
+	c.Hydrated = w.hydratedOrder(hydrated)
+	return c, nil
+}
+
+type blockedManifest struct {
+	entry  ocispec.Descriptor
+	layers []ocispec.Descriptor
+}
+
+type walker struct {
+	f       Fetcher
+	blobs   []Blob
+	pos     map[digest.Digest]int
+	layers  map[digest.Digest][]ocispec.Descriptor // standard manifest -> its layers
+	entry   map[digest.Digest]ocispec.Descriptor   // standard manifest -> its index entry
+	blocked []blockedManifest
+}
+
+// add records a blob once, with the first role it is seen in.
+func (w *walker) add(d ocispec.Descriptor, k Kind) {
+	if _, ok := w.pos[d.Digest]; ok {
+		return
+	}
+	w.pos[d.Digest] = len(w.blobs)
+	w.blobs = append(w.blobs, Blob{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Kind: k})
+}
+
+func (w *walker) index(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Index, error) {
+	var idx ocispec.Index
+	if err := getJSON(ctx, w.f, desc, &idx); err != nil {
+		return nil, err
+	}
+	if idx.MediaType != "" && idx.MediaType != ocispec.MediaTypeImageIndex {
+		return nil, fmt.Errorf("%s: media type %q, want an OCI image index", desc.Digest, idx.MediaType)
+	}
+	w.add(desc, KindIndex)
+	for _, e := range idx.Manifests {
+		if err := w.manifest(ctx, e); err != nil {
+			return nil, err
+		}
+	}
+	return &idx, nil
+}
+
+func (w *walker) manifest(ctx context.Context, e ocispec.Descriptor) error {
+	if _, ok := w.pos[e.Digest]; ok {
+		return nil
+	}
+	switch e.MediaType {
+	case ocispec.MediaTypeImageIndex:
+		_, err := w.index(ctx, e)
+		return err
+	case ocispec.MediaTypeImageManifest:
+	default:
+		return fmt.Errorf("%s: media type %q is neither an OCI manifest nor an OCI index", e.Digest, e.MediaType)
+	}
+	var m ocispec.Manifest
+	if err := getJSON(ctx, w.f, e, &m); err != nil {
+		return err
+	}
+	kind, layerKind := KindManifest, KindLayer
+	switch {
+	case e.Annotations[blocks.AnnotationBlockedOf] != "" || m.ArtifactType == blocks.ArtifactTypeBlocked:
+		kind, layerKind = KindBlockedManifest, KindBlockedLayer
+		w.blocked = append(w.blocked, blockedManifest{entry: e, layers: m.Layers})
+		if e.Annotations[blocks.AnnotationBlockedOf] == "" {
+			// The index entry is what names the standard manifest.
+			return fmt.Errorf("blocked manifest %s: index entry lacks %s", e.Digest, blocks.AnnotationBlockedOf)
+		}
+	case e.Annotations[blocks.AnnotationBlockSetOf] != "" || m.ArtifactType == blocks.ArtifactTypeBlockSet:
+		kind, layerKind = KindBlockSet, KindBlock
+	default:
+		w.layers[e.Digest] = m.Layers
+		w.entry[e.Digest] = e
+	}
+	w.add(e, kind)
+	w.add(m.Config, KindConfig)
+	for _, l := range m.Layers {
+		w.add(l, layerKind)
+	}
+	return nil
+}
+
+// hydratedOrder lists the hydrated layers in walk order (deterministic).
+func (w *walker) hydratedOrder(h map[digest.Digest]ocispec.Descriptor) []ocispec.Descriptor {
+	var out []ocispec.Descriptor
+	for _, b := range w.blobs {
+		if d, ok := h[b.Digest]; ok {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// standardOf reads the dev.blockfile.standard annotations of an image index.
+func standardOf(idx *ocispec.Index, self ocispec.Descriptor) (ocispec.Descriptor, error) {
+	a := idx.Annotations
+	if a[blocks.AnnotationStandard] == "" {
+		return ocispec.Descriptor{}, fmt.Errorf("no %s annotation: not an image index written by blockfile export", blocks.AnnotationStandard)
+	}
+	d, err := digest.Parse(a[blocks.AnnotationStandard])
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("annotation %s: %w", blocks.AnnotationStandard, err)
+	}
+	size, err := strconv.ParseInt(a[blocks.AnnotationStandardSize], 10, 64)
+	if err != nil || size <= 0 {
+		return ocispec.Descriptor{}, fmt.Errorf("annotation %s: %q is not a size", blocks.AnnotationStandardSize, a[blocks.AnnotationStandardSize])
+	}
+	mt := a[blocks.AnnotationStandardMediaType]
+	if mt != ocispec.MediaTypeImageManifest && mt != ocispec.MediaTypeImageIndex {
+		return ocispec.Descriptor{}, fmt.Errorf("annotation %s: %q is neither an OCI manifest nor an OCI index", blocks.AnnotationStandardMediaType, mt)
+	}
+	if d == self.Digest {
+		return ocispec.Descriptor{}, fmt.Errorf("annotation %s names the image index itself", blocks.AnnotationStandard)
+	}
+	return ocispec.Descriptor{MediaType: mt, Digest: d, Size: size}, nil
+}
+
+func platformsOf(entries []ocispec.Descriptor) []string {
+	var out []string
+	for _, e := range entries {
+		p := e.Platform
+		if p == nil || p.OS == "unknown" {
+			continue
+		}
+		s := p.OS + "/" + p.Architecture
+		if p.Variant != "" {
+			s += "/" + p.Variant
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// plainDescriptor keeps the fields that identify a blob.
+func plainDescriptor(d ocispec.Descriptor) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}
+}
+
+// getJSON reads a small JSON blob through f, checks its digest and decodes it.
+func getJSON(ctx context.Context, f Fetcher, desc ocispec.Descriptor, v any) error {
+	if desc.Size < 0 || desc.Size > maxJSONSize {
+		return fmt.Errorf("%s: size %d is not that of a manifest (limit %d)", desc.Digest, desc.Size, maxJSONSize)
+	}
+	if err := desc.Digest.Validate(); err != nil {
+		return fmt.Errorf("descriptor digest %q: %w", desc.Digest, err)
+	}
+	rc, err := f.Fetch(ctx, desc)
+	if err != nil {
+		return fmt.Errorf("%s: %w", desc.Digest, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, desc.Size+1))
+	if err != nil {
+		return fmt.Errorf("%s: %w", desc.Digest, err)
+	}
+	// The fetcher verifies; checking again costs nothing at this size and
+	// keeps a walk honest whatever fetcher it is given.
+	if int64(len(data)) != desc.Size || digest.FromBytes(data) != desc.Digest {
+		return fmt.Errorf("%s: content does not match its descriptor (%d bytes read, %d expected)", desc.Digest, len(data), desc.Size)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", desc.Digest, err)
+	}
+	return nil
+}

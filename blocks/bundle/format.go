@@ -1,0 +1,171 @@
+package bundle
+
+import (
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// A bundle is one uncompressed tar file (blobs are already compressed)
+// holding an OCI image layout. The entries come in this order, so that
+// inspect and the prerequisite check read the header without scanning the
+// blobs, and apply can walk the manifests before the first block arrives:
+//
+//	blockfile-bundle.json   the Header below
+//	oci-layout              {"imageLayoutVersion":"1.0.0"}
+//	index.json              one entry per image: its image index, ref.name = NAME
+//	blobs/sha256/<hex>...   the shipped blobs, in Header.Blobs order:
+//	                        metadata first, then layers, then block members
+//
+// Only the blobs that the base does not hold are in blobs/; the others are
+// listed in Header.Requires. docs/BUNDLES.md is the same specification in prose.
+const (
+	// HeaderName is the tar entry of the Header; always the first entry.
+	HeaderName = "blockfile-bundle.json"
+
+	// HeaderMediaType is Header.MediaType.
+	HeaderMediaType = "application/vnd.blockfile.bundle.v1+json"
+
+	// Version is Header.Version for this format.
+	Version = 1
+
+	// blobDir is where blobs sit inside the tar (OCI image layout).
+	blobDir = "blobs/sha256/"
+)
+
+// Limits that keep a hostile bundle from making apply allocate without bound.
+const (
+	maxHeaderSize = 256 << 20 // the header lists every shipped blob: ~150 bytes each
+	maxJSONSize   = 16 << 20  // one index or manifest
+	maxMetaTotal  = 512 << 20 // all manifests held in memory while verifying
+)
+
+// Header is blockfile-bundle.json: what the bundle holds and what it needs.
+type Header struct {
+	// MediaType is HeaderMediaType.
+	MediaType string `json:"mediaType"`
+
+	// Version is the bundle format version (Version); readers refuse others.
+	Version int `json:"version"`
+
+	// Images are the images the bundle delivers, in command-line order.
+	Images []Image `json:"images"`
+
+	// Blobs are the blobs in the tar, in tar order, each exactly once.
+	Blobs []Blob `json:"blobs"`
+
+	// Requires are the blobs the images need that the bundle does not carry
+	// because the base holds them: the target store must hold each one
+	// (same digest and size) before apply writes anything.
+	Requires []Blob `json:"requires"`
+
+	// Adds totals Blobs by kind.
+	Adds Totals `json:"adds"`
+}
+
+// Image is one image in a bundle.
+type Image struct {
+	// Name is the tag the image gets in the target store
+	// (and org.opencontainers.image.ref.name in index.json).
+	Name string `json:"name"`
+
+	// Index is the image index that blockfile export wrote: the standard
+	// image and its blocked form.
+	Index ocispec.Descriptor `json:"index"`
+
+	// Standard is the standard image that apply hydrates: its digest is the
+	// digest the image was built with at the source.
+	Standard ocispec.Descriptor `json:"standard"`
+
+	// Platforms of the standard manifests, as os/arch[/variant].
+	Platforms []string `json:"platforms,omitempty"`
+}
+
+// Kind says what role a blob plays in an image.
+type Kind string
+
+// Kinds, in the order their blobs come in a bundle.
+const (
+	KindIndex           Kind = "index"            // image index, standard index
+	KindManifest        Kind = "manifest"         // standard or attestation manifest
+	KindBlockedManifest Kind = "blocked-manifest" // artifactType ArtifactTypeBlocked
+	KindBlockSet        Kind = "blockset"         // artifactType ArtifactTypeBlockSet
+	KindConfig          Kind = "config"           // image config, empty config of a block-set
+	KindLayer           Kind = "layer"            // a layer shipped as is: no blocks in it, or an attestation
+	KindBlockedLayer    Kind = "blocked-layer"    // a layer with .import. stubs
+	KindBlock           Kind = "block"            // a block member
+)
+
+// rank orders kinds in the tar: what apply needs to walk first, the bulk last.
+func (k Kind) rank() int {
+	switch k {
+	case KindIndex:
+		return 0
+	case KindManifest, KindBlockedManifest, KindBlockSet:
+		return 1
+	case KindConfig:
+		return 2
+	case KindBlockedLayer:
+		return 3
+	case KindLayer:
+		return 4
+	default: // KindBlock
+		return 5
+	}
+}
+
+// isManifest reports whether blobs of kind k are documents a walk reads.
+func (k Kind) isManifest() bool {
+	return k == KindIndex || k == KindManifest || k == KindBlockedManifest || k == KindBlockSet
+}
+
+// Metadata reports whether k is a small JSON document rather than layer data.
+func (k Kind) Metadata() bool { return k.isManifest() || k == KindConfig }
+
+// Blob is one blob of an image: descriptor fields plus its kind.
+type Blob struct {
+	MediaType string        `json:"mediaType"`
+	Digest    digest.Digest `json:"digest"`
+	Size      int64         `json:"size"`
+	Kind      Kind          `json:"kind"`
+}
+
+// Descriptor returns b as an OCI descriptor.
+func (b Blob) Descriptor() ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: b.MediaType, Digest: b.Digest, Size: b.Size}
+}
+
+func (b Blob) String() string {
+	return fmt.Sprintf("%s (%s, %d bytes)", b.Digest, b.Kind, b.Size)
+}
+
+// Totals counts blobs and bytes, in all and per kind.
+type Totals struct {
+	Blobs int            `json:"blobs"`
+	Bytes int64          `json:"bytes"`
+	Kinds map[Kind]Count `json:"kinds,omitempty"`
+}
+
+// Count is a number of blobs and their bytes.
+type Count struct {
+	Blobs int   `json:"blobs"`
+	Bytes int64 `json:"bytes"`
+}
+
+// totals sums blobs.
+func totals(blobs []Blob) Totals {
+	t := Totals{Kinds: map[Kind]Count{}}
+	for _, b := range blobs {
+		t.Blobs++
+		t.Bytes += b.Size
+		c := t.Kinds[b.Kind]
+		c.Blobs++
+		c.Bytes += b.Size
+		t.Kinds[b.Kind] = c
+	}
+	return t
+}
+
+// blobName is the tar entry name of a blob.
+func blobName(d digest.Digest) string { return blobDir + d.Encoded() }

@@ -1,0 +1,209 @@
+package bundle
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks/store"
+)
+
+// Reader reads a bundle file front to back: the header at Open, then each
+// blob, checked against the header's list, through Next.
+type Reader struct {
+	// Header is the bundle's blockfile-bundle.json, checked for consistency.
+	Header *Header
+
+	path string
+	f    *os.File
+	tr   *tar.Reader
+	next int // index in Header.Blobs of the next blob
+}
+
+// Open opens a bundle, reads and checks its header, oci-layout and
+// index.json, and stops before the first blob.
+func Open(path string) (*Reader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	r := &Reader{path: path, f: f, tr: tar.NewReader(f)}
+	if err := r.start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bundle %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// ReadHeader returns the checked header of the bundle at path.
+func ReadHeader(path string) (*Header, error) {
+	r, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return r.Header, nil
+}
+
+// Close closes the file.
+func (r *Reader) Close() error { return r.f.Close() }
+
+func (r *Reader) entry(want string, limit int64) ([]byte, error) {
+	th, err := r.tr.Next()
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", want, noEOF(err))
+	}
+	if th.Name != want || th.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("entry %q where %s was expected: not a blockfile bundle, or damaged", th.Name, want)
+	}
+	if th.Size > limit {
+		return nil, fmt.Errorf("%s: %d bytes, limit %d", want, th.Size, limit)
+	}
+	data, err := io.ReadAll(r.tr)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", want, noEOF(err))
+	}
+	return data, nil
+}
+
+func (r *Reader) start() error {
+	data, err := r.entry(HeaderName, maxHeaderSize)
+	if err != nil {
+		return err
+	}
+	var h Header
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&h); err != nil {
+		return fmt.Errorf("%s: %w", HeaderName, err)
+	}
+	if err := h.check(); err != nil {
+		return fmt.Errorf("%s: %w", HeaderName, err)
+	}
+	r.Header = &h
+
+	data, err = r.entry(ocispec.ImageLayoutFile, 4096)
+	if err != nil {
+		return err
+	}
+	var layout ocispec.ImageLayout
+	if err := json.Unmarshal(data, &layout); err != nil || layout.Version != ocispec.ImageLayoutVersion {
+		return fmt.Errorf("%s: want imageLayoutVersion %s", ocispec.ImageLayoutFile, ocispec.ImageLayoutVersion)
+	}
+	data, err = r.entry("index.json", maxJSONSize)
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(data, &idx); err != nil {
+		return fmt.Errorf("index.json: %w", err)
+	}
+	if want := layoutIndex(h.Images); !reflect.DeepEqual(idx.Manifests, want.Manifests) {
+		return fmt.Errorf("index.json does not list the images of %s", HeaderName)
+	}
+	return nil
+}
+
+// check makes sure a header read from a file is self-consistent, so the
+// rest of apply can trust its lists.
+func (h *Header) check() error {
+	if h.MediaType != HeaderMediaType || h.Version != Version {
+		return fmt.Errorf("media type %q version %d: this blockfile reads %s version %d", h.MediaType, h.Version, HeaderMediaType, Version)
+	}
+	if len(h.Images) == 0 {
+		return errors.New("no images")
+	}
+	names := map[string]bool{}
+	for _, im := range h.Images {
+		if im.Name == "" || names[im.Name] {
+			return fmt.Errorf("image name %q is empty or given twice", im.Name)
+		}
+		names[im.Name] = true
+		for _, d := range []ocispec.Descriptor{im.Index, im.Standard} {
+			if err := d.Digest.Validate(); err != nil || d.Size <= 0 {
+				return fmt.Errorf("image %s: bad descriptor %s/%d", im.Name, d.Digest, d.Size)
+			}
+		}
+	}
+	seen := map[digest.Digest]bool{}
+	for _, list := range [][]Blob{h.Blobs, h.Requires} {
+		for _, b := range list {
+			if err := b.Digest.Validate(); err != nil || b.Digest.Algorithm() != digest.SHA256 {
+				return fmt.Errorf("blob %q: not a sha256 digest", b.Digest)
+			}
+			if b.Size < 0 {
+				return fmt.Errorf("blob %s: negative size", b.Digest)
+			}
+			if seen[b.Digest] {
+				return fmt.Errorf("blob %s is listed twice", b.Digest)
+			}
+			seen[b.Digest] = true
+		}
+	}
+	if t := totals(h.Blobs); t.Blobs != h.Adds.Blobs || t.Bytes != h.Adds.Bytes {
+		return fmt.Errorf("adds says %d blobs, %d bytes; the blob list has %d, %d", h.Adds.Blobs, h.Adds.Bytes, t.Blobs, t.Bytes)
+	}
+	return nil
+}
+
+// Next returns the next blob and a reader of its bytes that verifies them
+// (digest and size, at EOF). It returns io.EOF after the last blob, once it
+// has checked that nothing follows. A tar entry that is not the blob the
+// header lists next is an error.
+func (r *Reader) Next() (Blob, io.Reader, error) {
+	th, err := r.tr.Next()
+	for err == nil && th.Typeflag == tar.TypeDir && (th.Name == "blobs/" || th.Name == blobDir) {
+		th, err = r.tr.Next()
+	}
+	if r.next == len(r.Header.Blobs) {
+		if err == io.EOF {
+			return Blob{}, nil, io.EOF
+		}
+		if err != nil {
+			return Blob{}, nil, fmt.Errorf("bundle %s: after the last blob: %w", r.path, err)
+		}
+		return Blob{}, nil, fmt.Errorf("bundle %s: unexpected entry %q after the last blob", r.path, th.Name)
+	}
+	b := r.Header.Blobs[r.next]
+	if err != nil {
+		return Blob{}, nil, fmt.Errorf("bundle %s: truncated or damaged: %d of %d blobs read, next is %s: %w", r.path, r.next, len(r.Header.Blobs), b, noEOF(err))
+	}
+	if th.Name != blobName(b.Digest) || th.Typeflag != tar.TypeReg || th.Size != b.Size {
+		return Blob{}, nil, fmt.Errorf("bundle %s: entry %q (%d bytes) where blob %s was expected", r.path, th.Name, th.Size, b)
+	}
+	r.next++
+	return b, &named{r: store.VerifyReader(r.tr, b.Descriptor()), what: r.path}, nil
+}
+
+// named adds the bundle path to read errors (truncation shows up here).
+type named struct {
+	r    io.Reader
+	what string
+}
+
+func (n *named) Read(p []byte) (int, error) {
+	k, err := n.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("bundle %s: %w", n.what, noEOF(err))
+	}
+	return k, err
+}
+
+// noEOF turns an end of file in the middle of a bundle into what it is.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// RequiresTotals totals h.Requires.
+func (h *Header) RequiresTotals() Totals { return totals(h.Requires) }

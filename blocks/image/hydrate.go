@@ -1,0 +1,198 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks/layer"
+	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
+)
+
+// HydrateOptions configure Hydrate.
+type HydrateOptions struct {
+	// Progress, if set, receives a progress bar of layer bytes written (or,
+	// with PlainProgress, a line now and then).
+	Progress      io.Writer
+	PlainProgress bool
+}
+
+// Hydrate rebuilds the standard image of name from its blocked form and
+// writes it to dst: every layer with blocks is reassembled from its blocked
+// layer and the block members (bytes are copied, never recompressed, and
+// checked against the standard layer's digest); layers without blocks,
+// configs and manifests are copied. It returns the standard descriptor (the
+// manifest digest users pin). On any failure dst is aborted, so the
+// destination is left absent.
+func Hydrate(ctx context.Context, s *store.Store, name string, dst transport.Sink, opts HydrateOptions) (_ ocispec.Descriptor, err error) {
+	defer func() {
+		if err != nil {
+			if aerr := dst.Abort(); aerr != nil {
+				err = errors.Join(err, fmt.Errorf("abort: %w", aerr))
+			}
+		}
+	}()
+	img, err := Resolve(ctx, s, name)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("hydrate: %w", err)
+	}
+	h := &hydrator{s: s, dst: dst}
+	if opts.Progress != nil {
+		var total int64
+		for _, m := range img.Manifests {
+			for _, l := range m.Layers {
+				total += l.Standard.Size
+			}
+		}
+		h.prog = newProgress(opts.Progress, opts.PlainProgress, total, "hydrate")
+		defer h.prog.finish()
+	}
+	for _, m := range img.Manifests {
+		if err := h.manifest(ctx, m); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("hydrate %s: %w", name, err)
+		}
+	}
+	for _, o := range img.Others {
+		if err := h.copyTree(ctx, o); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("hydrate %s: %w", name, err)
+		}
+	}
+	if img.StandardIndex != nil {
+		if err := h.copyBlob(ctx, img.Standard); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("hydrate %s: standard index: %w", name, err)
+		}
+	}
+	if err := dst.Commit(ctx, img.Standard); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("hydrate %s: %w", name, err)
+	}
+	return img.Standard, nil
+}
+
+// Materialize hydrates into the store itself every standard layer of name
+// that the store lacks (after a bundle apply, the store holds only blocked
+// layers and members), so that the standard image can be read from the
+// store directly. It returns the standard descriptor.
+func Materialize(ctx context.Context, s *store.Store, name string) (ocispec.Descriptor, error) {
+	return Hydrate(ctx, s, name, storeSink{s}, HydrateOptions{})
+}
+
+// storeSink is the store as a Sink: blobs go in verified; there is nothing
+// to commit (the image is already tagged) and nothing to undo (the blobs
+// written are valid content).
+type storeSink struct{ s *store.Store }
+
+func (t storeSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
+	return t.s.Push(ctx, desc, r)
+}
+func (t storeSink) Exists(ctx context.Context, desc ocispec.Descriptor) (bool, error) {
+	return t.s.Exists(ctx, desc.Digest)
+}
+func (t storeSink) Commit(context.Context, ocispec.Descriptor) error { return nil }
+func (t storeSink) Abort() error                                     { return nil }
+
+type hydrator struct {
+	s    *store.Store
+	dst  transport.Sink
+	prog *progress
+}
+
+func (h *hydrator) manifest(ctx context.Context, m *Manifest) error {
+	for i, l := range m.Layers {
+		if err := h.layer(ctx, l); err != nil {
+			return fmt.Errorf("manifest %s layer %d (%s): %w", m.Descriptor.Digest, i, l.Standard.Digest, err)
+		}
+	}
+	if err := h.copyBlob(ctx, m.Manifest.Config); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return h.copyBlob(ctx, m.Descriptor)
+}
+
+// layer writes one standard layer to the sink. A layer with blocks is
+// always reassembled from the blocked layer and its members (even when the
+// store also holds the standard layer), so every hydrate checks the blocked
+// form it ships.
+func (h *hydrator) layer(ctx context.Context, l Layer) error {
+	if ok, err := h.dst.Exists(ctx, l.Standard); err != nil {
+		return err
+	} else if ok {
+		h.prog.add(l.Standard.Size)
+		return nil
+	}
+	if !l.HasBlocks() {
+		return h.copyCounted(ctx, l.Standard)
+	}
+	blocked, err := h.s.Fetch(ctx, l.Blocked)
+	if err != nil {
+		return fmt.Errorf("blocked layer: %w", err)
+	}
+	defer blocked.Close()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := layer.Hydrate(ctx, blocked, pw, l.Members, h.s, plain(l.Standard))
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	perr := h.dst.Push(ctx, plain(l.Standard), h.prog.reader(pr))
+	// Unblock the writer if Push stopped early, then take its error first:
+	// it says why (a tampered member, a stub naming an unlisted block).
+	pr.CloseWithError(errors.New("hydrate: destination stopped reading"))
+	if herr := <-done; herr != nil {
+		return herr
+	}
+	return perr
+}
+
+func (h *hydrator) copyCounted(ctx context.Context, d ocispec.Descriptor) error {
+	rc, err := h.s.Fetch(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return h.dst.Push(ctx, plain(d), h.prog.reader(rc))
+}
+
+func (h *hydrator) copyBlob(ctx context.Context, d ocispec.Descriptor) error {
+	d = plain(d)
+	if ok, err := h.dst.Exists(ctx, d); err != nil || ok {
+		return err
+	}
+	rc, err := h.s.Fetch(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return h.dst.Push(ctx, d, rc)
+}
+
+// copyTree copies a manifest or index (an attestation) and what it names.
+func (h *hydrator) copyTree(ctx context.Context, d ocispec.Descriptor) error {
+	switch {
+	case transport.IsIndex(d.MediaType):
+		var idx ocispec.Index
+		if err := h.s.GetJSON(ctx, plain(d), &idx); err != nil {
+			return err
+		}
+		for _, c := range idx.Manifests {
+			if err := h.copyTree(ctx, c); err != nil {
+				return err
+			}
+		}
+	case transport.IsManifest(d.MediaType):
+		var m ocispec.Manifest
+		if err := h.s.GetJSON(ctx, plain(d), &m); err != nil {
+			return err
+		}
+		for _, b := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+			if err := h.copyBlob(ctx, b); err != nil {
+				return fmt.Errorf("copy %s of %s: %w", b.Digest, d.Digest, err)
+			}
+		}
+	}
+	return h.copyBlob(ctx, d)
+}

@@ -1,0 +1,175 @@
+package image
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
+)
+
+// Image is the parsed structure of an image in the store: the image index
+// that `blockfile export` tagged, the standard image it names, and per
+// standard manifest its blocked form and block sets.
+type Image struct {
+	Name  string
+	Index ocispec.Descriptor // the image index tagged under Name
+	// IndexManifest is the parsed image index.
+	IndexManifest ocispec.Index
+	// Standard is what hydrate reproduces: a manifest, or an index.
+	Standard ocispec.Descriptor
+	// StandardIndex is the parsed standard index (multi-platform only).
+	StandardIndex *ocispec.Index
+	// Manifests are the standard image manifests, in standard order.
+	Manifests []*Manifest
+	// Others are the entries of the standard index that are not image
+	// manifests (attestations); they are copied as they are.
+	Others []ocispec.Descriptor
+}
+
+// Manifest is one standard image manifest with its blocked form.
+type Manifest struct {
+	// Descriptor of the standard manifest, with its platform.
+	Descriptor      ocispec.Descriptor
+	Manifest        ocispec.Manifest
+	Blocked         ocispec.Descriptor
+	BlockedManifest ocispec.Manifest
+	Layers          []Layer
+}
+
+// Layer is one layer in its two forms.
+type Layer struct {
+	Standard ocispec.Descriptor
+	Blocked  ocispec.Descriptor
+	// BlockSet is the block-set manifest serving the blocked layer's stubs,
+	// and Members its layers; nil and empty for a layer without blocks.
+	BlockSet *ocispec.Descriptor
+	Members  []ocispec.Descriptor
+}
+
+// HasBlocks reports whether the blocked layer differs from the standard one.
+func (l Layer) HasBlocks() bool { return l.Blocked.Digest != l.Standard.Digest }
+
+// Resolve reads the image named name from the store and checks that its
+// parts fit together (every standard manifest has a blocked manifest with
+// the same config and as many layers, every blocked layer that differs
+// from its standard layer has a block set).
+func Resolve(ctx context.Context, s *store.Store, name string) (*Image, error) {
+	idxDesc, err := s.Resolve(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	img := &Image{Name: name, Index: idxDesc}
+	if idxDesc.MediaType != "" && idxDesc.MediaType != ocispec.MediaTypeImageIndex {
+		return nil, fmt.Errorf("image %s: tagged %s is a %s, not a blockfile image index (was it exported with blockfile export?)", name, idxDesc.Digest, idxDesc.MediaType)
+	}
+	idxDesc.MediaType = ocispec.MediaTypeImageIndex
+	if err := s.GetJSON(ctx, idxDesc, &img.IndexManifest); err != nil {
+		return nil, fmt.Errorf("image %s: index: %w", name, err)
+	}
+	if img.Standard, err = standardOf(img.IndexManifest); err != nil {
+		return nil, fmt.Errorf("image %s: index %s: %w", name, idxDesc.Digest, err)
+	}
+	blockedOf := map[digest.Digest]ocispec.Descriptor{}
+	blockSetOf := map[digest.Digest]ocispec.Descriptor{}
+	byDigest := map[digest.Digest]ocispec.Descriptor{}
+	for _, e := range img.IndexManifest.Manifests {
+		byDigest[e.Digest] = e
+		if v := e.Annotations[blocks.AnnotationBlockedOf]; v != "" {
+			blockedOf[digest.Digest(v)] = e
+		}
+		if v := e.Annotations[blocks.AnnotationBlockSetOf]; v != "" {
+			blockSetOf[digest.Digest(v)] = e
+		}
+	}
+	var stdEntries []ocispec.Descriptor
+	switch {
+	case transport.IsManifest(img.Standard.MediaType):
+		e, ok := byDigest[img.Standard.Digest]
+		if !ok {
+			return nil, fmt.Errorf("image %s: standard manifest %s is not listed in index %s", name, img.Standard.Digest, idxDesc.Digest)
+		}
+		stdEntries = []ocispec.Descriptor{e}
+	case transport.IsIndex(img.Standard.MediaType):
+		img.StandardIndex = &ocispec.Index{}
+		if err := s.GetJSON(ctx, img.Standard, img.StandardIndex); err != nil {
+			return nil, fmt.Errorf("image %s: standard index: %w", name, err)
+		}
+		stdEntries = img.StandardIndex.Manifests
+	default:
+		return nil, fmt.Errorf("image %s: standard image %s has media type %q", name, img.Standard.Digest, img.Standard.MediaType)
+	}
+	for _, e := range stdEntries {
+		bd, ok := blockedOf[e.Digest]
+		if !ok {
+			img.Others = append(img.Others, e)
+			continue
+		}
+		m, err := resolveManifest(ctx, s, e, bd, blockSetOf)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		img.Manifests = append(img.Manifests, m)
+	}
+	if len(img.Manifests) == 0 {
+		return nil, fmt.Errorf("image %s: index %s has no blocked manifest for any standard manifest", name, idxDesc.Digest)
+	}
+	return img, nil
+}
+
+func standardOf(idx ocispec.Index) (ocispec.Descriptor, error) {
+	a := idx.Annotations
+	d := digest.Digest(a[blocks.AnnotationStandard])
+	if err := d.Validate(); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("annotation %s=%q: %w", blocks.AnnotationStandard, d, err)
+	}
+	size, err := strconv.ParseInt(a[blocks.AnnotationStandardSize], 10, 64)
+	if err != nil || size < 0 {
+		return ocispec.Descriptor{}, fmt.Errorf("annotation %s=%q: not a size", blocks.AnnotationStandardSize, a[blocks.AnnotationStandardSize])
+	}
+	return ocispec.Descriptor{MediaType: a[blocks.AnnotationStandardMediaType], Digest: d, Size: size}, nil
+}
+
+func resolveManifest(ctx context.Context, s *store.Store, std, blocked ocispec.Descriptor, blockSetOf map[digest.Digest]ocispec.Descriptor) (*Manifest, error) {
+	m := &Manifest{Descriptor: std, Blocked: plain(blocked)}
+	m.Blocked.MediaType = ocispec.MediaTypeImageManifest
+	if err := s.GetJSON(ctx, plain(std), &m.Manifest); err != nil {
+		return nil, fmt.Errorf("standard manifest: %w", err)
+	}
+	if err := s.GetJSON(ctx, m.Blocked, &m.BlockedManifest); err != nil {
+		return nil, fmt.Errorf("blocked manifest: %w", err)
+	}
+	bm := m.BlockedManifest
+	if bm.ArtifactType != blocks.ArtifactTypeBlocked || bm.Annotations[blocks.AnnotationBlockedOf] != std.Digest.String() {
+		return nil, fmt.Errorf("blocked manifest %s is not the blocked form of %s", blocked.Digest, std.Digest)
+	}
+	if bm.Config.Digest != m.Manifest.Config.Digest || len(bm.Layers) != len(m.Manifest.Layers) {
+		return nil, fmt.Errorf("blocked manifest %s does not match standard manifest %s (config or layer count)", blocked.Digest, std.Digest)
+	}
+	for i, sl := range m.Manifest.Layers {
+		l := Layer{Standard: sl, Blocked: bm.Layers[i]}
+		if l.HasBlocks() {
+			set, ok := blockSetOf[l.Blocked.Digest]
+			if !ok {
+				return nil, fmt.Errorf("blocked layer %s (layer %d of %s) has no block set in the index", l.Blocked.Digest, i, std.Digest)
+			}
+			var sm ocispec.Manifest
+			setDesc := plain(set)
+			setDesc.MediaType = ocispec.MediaTypeImageManifest
+			if err := s.GetJSON(ctx, setDesc, &sm); err != nil {
+				return nil, fmt.Errorf("block set of layer %s: %w", l.Blocked.Digest, err)
+			}
+			if sm.ArtifactType != blocks.ArtifactTypeBlockSet || sm.Annotations[blocks.AnnotationBlockSetOf] != l.Blocked.Digest.String() {
+				return nil, fmt.Errorf("manifest %s is not the block set of layer %s", set.Digest, l.Blocked.Digest)
+			}
+			l.BlockSet, l.Members = &setDesc, sm.Layers
+		}
+		m.Layers = append(m.Layers, l)
+	}
+	return m, nil
+}

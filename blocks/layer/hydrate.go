@@ -1,0 +1,326 @@
+package layer
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
+)
+
+// StubEntry is one stub found in a blocked layer.
+type StubEntry struct {
+	// Path is the block file's name in the standard layer (from Stub.Header).
+	Path string
+	// StubPath is the stub entry's name in the blocked layer.
+	StubPath string
+	// Offset is where the stub member starts in the compressed blocked layer.
+	Offset int64
+	// Stub is the parsed stub document.
+	Stub blocks.Stub
+}
+
+// Hydrate reads a blocked layer and writes the standard layer to w: verbatim
+// members are copied as they are, each stub member is replaced by the header
+// member rebuilt from the stub and the block member fetched from fetch. It
+// trusts nothing it reads: the framing is parsed member by member, every
+// entry name is checked (absolute, "..", through a symlink of the layer),
+// stubs are validated, a stub naming a member that is not in members fails
+// (ErrNotListed), fetched members are verified by digest and size, and the
+// output is checked against want at the end (ErrMismatch). On error, what was
+// written to w is garbage: write to a temp file and rename on success.
+func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocispec.Descriptor, fetch MemberFetcher, want ocispec.Descriptor) error {
+	if err := want.Digest.Validate(); err != nil {
+		return fmt.Errorf("hydrate: wanted layer digest %q: %w", want.Digest, err)
+	}
+	listed := make(map[digest.Digest]ocispec.Descriptor, len(members))
+	for _, m := range members {
+		listed[m.Digest] = m
+	}
+	out := &outWriter{w: w, h: sha256.New(), max: want.Size}
+	buf := make([]byte, copyBufSize)
+	err := walk(ctx, blocked, want.MediaType, out, func(c blocks.Compression, e StubEntry) error {
+		m, ok := listed[e.Stub.Member.Digest]
+		if !ok || m.Size != e.Stub.Member.Size {
+			return fmt.Errorf("stub %s: block %s is not listed in the block set (member %s, %d bytes): %w",
+				e.StubPath, e.Stub.Block.Digest, e.Stub.Member.Digest, e.Stub.Member.Size, ErrNotListed)
+		}
+		if a, ok := m.Annotations[blocks.AnnotationBlockDigest]; ok && a != e.Stub.Block.Digest.String() {
+			return fmt.Errorf("stub %s: member %s holds block %s per the block set, the stub says %s: %w",
+				e.StubPath, m.Digest, a, e.Stub.Block.Digest, ErrMismatch)
+		}
+		if err := WriteHeaderMember(out, c, e.Stub.Header); err != nil {
+			return err
+		}
+		return copyMember(ctx, out, fetch, m, e.StubPath, buf)
+	})
+	if err != nil {
+		return fmt.Errorf("hydrate layer %s: %w", want.Digest, err)
+	}
+	if got := digest.NewDigest(digest.SHA256, out.h); out.n != want.Size || got != want.Digest {
+		return fmt.Errorf("hydrate layer %s: produced %s (%d bytes), want %d bytes: %w", want.Digest, got, out.n, want.Size, ErrMismatch)
+	}
+	return nil
+}
+
+// copyMember copies a block member to out, verifying digest and size.
+func copyMember(ctx context.Context, out io.Writer, fetch MemberFetcher, m ocispec.Descriptor, stubPath string, buf []byte) error {
+	if fetch == nil {
+		return fmt.Errorf("stub %s: member %s: no fetcher", stubPath, m.Digest)
+	}
+	rc, err := fetch.Fetch(ctx, m)
+	if err != nil {
+		return fmt.Errorf("stub %s: fetch member %s: %w", stubPath, m.Digest, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(rc, m.Size+1), buf)
+	if err != nil {
+		return fmt.Errorf("stub %s: member %s: %w", stubPath, m.Digest, err)
+	}
+	if got := digest.NewDigest(digest.SHA256, h); n != m.Size || got != m.Digest {
+		return fmt.Errorf("stub %s: member %s: got %s (%d bytes), want %d bytes: %w", stubPath, m.Digest, got, n, m.Size, ErrMismatch)
+	}
+	return nil
+}
+
+// ReadStubs lists the stubs of a blocked layer, checking it the way Hydrate
+// does (framing, entry names, stub documents) without fetching any member.
+func ReadStubs(ctx context.Context, blocked io.Reader) ([]StubEntry, error) {
+	var stubs []StubEntry
+	err := walk(ctx, blocked, "", io.Discard, func(_ blocks.Compression, e StubEntry) error {
+		stubs = append(stubs, e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return stubs, nil
+}
+
+// outWriter hashes and counts what is written and refuses to write more than
+// max bytes, so a bad layer fails as soon as it overflows.
+type outWriter struct {
+	w   io.Writer
+	h   hash.Hash
+	n   int64
+	max int64
+}
+
+func (o *outWriter) Write(p []byte) (int, error) {
+	if o.n+int64(len(p)) > o.max {
+		return 0, fmt.Errorf("output exceeds the wanted %d bytes: %w", o.max, ErrMismatch)
+	}
+	n, err := o.w.Write(p)
+	o.h.Write(p[:n])
+	o.n += int64(n)
+	return n, err
+}
+
+// sniff returns the compression of a layer from its first bytes.
+func sniff(head []byte) (blocks.Compression, bool) {
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return blocks.Gzip, true
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return blocks.Zstd, true
+	}
+	return "", false
+}
+
+// walker walks a blocked layer member by member.
+type walker struct {
+	ctx    context.Context
+	c      blocks.Compression
+	src    *source
+	gz     *gzip.Reader
+	zd     *zstd.Decoder
+	fr     zstdFrame
+	paths  PathChecker
+	buf    []byte
+	onStub func(blocks.Compression, StubEntry) error
+}
+
+// walk parses the blocked layer r; verbatim members are copied to out, stub
+// members are passed to onStub, in layer order.
+func walk(ctx context.Context, r io.Reader, mediaType string, out io.Writer, onStub func(blocks.Compression, StubEntry) error) error {
+	br := bufio.NewReaderSize(r, copyBufSize)
+	head, err := br.Peek(4)
+	if len(head) == 0 {
+		if err == nil || errors.Is(err, io.EOF) {
+			return fmt.Errorf("empty layer: %w", ErrMalformed)
+		}
+		return fmt.Errorf("read layer: %w", err)
+	}
+	c, ok := sniff(head)
+	if !ok {
+		return fmt.Errorf("layer starts with %x, neither gzip nor zstd: %w", head, ErrMalformed)
+	}
+	if (strings.Contains(mediaType, "zstd") && c != blocks.Zstd) || (strings.Contains(mediaType, "gzip") && c != blocks.Gzip) {
+		return fmt.Errorf("layer of media type %s holds %s: %w", mediaType, c, ErrMalformed)
+	}
+	wk := &walker{ctx: ctx, c: c, src: &source{br: br, out: out}, buf: make([]byte, 64<<10), onStub: onStub}
+	if c == blocks.Zstd {
+		wk.zd, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return err
+		}
+		defer wk.zd.Close()
+	} else {
+		wk.gz = new(gzip.Reader)
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := br.Peek(1); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read layer at offset %d: %w", wk.src.off, err)
+		}
+		if err := wk.member(); err != nil {
+			return err
+		}
+	}
+}
+
+func (wk *walker) malformed(start int64, format string, a ...any) error {
+	return fmt.Errorf("member at offset %d: %s: %w", start, fmt.Sprintf(format, a...), ErrMalformed)
+}
+
+// member walks one member: decompresses it, parses its tar entries, and
+// either copies it out (verbatim) or hands its stub on.
+func (wk *walker) member() error {
+	src := wk.src
+	start := src.off
+	src.buf, src.direct = src.buf[:0], false
+	var dec io.Reader
+	if wk.c == blocks.Zstd {
+		wk.fr.reset(src)
+		if err := wk.zd.Reset(&wk.fr); err != nil {
+			return wk.malformed(start, "zstd: %v", err)
+		}
+		dec = wk.zd
+	} else {
+		if err := wk.gz.Reset(src); err != nil {
+			return wk.malformed(start, "gzip header: %v", err)
+		}
+		wk.gz.Multistream(false)
+		dec = wk.gz
+	}
+	cr := &countReader{r: dec}
+	tr := tar.NewReader(cr)
+	first := true
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return wk.malformed(start, "tar entry at member offset %d: %v", cr.n, err)
+		}
+		var prefix []byte
+		if h.Typeflag == tar.TypeReg && !isSparse(h.Typeflag, h.PAXRecords) && h.Size >= int64(len(blocks.StubMagic)) {
+			prefix = make([]byte, len(blocks.StubMagic))
+			if _, err := io.ReadFull(tr, prefix); err != nil {
+				return wk.malformed(start, "entry %q cut short: %v", h.Name, err)
+			}
+		}
+		if string(prefix) == blocks.StubMagic {
+			if !first {
+				return wk.malformed(start, "entry %q holds stub content but is not alone in its member", h.Name)
+			}
+			return wk.stub(start, h, prefix, tr, cr)
+		}
+		if first {
+			// Not a stub member: copy it out as it is decompressed.
+			src.direct = true
+			if err := src.flush(); err != nil {
+				return fmt.Errorf("write layer: %w", err)
+			}
+			first = false
+		}
+		if err := wk.paths.Check(h.Name, h.Linkname, h.Typeflag); err != nil {
+			return fmt.Errorf("member at offset %d: %w", start, err)
+		}
+	}
+	// The end of the member's entries: the member ends here, or (last
+	// member) end-of-archive blocks and trailing bytes follow.
+	src.direct = true
+	if _, err := io.CopyBuffer(io.Discard, cr, wk.buf); err != nil {
+		if src.err != nil {
+			return fmt.Errorf("write layer: %w", src.err)
+		}
+		return wk.malformed(start, "%v", err)
+	}
+	if err := wk.endMember(start); err != nil {
+		return err
+	}
+	if err := src.flush(); err != nil {
+		return fmt.Errorf("write layer: %w", err)
+	}
+	return nil
+}
+
+func (wk *walker) endMember(start int64) error {
+	if wk.c == blocks.Zstd && !wk.fr.done() {
+		return wk.malformed(start, "zstd frame not fully decoded")
+	}
+	return nil
+}
+
+// stub reads the stub entry h (its content starts with prefix) and checks
+// that it is all its member holds.
+func (wk *walker) stub(start int64, h *tar.Header, prefix []byte, tr *tar.Reader, cr *countReader) error {
+	if h.Size > int64(MaxStubSize) {
+		return wk.malformed(start, "stub %q of %d bytes exceeds %d", h.Name, h.Size, MaxStubSize)
+	}
+	doc := make([]byte, h.Size)
+	copy(doc, prefix)
+	if _, err := io.ReadFull(tr, doc[len(prefix):]); err != nil {
+		return wk.malformed(start, "stub %q cut short: %v", h.Name, err)
+	}
+	pad := (512 - h.Size%512) % 512
+	tail, err := io.ReadAll(io.LimitReader(cr, pad+1))
+	if err != nil {
+		return wk.malformed(start, "stub %q: %v", h.Name, err)
+	}
+	if int64(len(tail)) != pad || !allZero(tail) {
+		return wk.malformed(start, "stub %q is not alone in its member", h.Name)
+	}
+	if err := wk.endMember(start); err != nil {
+		return err
+	}
+	st, err := ParseStub(doc)
+	if err != nil {
+		return fmt.Errorf("stub %s at offset %d: %w", h.Name, start, err)
+	}
+	if !IsStubName(h.Name) {
+		return fmt.Errorf("stub %s at offset %d: base name does not start with %q: %w", h.Name, start, blocks.StubPrefix, ErrBadStub)
+	}
+	rh, err := ParseStubHeader(st.Header, st.Block.Size)
+	if err != nil {
+		return fmt.Errorf("stub %s at offset %d: %w", h.Name, start, err)
+	}
+	if sn, err := StubName(rh.Name); err != nil || sn != h.Name {
+		return fmt.Errorf("stub %s at offset %d stands for %q, whose stub would be %q: %w", h.Name, start, rh.Name, sn, ErrBadStub)
+	}
+	if err := wk.paths.Check(rh.Name, "", tar.TypeReg); err != nil {
+		return fmt.Errorf("stub %s at offset %d: %w", h.Name, start, err)
+	}
+	wk.src.buf = wk.src.buf[:0] // the stub member itself is not output
+	return wk.onStub(wk.c, StubEntry{Path: rh.Name, StubPath: h.Name, Offset: start, Stub: st})
+}

@@ -1,0 +1,205 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
+)
+
+// Problem kinds reported by Verify.
+const (
+	ProblemCorrupt     = "corrupt"      // the blob's bytes do not hash to its name
+	ProblemMissing     = "missing"      // referenced but not present
+	ProblemSize        = "size"         // present, but not the size its reference declares
+	ProblemBadDocument = "bad-document" // a manifest, index or tree that cannot be read
+	ProblemUnreadable  = "unreadable"   // I/O error reading a blob or record
+	ProblemBadRecord   = "bad-record"   // a member or block record that cannot be read
+)
+
+// Problem is one thing wrong in a store.
+type Problem struct {
+	Kind   string        `json:"kind"`
+	Digest digest.Digest `json:"digest,omitempty"`
+	Path   string        `json:"path"`             // the file concerned
+	Ref    string        `json:"ref,omitempty"`    // who references it: a tag, a digest, a block record
+	Detail string        `json:"detail,omitempty"` // what is wrong, in words
+}
+
+func (p Problem) String() string {
+	s := p.Kind + ": "
+	if p.Digest != "" {
+		s += string(p.Digest) + " "
+	}
+	s += p.Path
+	if p.Ref != "" {
+		s += " (referenced by " + p.Ref + ")"
+	}
+	if p.Detail != "" {
+		s += ": " + p.Detail
+	}
+	return s
+}
+
+// Verify re-hashes every blob, then walks every tag (and the standard image
+// its index names) and every recorded block, checking that each referenced
+// blob is present, of the declared size and readable. Each problem goes to
+// report (if not nil); the error is non-nil, wrapping ErrProblems, if there
+// was any.
+func (s *Store) Verify(ctx context.Context, report func(Problem)) error {
+	n := 0
+	add := func(p Problem) {
+		n++
+		if report != nil {
+			report(p)
+		}
+	}
+
+	// 1. Every blob present hashes to its name.
+	present := map[digest.Digest]int64{}
+	bad := map[digest.Digest]bool{}
+	err := s.Walk(ctx, func(d digest.Digest, size int64) error {
+		present[d] = size
+		p := s.BlobPath(d)
+		got, err := hashFile(ctx, p, d.Algorithm())
+		switch {
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return err
+		case err != nil:
+			bad[d] = true
+			add(Problem{Kind: ProblemUnreadable, Digest: d, Path: p, Detail: err.Error()})
+		case got != d:
+			bad[d] = true
+			add(Problem{Kind: ProblemCorrupt, Digest: d, Path: p, Detail: "content hashes to " + string(got)})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	// 2. Everything referenced is present and of the right size.
+	roots, err := s.roots()
+	if err != nil {
+		return err
+	}
+	refOf := map[digest.Digest]string{}
+	for _, r := range roots {
+		if name := r.Annotations[ocispec.AnnotationRefName]; name != "" {
+			refOf[r.Digest] = "tag " + name
+		} else {
+			refOf[r.Digest] = "index.json"
+		}
+	}
+	recorded, err := s.RecordedBlocks(ctx)
+	if err != nil {
+		add(Problem{Kind: ProblemBadRecord, Path: s.path(blockRootDir), Detail: err.Error()})
+	}
+	for _, r := range recorded {
+		if _, ok := refOf[r.Digest]; !ok {
+			refOf[r.Digest] = "block record " + s.path(path.Join(blockRootDir, r.Digest.Encoded()))
+		}
+	}
+	roots = append(roots, recorded...)
+	err = s.walkGraph(ctx, roots, func(desc ocispec.Descriptor, parent *ocispec.Descriptor) (bool, error) {
+		ref := refOf[desc.Digest]
+		if parent != nil {
+			ref = string(parent.Digest)
+		}
+		p, err := s.blobPath(desc.Digest)
+		if err != nil {
+			add(Problem{Kind: ProblemBadDocument, Digest: desc.Digest, Ref: ref, Detail: err.Error()})
+			return false, nil
+		}
+		size, ok := present[desc.Digest]
+		switch {
+		case !ok && desc.Data != nil && digest.FromBytes(desc.Data) == desc.Digest:
+			// Embedded data (e.g. the empty config) needs no blob.
+			return false, nil
+		case !ok:
+			add(Problem{Kind: ProblemMissing, Digest: desc.Digest, Path: p, Ref: ref, Detail: desc.MediaType})
+			return false, nil
+		case size != desc.Size:
+			add(Problem{Kind: ProblemSize, Digest: desc.Digest, Path: p, Ref: ref,
+				Detail: fmt.Sprintf("file is %d bytes, reference declares %d", size, desc.Size)})
+			return false, nil
+		case bad[desc.Digest]:
+			return false, nil // already reported; its content cannot be trusted
+		}
+		return true, nil
+	}, func(desc ocispec.Descriptor, parent *ocispec.Descriptor, err error) {
+		add(Problem{Kind: ProblemBadDocument, Digest: desc.Digest, Path: s.BlobPath(desc.Digest), Detail: err.Error()})
+	})
+	if err != nil {
+		return err
+	}
+
+	// 3. Member records are readable (a record whose member is gone is not a
+	// problem: LookupMember ignores it and gc removes it).
+	for _, c := range []blocks.Compression{blocks.Gzip, blocks.Zstd} {
+		err := s.eachMemberRecord(ctx, c, func(rel string, _ ocispec.Descriptor, rerr error) error {
+			if rerr != nil {
+				add(Problem{Kind: ProblemBadRecord, Path: s.path(rel), Detail: rerr.Error()})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+
+	if n > 0 {
+		return fmt.Errorf("store %s: %d problem(s): %w", s.root, n, ErrProblems)
+	}
+	return nil
+}
+
+// eachMemberRecord calls fn for every member record of compression c, with
+// the record's error (if unreadable) rather than stopping.
+func (s *Store) eachMemberRecord(ctx context.Context, c blocks.Compression, fn func(rel string, desc ocispec.Descriptor, err error) error) error {
+	dir := path.Join(membersDir, string(c))
+	ents, err := os.ReadDir(s.path(dir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", s.path(dir), err)
+	}
+	for _, e := range ents {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel := path.Join(dir, e.Name())
+		desc, rerr := s.readRecord(rel)
+		if errors.Is(rerr, os.ErrNotExist) {
+			continue
+		}
+		if err := fn(rel, desc, rerr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hashFile streams p through alg.
+func hashFile(ctx context.Context, p string, alg digest.Algorithm) (digest.Digest, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := alg.Hash()
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, *bp); err != nil {
+		return "", err
+	}
+	return digest.NewDigest(alg, h), nil
+}

@@ -1,0 +1,373 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Sentinel errors; every error that wraps one names the digest and path concerned.
+var (
+	// ErrNotFound: the blob, tag or record is not in the store.
+	ErrNotFound = errors.New("not found")
+	// ErrDigestMismatch: content does not hash to the digest it was asked for.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrSizeMismatch: content is shorter or longer than its descriptor says.
+	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrTooLarge: a document is larger than the cap for its kind.
+	ErrTooLarge = errors.New("too large")
+	// ErrInvalid: a digest, name or descriptor is malformed.
+	ErrInvalid = errors.New("invalid")
+	// ErrProblems: Verify found problems (each was reported).
+	ErrProblems = errors.New("store has problems")
+)
+
+// Limits for documents that are read whole into memory.
+const (
+	// MaxJSONSize caps GetJSON (manifests, indexes, configs, tree documents).
+	MaxJSONSize = 16 << 20
+	// maxIndexSize caps index.json, which grows with the number of tags.
+	maxIndexSize = 64 << 20
+	// maxRecordSize caps a member or block record file (one descriptor).
+	maxRecordSize = 64 << 10
+)
+
+// Paths inside the store root. Everything blockfile adds beside the OCI image
+// layout lives under blockfile/, so tools that copy the layout (skopeo, oras,
+// umoci) see a plain layout and ignore the rest.
+const (
+	layoutFile   = ocispec.ImageLayoutFile // "oci-layout"
+	indexFile    = "index.json"
+	blobsDir     = ocispec.ImageBlobsDir // "blobs"
+	extraDir     = "blockfile"
+	ingestDir    = "blockfile/ingest"  // temp files; same filesystem as blobs/ so rename is atomic
+	membersDir   = "blockfile/members" // members/<compression>/<raw hex>: member descriptor JSON
+	blockRootDir = "blockfile/blocks"  // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	lockFile     = "blockfile/index.lock"
+)
+
+// Store is an OCI image layout on the local filesystem. Blob writes are verified,
+// atomic and idempotent, so several goroutines and processes can share a store.
+// The zero value is not usable; call Open.
+type Store struct {
+	root string
+	// mu serialises index.json updates inside this process; the flock on
+	// lockFile serialises them across processes.
+	mu sync.Mutex
+}
+
+// DefaultRoot is the store used when none is given: $BLOCKFILE_STORE, else
+// $XDG_DATA_HOME/blockfile/store, else ~/.local/share/blockfile/store.
+func DefaultRoot() string {
+	if d := os.Getenv("BLOCKFILE_STORE"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "blockfile", "store")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		// No home directory (a bare container): fall back to a relative path
+		// rather than failing, so --store remains the only thing to fix.
+		return filepath.Join(".blockfile", "store")
+	}
+	return filepath.Join(home, ".local", "share", "blockfile", "store")
+}
+
+// Open opens the store at root, creating the layout if it is missing. Opening
+// is safe to race with other processes opening or writing the same root.
+func Open(root string) (*Store, error) {
+	if root == "" {
+		return nil, fmt.Errorf("open store: empty path: %w", ErrInvalid)
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	s := &Store{root: abs}
+	for _, d := range []string{
+		filepath.Join(blobsDir, digest.SHA256.String()), ingestDir, membersDir, blockRootDir,
+	} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", abs, err)
+		}
+	}
+	layout, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
+	if err := s.createIfAbsent(layoutFile, layout); err != nil {
+		return nil, err
+	}
+	if err := s.checkLayout(); err != nil {
+		return nil, err
+	}
+	empty, _ := json.Marshal(newIndex(nil))
+	if err := s.createIfAbsent(indexFile, empty); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Root returns the absolute path of the store.
+func (s *Store) Root() string { return s.root }
+
+// BlobPath returns where the blob d lives (or would live): blobs/<alg>/<hex>.
+// d must be a valid digest; use Exists or Fetch for untrusted digests.
+func (s *Store) BlobPath(d digest.Digest) string {
+	return filepath.Join(s.root, blobsDir, d.Algorithm().String(), d.Encoded())
+}
+
+// blobPath is BlobPath for untrusted digests: it refuses anything that is not
+// a well-formed digest of an available algorithm, so no path can escape.
+func (s *Store) blobPath(d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("digest %q: %w: %v", d, ErrInvalid, err)
+	}
+	return s.BlobPath(d), nil
+}
+
+// Exists reports whether the blob d is present. It does not re-hash it.
+func (s *Store) Exists(ctx context.Context, d digest.Digest) (bool, error) {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return false, err
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("blob %s: %w", d, err)
+	}
+	return fi.Mode().IsRegular(), nil
+}
+
+// Fetch opens the blob desc. The reader verifies while streaming: reading past
+// desc.Size, or reaching EOF with the wrong size or digest, returns an error
+// naming the digest and the blob file.
+func (s *Store) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	p, err := s.blobPath(desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if desc.Size < 0 {
+		return nil, fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, ErrInvalid)
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s (%s): %w", desc.Digest, p, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	return &readCloser{Reader: newVerifier(ctxReader{ctx, f}, desc, p), c: f}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (r *readCloser) Close() error { return r.c.Close() }
+
+// PutJSON stores v encoded as JSON and returns its descriptor.
+func (s *Store) PutJSON(ctx context.Context, mediaType string, v any) (ocispec.Descriptor, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("encode %s: %w", mediaType, err)
+	}
+	desc := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))}
+	if err := s.Push(ctx, desc, strings.NewReader(string(b))); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return desc, nil
+}
+
+// GetJSON reads the blob desc, verifies it, and decodes it into v. Documents
+// larger than MaxJSONSize are refused before anything is read.
+func (s *Store) GetJSON(ctx context.Context, desc ocispec.Descriptor, v any) error {
+	if desc.Size > MaxJSONSize {
+		return fmt.Errorf("blob %s: %d bytes exceeds the %d-byte limit for JSON documents: %w", desc.Digest, desc.Size, MaxJSONSize, ErrTooLarge)
+	}
+	rc, err := s.Fetch(ctx, desc)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	// The verifier stops at desc.Size+1 bytes, so ReadAll is bounded.
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("blob %s (%s): decode %s: %w", desc.Digest, s.BlobPath(desc.Digest), desc.MediaType, err)
+	}
+	return nil
+}
+
+// Walk calls fn for every blob present, with its digest and size on disk.
+// Files under blobs/ whose names are not digests are skipped.
+func (s *Store) Walk(ctx context.Context, fn func(digest.Digest, int64) error) error {
+	algs, err := os.ReadDir(filepath.Join(s.root, blobsDir))
+	if err != nil {
+		return fmt.Errorf("walk store %s: %w", s.root, err)
+	}
+	for _, a := range algs {
+		alg := digest.Algorithm(a.Name())
+		if !a.IsDir() || !alg.Available() {
+			continue
+		}
+		dir := filepath.Join(s.root, blobsDir, a.Name())
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("walk store %s: %w", dir, err)
+		}
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			d := digest.NewDigestFromEncoded(alg, e.Name())
+			if d.Validate() != nil || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if errors.Is(err, os.ErrNotExist) {
+				continue // removed meanwhile (gc in another process)
+			}
+			if err != nil {
+				return fmt.Errorf("walk store: %s: %w", filepath.Join(dir, e.Name()), err)
+			}
+			if err := fn(d, fi.Size()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Store) path(rel string) string { return filepath.Join(s.root, filepath.FromSlash(rel)) }
+
+// createIfAbsent atomically creates rel with content b unless it exists: the
+// content is written to a temp file and hard-linked into place, so a reader
+// never sees a partial file and a racing creator's file is kept.
+func (s *Store) createIfAbsent(rel string, b []byte) error {
+	dst := s.path(rel)
+	if _, err := os.Stat(dst); err == nil {
+		return nil
+	}
+	tmp, err := s.writeTemp(b)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, dst); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create %s: %w", dst, err)
+	}
+	return nil
+}
+
+// replaceFile atomically replaces rel with content b (temp + fsync + rename),
+// and makes the rename durable (fsync of the directory) if durable is set.
+func (s *Store) replaceFile(rel string, b []byte, durable bool) error {
+	tmp, err := s.writeTemp(b)
+	if err != nil {
+		return err
+	}
+	dst := s.path(rel)
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	if !durable {
+		return nil
+	}
+	return syncDir(filepath.Dir(dst))
+}
+
+// writeTemp writes b to a new synced temp file in the ingest directory.
+func (s *Store) writeTemp(b []byte) (string, error) {
+	f, err := os.CreateTemp(s.path(ingestDir), "file-*")
+	if err != nil {
+		return "", fmt.Errorf("store %s: %w", s.root, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	return f.Name(), nil
+}
+
+// readSmall reads a small file whole, refusing files over limit.
+func readSmall(p string, limit int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("read %s: more than %d bytes: %w", p, limit, ErrTooLarge)
+	}
+	return b, nil
+}
+
+func (s *Store) checkLayout() error {
+	p := s.path(layoutFile)
+	b, err := readSmall(p, maxRecordSize)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	var l ocispec.ImageLayout
+	if err := json.Unmarshal(b, &l); err != nil {
+		return fmt.Errorf("open store: %s: %w", p, err)
+	}
+	if l.Version != ocispec.ImageLayoutVersion {
+		return fmt.Errorf("open store: %s: image layout version %q, want %q: %w", p, l.Version, ocispec.ImageLayoutVersion, ErrInvalid)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ctxReader makes long copies stop when ctx is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,299 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// layoutSource reads an OCI image layout directory.
+type layoutSource struct {
+	dir  string
+	root ocispec.Descriptor
+}
+
+func openLayoutSource(dir, ref string) (*layoutSource, error) {
+	where := "oci:" + dir
+	f, err := os.Open(filepath.Join(dir, ocispec.ImageIndexFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	var idx ocispec.Index
+	if err := readJSON(f, filepath.Join(dir, ocispec.ImageIndexFile), &idx); err != nil {
+		return nil, err
+	}
+	root, err := selectRoot(idx, ref, where)
+	if err != nil {
+		return nil, err
+	}
+	return &layoutSource{dir: dir, root: root}, nil
+}
+
+func (l *layoutSource) Resolve(context.Context) (ocispec.Descriptor, error) { return l.root, nil }
+
+func (l *layoutSource) Fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	p, err := blobPath(l.dir, desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("oci:%s: blob %s: %w", l.dir, desc.Digest, err)
+	}
+	vr, err := newVerifyReader(f, desc)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return readCloser{vr, f}, nil
+}
+
+func (l *layoutSource) Close() error { return nil }
+
+// blobPath returns where a layout keeps d, refusing digests that are not
+// well formed (so a hostile descriptor cannot name a path outside blobs/).
+func blobPath(dir string, d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("blob digest %q: %w", d, err)
+	}
+	return filepath.Join(dir, ocispec.ImageBlobsDir, d.Algorithm().String(), d.Encoded()), nil
+}
+
+// layoutSink writes an OCI image layout directory. A new directory is built
+// as a hidden sibling and renamed into place at Commit; in an existing one,
+// new blobs are added (each temp + verify + rename) and index.json is
+// replaced atomically at Commit, so an abort leaves the old image intact.
+type layoutSink struct {
+	dir   string // the destination
+	work  string // where blobs go: dir, or a sibling temp dir while dir does not exist
+	fresh bool
+	ref   string
+	added []string // blobs created in an existing dir, removed again on Abort
+	done  bool
+}
+
+func newLayoutSink(dir, ref string) (*layoutSink, error) {
+	dir = filepath.Clean(dir)
+	s := &layoutSink{dir: dir, ref: ref}
+	st, err := os.Stat(dir)
+	switch {
+	case err == nil && !st.IsDir():
+		return nil, fmt.Errorf("oci:%s: exists and is not a directory", dir)
+	case err == nil:
+		s.work = dir
+		if err := ensureLayoutFile(dir); err != nil {
+			return nil, err
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		parent := filepath.Dir(dir)
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return nil, fmt.Errorf("oci:%s: %w", dir, err)
+		}
+		tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+		if err != nil {
+			return nil, fmt.Errorf("oci:%s: %w", dir, err)
+		}
+		s.work, s.fresh = tmp, true
+		if err := ensureLayoutFile(tmp); err != nil {
+			os.RemoveAll(tmp)
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// ensureLayoutFile writes the oci-layout marker if it is missing or empty.
+func ensureLayoutFile(dir string) error {
+	p := filepath.Join(dir, ocispec.ImageLayoutFile)
+	if st, err := os.Stat(p); err == nil && st.Size() > 0 {
+		return nil
+	}
+	data, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
+	return writeFileAtomic(p, data)
+}
+
+func (s *layoutSink) Exists(_ context.Context, desc ocispec.Descriptor) (bool, error) {
+	p, err := blobPath(s.work, desc.Digest)
+	if err != nil {
+		return false, err
+	}
+	st, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("oci:%s: %w", s.dir, err)
+	}
+	// A blob of the wrong size is damage; treat it as missing so it is rewritten.
+	return st.Size() == desc.Size, nil
+}
+
+func (s *layoutSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
+	if s.done {
+		return fmt.Errorf("oci:%s: push after commit or abort", s.dir)
+	}
+	if ok, err := s.Exists(ctx, desc); err != nil || ok {
+		return err
+	}
+	p, _ := blobPath(s.work, desc.Digest)
+	created, err := writeBlobFile(p, desc, r)
+	if err != nil {
+		return fmt.Errorf("oci:%s: %w", s.dir, err)
+	}
+	if created && !s.fresh {
+		s.added = append(s.added, p)
+	}
+	return nil
+}
+
+// writeBlobFile streams r into p through a temp file in the same
+// directory, verifying size and digest before the rename. created is false
+// when another writer put the blob there first.
+func writeBlobFile(p string, desc ocispec.Descriptor, r io.Reader) (created bool, err error) {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return false, err
+	}
+	vr, err := newVerifyReader(r, desc)
+	if err != nil {
+		return false, err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-"+desc.Digest.Encoded()+"-")
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = io.Copy(f, vr); err != nil {
+		return false, fmt.Errorf("write blob %s: %w", desc.Digest, err)
+	}
+	if err = f.Sync(); err != nil {
+		return false, err
+	}
+	if err = f.Close(); err != nil {
+		return false, err
+	}
+	if err = os.Chmod(f.Name(), 0o444); err != nil {
+		return false, err
+	}
+	if _, serr := os.Stat(p); serr == nil {
+		os.Remove(f.Name())
+		return false, nil
+	}
+	if err = os.Rename(f.Name(), p); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func (s *layoutSink) Commit(ctx context.Context, root ocispec.Descriptor) error {
+	if s.done {
+		return fmt.Errorf("oci:%s: commit after commit or abort", s.dir)
+	}
+	if ok, err := s.Exists(ctx, root); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("oci:%s: commit: root %s was not pushed", s.dir, root.Digest)
+	}
+	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
+	indexPath := filepath.Join(s.work, ocispec.ImageIndexFile)
+	if f, err := os.Open(indexPath); err == nil {
+		if err := readJSON(f, indexPath, &idx); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("oci:%s: %w", s.dir, err)
+	}
+	idx.Manifests = replaceEntry(idx.Manifests, root, s.ref)
+	data, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(indexPath, data); err != nil {
+		return fmt.Errorf("oci:%s: write index.json: %w", s.dir, err)
+	}
+	if s.fresh {
+		if err := os.Rename(s.work, s.dir); err != nil {
+			return fmt.Errorf("oci:%s: move into place: %w", s.dir, err)
+		}
+	}
+	s.done = true
+	return nil
+}
+
+func (s *layoutSink) Abort() error {
+	if s.done {
+		return nil
+	}
+	s.done = true
+	if s.fresh {
+		return os.RemoveAll(s.work)
+	}
+	var errs []error
+	for _, p := range s.added {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// replaceEntry puts root into an index.json manifest list under ref,
+// dropping any entry of the same name (or, unnamed, the same digest).
+func replaceEntry(entries []ocispec.Descriptor, root ocispec.Descriptor, ref string) []ocispec.Descriptor {
+	out := entries[:0:0]
+	for _, e := range entries {
+		n := e.Annotations[ocispec.AnnotationRefName]
+		if (ref != "" && n == ref) || (ref == "" && n == "" && e.Digest == root.Digest) {
+			continue
+		}
+		out = append(out, e)
+	}
+	return append(out, ocispec.Descriptor{
+		MediaType:   root.MediaType,
+		Digest:      root.Digest,
+		Size:        root.Size,
+		Annotations: refAnnotations(ref),
+	})
+}
+
+// writeFileAtomic writes data to p through a temp file and a rename.
+func writeFileAtomic(p string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), p)
+}

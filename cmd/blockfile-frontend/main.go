@@ -1,0 +1,22 @@
+// Command blockfile-frontend is the Blockfile Dockerfile frontend as a BuildKit
+// gateway image: users reference it with `# syntax=<image>`. All logic lives in
+// package frontend.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/moby/buildkit/frontend/gateway/grpcclient"
+	"github.com/moby/buildkit/util/appcontext"
+	_ "github.com/moby/buildkit/util/grpcutil/encoding/proto"
+
+	"github.com/blockfile/blockfile/frontend"
+)
+
+func main() {
+	if err := grpcclient.RunFromEnvironment(appcontext.Context(), frontend.Build); err != nil {
+		fmt.Fprintf(os.Stderr, "blockfile-frontend: %+v\n", err)
+		os.Exit(1)
+	}
+}
