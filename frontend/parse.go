@@ -51,11 +51,20 @@ type Dockerfile struct {
 	MetaArg map[string]string // ARG defaults before the first FROM
 }
 
+// ImportError is a malformed IMPORT instruction, at its location.
+type ImportError struct {
+	Location []parser.Range
+	Err      error
+}
+
+func (e *ImportError) Error() string { return e.Err.Error() }
+func (e *ImportError) Unwrap() error { return e.Err }
+
 var blockRef = regexp.MustCompile(`^block@(sha256:[0-9a-f]{64})$`)
 
 // Parse parses a Dockerfile and its IMPORT instructions. A malformed IMPORT
-// is an error carrying the instruction's location (parser.WithLocation), as
-// upstream reports parse errors.
+// is an *ImportError carrying the instruction's location; other syntax
+// errors are upstream's parser errors.
 func Parse(dt []byte) (*Dockerfile, error) {
 	res, err := parser.Parse(bytes.NewReader(dt))
 	if err != nil {
@@ -84,10 +93,10 @@ func Parse(dt []byte) (*Dockerfile, error) {
 		case "import":
 			in, err := parseImport(n)
 			if err != nil {
-				return nil, parser.WithLocation(err, n.Location())
+				return nil, &ImportError{Location: n.Location(), Err: err}
 			}
 			if len(df.Stages) == 0 {
-				return nil, parser.WithLocation(fmt.Errorf("dockerfile parse error on line %d: IMPORT before the first FROM", n.StartLine), n.Location())
+				return nil, &ImportError{Location: n.Location(), Err: fmt.Errorf("dockerfile parse error on line %d: IMPORT before the first FROM", n.StartLine)}
 			}
 			in.Stage = len(df.Stages) - 1
 			if prev != nil && strings.EqualFold(prev.Value, "import") {
@@ -121,6 +130,9 @@ func parseImport(n *parser.Node) (Instruction, error) {
 	for len(fields) > 0 && strings.HasPrefix(fields[0], "--") {
 		k, v, ok := strings.Cut(strings.TrimPrefix(fields[0], "--"), "=")
 		fields = fields[1:]
+		if k != "chmod" && k != "chown" {
+			return in, bad("unknown flag: --%s (IMPORT takes --chmod and --chown)", k)
+		}
 		if !ok || v == "" {
 			return in, bad("flag --%s needs a value (--%s=...)", k, k)
 		}
@@ -138,8 +150,6 @@ func parseImport(n *parser.Node) (Instruction, error) {
 				return in, bad("invalid --chown=%s: %v", v, err)
 			}
 			in.Owner = &o
-		default:
-			return in, bad("unknown flag: --%s (IMPORT takes --chmod and --chown)", k)
 		}
 	}
 	switch {

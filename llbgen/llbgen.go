@@ -175,7 +175,9 @@ func plan(imports []Import) (map[string]entry, error) {
 				}
 				return nil
 			}
-			if old == e {
+			same := old
+			same.line = e.line
+			if same == e { // the same thing twice: harmless
 				return nil
 			}
 			return fmt.Errorf("IMPORT: %s is placed twice (imports %d and %d of this run)", p, old.line+1, e.line+1)

@@ -24,8 +24,13 @@ type ApplyOptions struct {
 	// output must contain it.
 	Outputs []string
 
-	// Progress, if set, is called as each stage advances.
+	// Progress, if set, is called as the verify and ingest passes advance.
 	Progress ProgressFunc
+
+	// HydrateProgress and PlainProgress are passed to image.Hydrate for
+	// each output.
+	HydrateProgress io.Writer
+	PlainProgress   bool
 }
 
 // ApplyResult says what apply did.

@@ -4,17 +4,38 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
-// hydrate rebuilds the standard image of im in s and writes it to each output.
-// TODO: image.Materialize / image.Hydrate once blocks/image lands.
-func hydrate(ctx context.Context, s interface{}, im Image, opts ApplyOptions) ([]string, error) {
+// hydrate rebuilds the standard image of im in s (so the store can serve it
+// directly, and so apply proves it reproduces the source digest), then
+// writes it to each output. It returns the outputs written.
+func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) ([]string, error) {
+	std, err := image.Materialize(ctx, s, im.Name)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", im.Name, err)
+	}
+	if std.Digest != im.Standard.Digest {
+		return nil, fmt.Errorf("image %s: hydrated to %s, the bundle says %s", im.Name, std.Digest, im.Standard.Digest)
+	}
 	var outs []string
 	for _, o := range opts.Outputs {
-		outs = append(outs, strings.ReplaceAll(o, "{name}", im.Name))
-	}
-	if len(outs) > 0 {
-		return nil, fmt.Errorf("outputs are not supported yet")
+		out := strings.ReplaceAll(o, "{name}", im.Name)
+		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name))
+		if err != nil {
+			return outs, fmt.Errorf("image %s: output %s: %w", im.Name, out, err)
+		}
+		got, err := image.Hydrate(ctx, s, im.Name, sink, image.HydrateOptions{Progress: opts.HydrateProgress, PlainProgress: opts.PlainProgress})
+		if err != nil {
+			return outs, fmt.Errorf("image %s: output %s: %w", im.Name, out, err)
+		}
+		if got.Digest != im.Standard.Digest {
+			return outs, fmt.Errorf("image %s: output %s: wrote %s, the bundle says %s", im.Name, out, got.Digest, im.Standard.Digest)
+		}
+		outs = append(outs, out)
 	}
 	return outs, nil
 }

@@ -34,7 +34,7 @@ func TestWalkClosureSkipsHydratedLayers(t *testing.T) {
 	want := map[Kind]int{
 		KindIndex: 1, KindManifest: 1, KindBlockedManifest: 1, KindBlockSet: 2,
 		KindConfig: 2, // image config, empty config of the block-sets
-		KindLayer: 1, KindBlockedLayer: 2, KindBlock: 4,
+		KindLayer:  1, KindBlockedLayer: 2, KindBlock: 4,
 	}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Errorf("closure kinds %v, want %v", kinds, want)

@@ -24,8 +24,10 @@ type Reader struct {
 
 	path string
 	f    *os.File
+	cr   *countingReader
 	tr   *tar.Reader
-	next int // index in Header.Blobs of the next blob
+	next int   // index in Header.Blobs of the next blob
+	end  int64 // offset just past the data (and padding) of the last entry
 }
 
 // Open opens a bundle, reads and checks its header, oci-layout and
@@ -35,7 +37,11 @@ func Open(path string) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
-	r := &Reader{path: path, f: f, tr: tar.NewReader(f)}
+	// The counting reader also hides the file's Seek from the tar reader,
+	// so the bytes of every entry are really read (and a truncated file
+	// is noticed where it ends).
+	cr := &countingReader{r: f}
+	r := &Reader{path: path, f: f, cr: cr, tr: tar.NewReader(cr)}
 	if err := r.start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("bundle %s: %w", path, err)
@@ -71,6 +77,7 @@ func (r *Reader) entry(want string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", want, noEOF(err))
 	}
+	r.end = r.cr.n + (512-th.Size%512)%512
 	return data, nil
 }
 
@@ -161,10 +168,16 @@ func (h *Header) check() error {
 func (r *Reader) Next() (Blob, io.Reader, error) {
 	th, err := r.tr.Next()
 	for err == nil && th.Typeflag == tar.TypeDir && (th.Name == "blobs/" || th.Name == blobDir) {
+		r.end = r.cr.n
 		th, err = r.tr.Next()
 	}
 	if r.next == len(r.Header.Blobs) {
 		if err == io.EOF {
+			// Go's tar reader takes a missing end-of-archive marker for
+			// the end; a bundle must have it, or it was cut short.
+			if r.cr.n < r.end+2*512 {
+				return Blob{}, nil, fmt.Errorf("bundle %s: truncated: no end-of-archive marker after the last blob", r.path)
+			}
 			return Blob{}, nil, io.EOF
 		}
 		if err != nil {
@@ -180,6 +193,7 @@ func (r *Reader) Next() (Blob, io.Reader, error) {
 		return Blob{}, nil, fmt.Errorf("bundle %s: entry %q (%d bytes) where blob %s was expected", r.path, th.Name, th.Size, b)
 	}
 	r.next++
+	r.end = r.cr.n + (b.Size+511)/512*512
 	return b, &named{r: store.VerifyReader(r.tr, b.Descriptor()), what: r.path}, nil
 }
 
@@ -203,6 +217,17 @@ func noEOF(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // RequiresTotals totals h.Requires.

@@ -54,8 +54,8 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 	err := walk(ctx, blocked, want.MediaType, out, func(c blocks.Compression, e StubEntry) error {
 		m, ok := listed[e.Stub.Member.Digest]
 		if !ok || m.Size != e.Stub.Member.Size {
-			return fmt.Errorf("stub %s: block %s is not listed in the block set (member %s, %d bytes): %w",
-				e.StubPath, e.Stub.Block.Digest, e.Stub.Member.Digest, e.Stub.Member.Size, ErrNotListed)
+			return fmt.Errorf("stub %s: block %s is %w (member %s, %d bytes)",
+				e.StubPath, e.Stub.Block.Digest, ErrNotListed, e.Stub.Member.Digest, e.Stub.Member.Size)
 		}
 		if a, ok := m.Annotations[blocks.AnnotationBlockDigest]; ok && a != e.Stub.Block.Digest.String() {
 			return fmt.Errorf("stub %s: member %s holds block %s per the block set, the stub says %s: %w",

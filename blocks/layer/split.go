@@ -46,6 +46,13 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 		return nil, err
 	}
 	defer comp.close()
+	// Block members get their own compressor: a verbatim member may be open
+	// while a block's member is compressed.
+	bcomp, err := newCompressor(c)
+	if err != nil {
+		return nil, err
+	}
+	defer bcomp.close()
 
 	inHash := sha256.New()
 	br := bufio.NewReaderSize(io.TeeReader(tarStream, inHash), copyBufSize)
@@ -54,6 +61,7 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 		c:       c,
 		opts:    opts,
 		comp:    comp,
+		bcomp:   bcomp,
 		br:      br,
 		std:     newDigestWriter(std),
 		blk:     newDigestWriter(blocked),
@@ -86,11 +94,12 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 }
 
 type splitter struct {
-	ctx  context.Context
-	c    blocks.Compression
-	opts SplitOptions
-	comp *compressor
-	br   *bufio.Reader
+	ctx   context.Context
+	c     blocks.Compression
+	opts  SplitOptions
+	comp  *compressor // verbatim and stub members
+	bcomp *compressor // block members
+	br    *bufio.Reader
 
 	std, blk *digestWriter
 	both     io.Writer
@@ -99,9 +108,9 @@ type splitter struct {
 	emittedN int64
 	inN      int64 // bytes of the input tar (counted as entries are walked)
 
-	vw io.WriteCloser // open verbatim member, or nil
-	vn int64          // its uncompressed size so far
-	any bool          // a member has been written
+	vw  io.WriteCloser // open verbatim member, or nil
+	vn  int64          // its uncompressed size so far
+	any bool           // a member has been written
 
 	buf    []byte
 	paths  PathChecker
@@ -433,7 +442,7 @@ func (sp *splitter) member(raw blocks.Ref, pad int64) (ocispec.Descriptor, bool,
 		return ocispec.Descriptor{}, false, fmt.Errorf("spool: %w", err)
 	}
 	mw := newDigestWriter(sp.memberTmp)
-	zw := sp.comp.begin(mw)
+	zw := sp.bcomp.begin(mw)
 	if _, err := io.CopyBuffer(zw, io.LimitReader(sp.spool, raw.Size), sp.buf); err != nil {
 		return ocispec.Descriptor{}, false, fmt.Errorf("compress: %w", err)
 	}

@@ -155,6 +155,11 @@ func stubEntry(name string, s blocks.Stub) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return stubEntryNamed(sn, s)
+}
+
+// stubEntryNamed is stubEntry with the stub entry's name given.
+func stubEntryNamed(sn string, s blocks.Stub) ([]byte, error) {
 	doc, err := EncodeStub(s)
 	if err != nil {
 		return nil, err

@@ -282,6 +282,24 @@ func TestMemberIndex(t *testing.T) {
 	if _, ok, err := s.LookupMember(ctx, raw.Digest, blocks.Gzip); ok || err != nil {
 		t.Fatalf("Lookup with the member gone = %v, %v", ok, err)
 	}
+	// A damaged record (a crash mid-write) reads as absent, Verify reports
+	// it, and the next RecordMember repairs it.
+	push(t, s, blocks.MediaTypeMemberGzip, []byte("pretend gzip member"))
+	os.WriteFile(s.path("blockfile/members/gzip/"+raw.Digest.Encoded()), nil, 0o644)
+	if _, ok, err := s.LookupMember(ctx, raw.Digest, blocks.Gzip); ok || err != nil {
+		t.Fatalf("Lookup of a damaged record = %v, %v", ok, err)
+	}
+	var problems []Problem
+	if err := s.Verify(ctx, func(p Problem) { problems = append(problems, p) }); !errors.Is(err, ErrProblems) ||
+		len(problems) != 1 || problems[0].Kind != ProblemBadRecord {
+		t.Fatalf("Verify with a damaged member record = %v, %v", err, problems)
+	}
+	if err := s.RecordMember(ctx, raw.Digest, blocks.Gzip, member); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.LookupMember(ctx, raw.Digest, blocks.Gzip); !ok {
+		t.Fatal("RecordMember did not repair the record")
+	}
 	if err := s.RecordMember(ctx, raw.Digest, "brotli", member); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("RecordMember(brotli) = %v", err)
 	}

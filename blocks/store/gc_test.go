@@ -293,6 +293,16 @@ func TestVerify(t *testing.T) {
 	}
 }
 
+func TestVerifyMissingRecordedBlock(t *testing.T) {
+	f := newFixture(t)
+	os.Remove(f.s.BlobPath(f.rawBlock.Digest))
+	ps, err := collect(t, f.s)
+	if !errors.Is(err, ErrProblems) || len(ps) != 1 || ps[0].Kind != ProblemMissing ||
+		ps[0].Digest != f.rawBlock.Digest || !strings.Contains(ps[0].Ref, "blockfile/blocks/"+f.rawBlock.Digest.Encoded()) {
+		t.Fatalf("Verify = %v, %+v", err, ps)
+	}
+}
+
 func TestVerifyReportsBadDocuments(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)

@@ -35,13 +35,6 @@ func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) e
 	if name == "" {
 		return fmt.Errorf("tag: empty name: %w", ErrInvalid)
 	}
-	ok, err := s.Exists(ctx, desc.Digest)
-	if err != nil {
-		return fmt.Errorf("tag %s: %w", name, err)
-	}
-	if !ok {
-		return fmt.Errorf("tag %s: blob %s (%s): %w", name, desc.Digest, s.BlobPath(desc.Digest), ErrNotFound)
-	}
 	entry := desc
 	entry.Annotations = maps.Clone(desc.Annotations)
 	if entry.Annotations == nil {
@@ -49,6 +42,15 @@ func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) e
 	}
 	entry.Annotations[ocispec.AnnotationRefName] = name
 	return s.updateIndex(ctx, func(idx *ocispec.Index) (bool, error) {
+		// Checked under the lock, which gc holds while it sweeps: the blob
+		// cannot go between this check and the tag.
+		ok, err := s.Exists(ctx, desc.Digest)
+		if err != nil {
+			return false, fmt.Errorf("tag %s: %w", name, err)
+		}
+		if !ok {
+			return false, fmt.Errorf("tag %s: blob %s (%s): %w", name, desc.Digest, s.BlobPath(desc.Digest), ErrNotFound)
+		}
 		for i, m := range idx.Manifests {
 			if m.Annotations[ocispec.AnnotationRefName] == name {
 				idx.Manifests[i] = entry

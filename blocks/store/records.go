@@ -23,11 +23,11 @@ func (s *Store) LookupMember(ctx context.Context, raw digest.Digest, c blocks.Co
 		return ocispec.Descriptor{}, false, err
 	}
 	desc, err := s.readRecord(rel)
-	if errors.Is(err, os.ErrNotExist) {
-		return ocispec.Descriptor{}, false, nil
-	}
 	if err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("member of %s (%s): %w", raw, c, err)
+		// The member index is a cache: a missing or damaged record (a crash
+		// while it was written) means "not known", and the next RecordMember
+		// replaces it. Verify reports damaged records.
+		return ocispec.Descriptor{}, false, nil
 	}
 	ok, err := s.Exists(ctx, desc.Digest)
 	if err != nil || !ok {
@@ -47,8 +47,9 @@ func (s *Store) RecordMember(ctx context.Context, raw digest.Digest, c blocks.Co
 	if err := member.Digest.Validate(); err != nil {
 		return fmt.Errorf("record member of %s: member digest %q: %w", raw, member.Digest, ErrInvalid)
 	}
-	// Not fsynced as a directory entry: the member index is a cache that can
-	// be rebuilt from block-set manifests, and LookupMember checks the blob.
+	// Not fsynced: the member index is a cache that can be rebuilt from
+	// block-set manifests, LookupMember treats a damaged record as absent and
+	// checks the member blob is present.
 	return s.writeRecord(rel, member, false)
 }
 

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -167,6 +167,11 @@ func (s *Store) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadClos
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
+	// A wrong size is known now; fail before the caller streams gigabytes.
+	if fi, err := f.Stat(); err == nil && fi.Size() != desc.Size {
+		f.Close()
+		return nil, fmt.Errorf("blob %s (%s): file is %d bytes, declared %d: %w", desc.Digest, p, fi.Size(), desc.Size, ErrSizeMismatch)
+	}
 	return &readCloser{Reader: newVerifier(ctxReader{ctx, f}, desc, p), c: f}, nil
 }
 
@@ -184,7 +189,7 @@ func (s *Store) PutJSON(ctx context.Context, mediaType string, v any) (ocispec.D
 		return ocispec.Descriptor{}, fmt.Errorf("encode %s: %w", mediaType, err)
 	}
 	desc := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))}
-	if err := s.Push(ctx, desc, strings.NewReader(string(b))); err != nil {
+	if err := s.Push(ctx, desc, bytes.NewReader(b)); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	return desc, nil
@@ -262,7 +267,7 @@ func (s *Store) createIfAbsent(rel string, b []byte) error {
 	if _, err := os.Stat(dst); err == nil {
 		return nil
 	}
-	tmp, err := s.writeTemp(b)
+	tmp, err := s.writeTemp(b, true)
 	if err != nil {
 		return err
 	}
@@ -273,10 +278,11 @@ func (s *Store) createIfAbsent(rel string, b []byte) error {
 	return nil
 }
 
-// replaceFile atomically replaces rel with content b (temp + fsync + rename),
-// and makes the rename durable (fsync of the directory) if durable is set.
+// replaceFile atomically replaces rel with content b (temp + rename). If
+// durable is set the file and the rename are fsynced; otherwise a crash may
+// leave the old content, or an empty file, under rel.
 func (s *Store) replaceFile(rel string, b []byte, durable bool) error {
-	tmp, err := s.writeTemp(b)
+	tmp, err := s.writeTemp(b, durable)
 	if err != nil {
 		return err
 	}
@@ -291,14 +297,14 @@ func (s *Store) replaceFile(rel string, b []byte, durable bool) error {
 	return syncDir(filepath.Dir(dst))
 }
 
-// writeTemp writes b to a new synced temp file in the ingest directory.
-func (s *Store) writeTemp(b []byte) (string, error) {
+// writeTemp writes b to a new temp file in the ingest directory, synced if fsync.
+func (s *Store) writeTemp(b []byte, fsync bool) (string, error) {
 	f, err := os.CreateTemp(s.path(ingestDir), "file-*")
 	if err != nil {
 		return "", fmt.Errorf("store %s: %w", s.root, err)
 	}
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && fsync {
 		err = f.Sync()
 	}
 	if err == nil {

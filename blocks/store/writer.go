@@ -62,8 +62,8 @@ func (w *BlobWriter) Size() int64 { return w.n }
 // Digest is the digest of the bytes written so far.
 func (w *BlobWriter) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
 
-// Commit syncs the blob, makes it read-only and renames it into blobs/. A blob
-// that is already present is left as is (it has the same content, by name).
+// Commit syncs the blob, makes it read-only and renames it into blobs/. If the
+// blob is already present the new copy is discarded (same content, by name).
 func (w *BlobWriter) Commit(ctx context.Context, mediaType string) (ocispec.Descriptor, error) {
 	desc := ocispec.Descriptor{MediaType: mediaType, Digest: w.Digest(), Size: w.n}
 	return desc, w.commit(ctx, desc)
@@ -84,6 +84,12 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 	if got := w.Digest(); got != want.Digest {
 		return fmt.Errorf("blob %s: content hashes to %s: %w", want.Digest, got, ErrDigestMismatch)
 	}
+	dst := w.s.BlobPath(want.Digest)
+	if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == want.Size {
+		// Another writer got there first: keep its file (and its inode, which
+		// readers may have open) and drop ours.
+		return nil
+	}
 	// fsync before rename: after a crash a blob name never points at
 	// unwritten data. 0444: blobs are immutable, by name.
 	if err := w.f.Sync(); err != nil {
@@ -95,7 +101,6 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 	if err := w.f.Close(); err != nil {
 		return fmt.Errorf("blob %s: close %s: %w", want.Digest, w.f.Name(), err)
 	}
-	dst := w.s.BlobPath(want.Digest)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("blob %s: %w", want.Digest, err)
 	}

@@ -192,7 +192,9 @@ func Build(ctx context.Context, dir string, add func(ctx context.Context, path s
 			if !utf8.ValidString(target) || target == "" {
 				return fmt.Errorf("tree %s: symlink %s: target %q is empty or not valid UTF-8", dir, p, target)
 			}
-			e.Type, e.Target = TypeSymlink, target
+			// Symlink permissions mean nothing on Linux and differ on other
+			// systems; fix them so the document depends on content only.
+			e.Type, e.Target, e.Mode = TypeSymlink, target, "0777"
 		default:
 			return fmt.Errorf("tree %s: %s is a %s; a tree holds only files, folders and symlinks", dir, p, info.Mode().Type())
 		}

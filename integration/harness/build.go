@@ -200,17 +200,6 @@ func (e *Env) BuildBlockfile(ctx context.Context) (string, error) {
 	})
 }
 
-// frontendSource returns where the frontend main is built from: the
-// directory and package for `go build`. $BLOCKFILE_FRONTEND_DIR (a directory
-// holding a main package, built with its own go.mod if it has one) replaces
-// ./cmd/blockfile-frontend; it exists to test the harness itself.
-func (e *Env) frontendSource() (dir, pkg string) {
-	if d := os.Getenv("BLOCKFILE_FRONTEND_DIR"); d != "" {
-		return d, "."
-	}
-	return e.Root, "./cmd/blockfile-frontend"
-}
-
 // BuildFrontendImage builds the frontend binary on the host (static,
 // CGO_ENABLED=0), packages it with the root Dockerfile's frontend-host stage
 // through buildkitd, pushes it to the local registry and returns its
@@ -224,9 +213,8 @@ func (e *Env) BuildFrontendImage(ctx context.Context) (string, error) {
 		}
 		ctxDir := filepath.Join(e.Dir, "frontend-context")
 		bin := filepath.Join(ctxDir, "bin", "blockfile-frontend")
-		dir, pkg := e.frontendSource()
-		e.progressf("building %s (CGO_ENABLED=0)", pkg)
-		if err := e.goBuild(ctx, dir, bin, pkg, []string{"CGO_ENABLED=0"}); err != nil {
+		e.progressf("building ./cmd/blockfile-frontend (CGO_ENABLED=0)")
+		if err := e.goBuild(ctx, e.Root, bin, "./cmd/blockfile-frontend", []string{"CGO_ENABLED=0"}); err != nil {
 			return "", err
 		}
 		sum, err := fileSHA256(bin)

@@ -1,0 +1,34 @@
+# Blockfile. See README.md.
+GO ?= go
+
+.PHONY: all build test test-unit test-integration demo clean FORCE
+
+all: build
+
+# The CLI and the frontend (static: it runs in a FROM scratch image).
+build: bin/blockfile bin/blockfile-frontend
+
+bin/blockfile: FORCE
+	$(GO) build -o $@ ./cmd/blockfile
+
+bin/blockfile-frontend: FORCE
+	CGO_ENABLED=0 $(GO) build -o $@ ./cmd/blockfile-frontend
+
+# Unit tests, then integration tests against real buildkitd, registry,
+# containerd and docker buildx (started by integration/harness; needs root).
+test: test-unit test-integration
+
+test-unit:
+	$(GO) test -short ./...
+
+test-integration:
+	$(GO) test -count=1 -timeout 60m ./integration/...
+
+# Builds examples/javaapp v1 and v2 on its own buildkitd and registry.
+demo:
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin
+
+FORCE:

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/blockfile/blockfile/blocks/bundle"
+)
+
+func init() {
+	cmd := &cobra.Command{
+		Use:   "bundle",
+		Short: "Make, inspect and apply offline update bundles",
+		Long: `A bundle is one file (a tar holding an OCI image layout) that carries one or
+more images to a site that cannot pull: only the blobs the site lacks, and the
+list of blobs it must already hold. See docs/BUNDLES.md.`,
+	}
+	cmd.AddCommand(newBundleCreateCmd(), newBundleInspectCmd(), newBundleApplyCmd())
+	register(cmd)
+}
+
+func newBundleCreateCmd() *cobra.Command {
+	var (
+		from     []string
+		have     string
+		full     bool
+		out      string
+		asJSON   bool
+		progress string
+	)
+	cmd := &cobra.Command{
+		Use:   "create [flags] (--from NAME... | --have FILE | --full) NAME... -o FILE",
+		Short: "Write a bundle of images holding only what the site lacks",
+		Long: `Create writes to FILE the images NAME... (tags in the store) minus what the
+site already has: the images it was given before (--from, repeatable or
+comma-separated), or an inventory brought back from it (--have, made there by
+'blockfile inventory'). --full makes a bundle for a first install, carrying
+everything. Blobs shared by several images travel once.`,
+		Args: minArgs(1),
+	}
+	openStore := storeFlag(cmd)
+	cmd.Flags().StringSliceVar(&from, "from", nil, "images the site already has (its base)")
+	cmd.Flags().StringVar(&have, "have", "", "inventory file of the site's store (its base)")
+	cmd.Flags().BoolVar(&full, "full", false, "no base: carry everything (first install)")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
+	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		n := 0
+		for _, set := range []bool{len(from) > 0, have != "", full} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			return usageError{errors.New("bundle create: give exactly one of --from NAME, --have FILE or --full")}
+		}
+		if out == "" {
+			return usageError{errors.New("bundle create: -o FILE is required")}
+		}
+		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		opts := bundle.CreateOptions{From: from, Full: full}
+		if have != "" {
+			f, err := os.Open(have)
+			if err != nil {
+				return err
+			}
+			opts.Have, err = bundle.ReadInventory(f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %w", have, err)
+			}
+		}
+		s, err := openStore()
+		if err != nil {
+			return err
+		}
+		prog, done := progressFunc(pw, plain)
+		opts.Progress = prog
+		h, err := bundle.Create(cmd.Context(), s, args, out, opts)
+		done()
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), h)
+		}
+		fi, err := os.Stat(out)
+		if err != nil {
+			return err
+		}
+		w := cmd.OutOrStdout()
+		fmt.Fprintf(w, "wrote %s (%s)\n", out, sizeString(fi.Size()))
+		printHeader(w, h)
+		return nil
+	}
+	return cmd
+}
+
+func newBundleInspectCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "inspect [flags] FILE",
+		Short: "Show the images in a bundle, what it adds and what it requires",
+		Long: `Inspect reads the header of a bundle (the first entry of the file, so this is
+quick whatever the bundle's size) and shows its images, what it adds by kind
+and what the target store must already hold. --json prints the whole header,
+with every blob added and required.`,
+		Args: exactArgs(1),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		h, err := bundle.ReadHeader(args[0])
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), h)
+		}
+		w := cmd.OutOrStdout()
+		if fi, err := os.Stat(args[0]); err == nil {
+			fmt.Fprintf(w, "bundle %s (%s), format version %d\n", args[0], sizeString(fi.Size()), h.Version)
+		}
+		printHeader(w, h)
+		return nil
+	}
+	return cmd
+}
+
+func newBundleApplyCmd() *cobra.Command {
+	var (
+		outputs  []string
+		asJSON   bool
+		progress string
+	)
+	cmd := &cobra.Command{
+		Use:   "apply [flags] FILE [--output DEST]...",
+		Short: "Check a bundle, add it to the store and write its images",
+		Long: `Apply first checks, without writing anything, that the store holds every blob
+the bundle requires and that every blob in the bundle is intact and belongs to
+its images; if not, it lists what is wrong and exits 1 with the store
+unchanged. Then it ingests the blobs (each verified, written to a temp file and
+renamed), tags each image, rebuilds its standard image in the store and
+writes it to each --output: oci-archive:FILE[:REF] (for docker load and ctr
+images import), oci:DIR[:REF] or docker://REF. In an output, {name} is
+replaced by the image name; with several images in the bundle every output
+must contain {name}. Apply can be re-run at any time, also after being killed.`,
+		Args: exactArgs(1),
+	}
+	openStore := storeFlag(cmd)
+	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write each image (repeatable)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
+	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		s, err := openStore()
+		if err != nil {
+			return err
+		}
+		prog, done := progressFunc(pw, plain)
+		res, err := bundle.Apply(cmd.Context(), s, args[0], bundle.ApplyOptions{
+			Outputs: outputs, Progress: prog, HydrateProgress: pw, PlainProgress: plain,
+		})
+		done()
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), res)
+		}
+		w := cmd.OutOrStdout()
+		fmt.Fprintf(w, "applied %s in %s: %d blobs ingested (%s), %d already present, %d prerequisites found\n",
+			args[0], res.Duration.Round(time.Millisecond), res.Ingested.Blobs, sizeString(res.Ingested.Bytes), res.Present.Blobs, res.Required.Blobs)
+		for _, im := range res.Images {
+			fmt.Fprintf(w, "  %s  %s\n", im.Name, im.Standard.Digest)
+			for _, o := range im.Outputs {
+				fmt.Fprintf(w, "    -> %s\n", o)
+			}
+		}
+		return nil
+	}
+	return cmd
+}
+
+// printHeader prints the images of a bundle, what it adds and requires.
+func printHeader(w io.Writer, h *bundle.Header) {
+	fmt.Fprintf(w, "images (%d):\n", len(h.Images))
+	for _, im := range h.Images {
+		fmt.Fprintf(w, "  %s  %s  %s\n", im.Name, im.Standard.Digest, strings.Join(im.Platforms, ","))
+	}
+	fmt.Fprintf(w, "adds %d blobs, %s:\n", h.Adds.Blobs, sizeString(h.Adds.Bytes))
+	for _, k := range []struct {
+		label string
+		kinds []bundle.Kind
+	}{
+		{"blocks", []bundle.Kind{bundle.KindBlock}},
+		{"blocked layers", []bundle.Kind{bundle.KindBlockedLayer}},
+		{"layers", []bundle.Kind{bundle.KindLayer}},
+		{"metadata", []bundle.Kind{bundle.KindIndex, bundle.KindManifest, bundle.KindBlockedManifest, bundle.KindBlockSet, bundle.KindConfig}},
+	} {
+		var c bundle.Count
+		for _, kind := range k.kinds {
+			c.Blobs += h.Adds.Kinds[kind].Blobs
+			c.Bytes += h.Adds.Kinds[kind].Bytes
+		}
+		fmt.Fprintf(w, "  %-15s %6d  %s\n", k.label, c.Blobs, sizeString(c.Bytes))
+	}
+	r := h.RequiresTotals()
+	fmt.Fprintf(w, "requires %d blobs (%s) in the target store\n", r.Blobs, sizeString(r.Bytes))
+}
+
+// progressFunc turns a progress writer into a bundle.ProgressFunc: a bar per
+// stage on a terminal, or with plain a line per stage and every 10%.
+func progressFunc(w io.Writer, plain bool) (bundle.ProgressFunc, func()) {
+	if w == nil {
+		return nil, func() {}
+	}
+	var (
+		stage string
+		bar   *progressbar.ProgressBar
+		tenth int64
+	)
+	finish := func() {
+		if bar != nil {
+			bar.Finish()
+			bar = nil
+		}
+	}
+	return func(st string, done, total int64) {
+		if st != stage {
+			finish()
+			stage, tenth = st, -1
+			if !plain {
+				bar = progressbar.NewOptions64(total,
+					progressbar.OptionSetWriter(w),
+					progressbar.OptionSetDescription(st),
+					progressbar.OptionShowBytes(true),
+					progressbar.OptionThrottle(100*time.Millisecond),
+					progressbar.OptionSetWidth(30),
+					progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+				)
+			}
+		}
+		if bar != nil {
+			bar.Set64(done)
+			return
+		}
+		if t := done * 10 / max(total, 1); t != tenth {
+			tenth = t
+			fmt.Fprintf(w, "%s: %s of %s\n", st, sizeString(done), sizeString(total))
+		}
+	}, finish
+}
