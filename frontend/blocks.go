@@ -1,6 +1,8 @@
 package frontend
 
 import (
+	"os"
+	"time"
 	"bytes"
 	"context"
 	"errors"
@@ -99,7 +101,9 @@ func (r *resolver) states(ctx context.Context) (map[string]llb.State, error) {
 		src = llbgen.HTTP{BaseURL: u}
 		trees, err = r.remoteTrees(ctx, src, top)
 	} else {
+		t0 := time.Now()
 		src, trees, err = r.store(ctx, top)
+		fmt.Fprintf(os.Stderr, "DEBUG store resolve+verify %v\n", time.Since(t0))
 	}
 	if err != nil {
 		return nil, err

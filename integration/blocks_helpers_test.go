@@ -53,6 +53,30 @@ func bfRun(t testing.TB, bin string, args ...string) bfResult {
 	return r
 }
 
+// bfMeasured runs the blockfile CLI, which must exit 0, and returns its own
+// peak RSS. The rusage of a child spawned by Go is not enough: Go starts
+// children with vfork semantics, and Linux folds the parent's high-water RSS
+// into the child's ru_maxrss at exec, so it is max(test process, child).
+// GNU time forks a tiny process instead, so its %M is blockfile's own; without
+// it the rusage figure is used as an upper bound.
+func bfMeasured(t testing.TB, bin string, args ...string) bfResult {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/time"); err != nil {
+		t.Logf("no /usr/bin/time: peak RSS is an upper bound (includes the test process)")
+		return bfMust(t, bin, args...)
+	}
+	out := filepath.Join(t.TempDir(), "maxrss")
+	r := bfMust(t, "/usr/bin/time", append([]string{"-f", "%M", "-o", out, bin}, args...)...)
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Sscan(strings.TrimSpace(string(data)), &r.maxRSSKiB); err != nil {
+		t.Fatalf("/usr/bin/time wrote %q: %v", data, err)
+	}
+	return r
+}
+
 // bfMust runs the blockfile CLI and fails t unless it exits 0.
 func bfMust(t testing.TB, bin string, args ...string) bfResult {
 	t.Helper()

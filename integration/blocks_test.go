@@ -331,8 +331,36 @@ func TestBlocksCtrRun(t *testing.T) {
 	}
 }
 
+// TestBlocksZstdCtrRun: exported with --compression zstd, the hydrated
+// image (zstd layers, one frame per block) is imported and run by containerd.
+func TestBlocksZstdCtrRun(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	_, ctr := env.Containerd(t)
+	f := richFixture(t)
+	storeDir := filepath.Join(t.TempDir(), "store")
+	const name = "example.test/blocks/rich-zstd:1"
+	res := bfExport(t, bin, storeDir, "oci-archive:"+f.archive, name, "--compression", "zstd")
+	for _, l := range res.Manifests[0].Layers {
+		if l.Standard.MediaType != ocispec.MediaTypeImageLayerZstd {
+			t.Fatalf("layer %s has media type %s, want zstd", l.Standard.Digest, l.Standard.MediaType)
+		}
+	}
+	archive := filepath.Join(t.TempDir(), "zstd.tar")
+	if got := bfHydrate(t, bin, storeDir, name, "oci-archive:"+archive); got != res.Standard.Digest.String() {
+		t.Fatalf("hydrate printed %s, want %s", got, res.Standard.Digest)
+	}
+	cmdOut(t, ctr("images", "import", archive))
+	t.Cleanup(func() { _ = ctr("images", "rm", name).Run() })
+	out := cmdOut(t, ctr("run", "--rm", name, "blocks-zstd-run", "sha256sum", "/app/libs/x.jar"))
+	if want := sha256Hex(jarBytes) + "  /app/libs/x.jar\n"; out != want {
+		t.Fatalf("ctr run printed %q, want %q", out, want)
+	}
+}
+
 // TestBlocksTarListsStubs: the real tar lists .import. stubs in a blocked
-// layer where the block files were.
+// layer where the block files were, and `blockfile inspect` counts them.
 func TestBlocksTarListsStubs(t *testing.T) {
 	harness.RequireIntegration(t)
 	f := smallFixture(t)
@@ -356,6 +384,22 @@ func TestBlocksTarListsStubs(t *testing.T) {
 		if slices.Contains(names, gone) {
 			t.Errorf("blocked layer still lists %q", gone)
 		}
+	}
+	stubs := 0
+	for _, n := range names {
+		if strings.HasPrefix(filepath.Base(n), blocks.StubPrefix) {
+			stubs++
+		}
+	}
+	env := harness.Get(t)
+	var info image.Info
+	r := bfMust(t, env.BlockfileBin(t), "inspect", "--store", f.store, "--json", f.name)
+	if err := json.Unmarshal([]byte(r.stdout), &info); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, r.stdout)
+	}
+	if info.Stubs != stubs || info.Manifests[0].Layers[0].Stubs != stubs || info.Standard.Digest != f.export.Standard.Digest {
+		t.Errorf("inspect: %d stubs (layer 0: %d), standard %s; tar lists %d stubs, export said %s",
+			info.Stubs, info.Manifests[0].Layers[0].Stubs, info.Standard.Digest, stubs, f.export.Standard.Digest)
 	}
 }
 
@@ -521,7 +565,7 @@ func TestBlocksMemoryFlat2GB(t *testing.T) {
 
 	storeDir := filepath.Join(t.TempDir(), "store")
 	start = time.Now()
-	r := bfMust(t, bin, "export", "--store", storeDir, "--json", "--progress", "none", "oci:"+layout, "big")
+	r := bfMeasured(t, bin, "export", "--store", storeDir, "--json", "--progress", "none", "oci:"+layout, "big")
 	t.Logf("export: %s, peak RSS %s", time.Since(start).Round(time.Second), fmtKiB(r.maxRSSKiB))
 	var res image.ExportResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
@@ -535,7 +579,7 @@ func TestBlocksMemoryFlat2GB(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "big.tar")
 	start = time.Now()
-	r = bfMust(t, bin, "hydrate", "--store", storeDir, "--progress", "none", "big", "oci-archive:"+out)
+	r = bfMeasured(t, bin, "hydrate", "--store", storeDir, "--progress", "none", "big", "oci-archive:"+out)
 	t.Logf("hydrate: %s, peak RSS %s", time.Since(start).Round(time.Second), fmtKiB(r.maxRSSKiB))
 	if strings.TrimSpace(r.stdout) != res.Standard.Digest.String() {
 		t.Errorf("hydrate printed %s, want %s", r.stdout, res.Standard.Digest)

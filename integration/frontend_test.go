@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/integration/harness"
 )
 
@@ -428,5 +430,45 @@ func fePushBlob(t testing.TB, reg, repo string, data []byte) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("upload blob: %s", resp.Status)
+	}
+}
+
+// TestBlockfileBuild: `blockfile build` builds a Dockerfile with IMPORTs
+// in-process against buildkitd, with its store as the block source, and
+// exports the image into the store: the printed digest is the standard
+// image, and the imported files are blocks.
+func TestBlockfileBuild(t *testing.T) {
+	harness.RequireIntegration(t)
+	f := newFEFixture(t)
+	writeFile(t, filepath.Join(f.dir, "Dockerfile"), f.dockerfile(t, false))
+	bin := f.env.BlockfileBin(t)
+	r := bfMust(t, bin, "build", "--addr", f.env.BuildkitAddr(t), "--store", f.storeDir, "--progress", "plain",
+		"--build-arg", "SOURCE_DATE_EPOCH=0", "--json", "-t", "app:v1", f.dir)
+	var res image.ExportResult
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("build --json printed %q: %v", r.stdout, err)
+	}
+	if !strings.Contains(r.stderr, "IMPORT 3 block(s)") {
+		t.Errorf("no BuildKit progress for the import step on stderr:\n%s", r.stderr)
+	}
+	s := openStoreT(t, f.storeDir)
+	idx, err := s.Resolve(ctxT(t), "app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx.Digest != res.Index.Digest {
+		t.Errorf("app:v1 is %s, export result says %s", idx.Digest, res.Index.Digest)
+	}
+	// a.jar, tool and the tree's two files are imported, so they are blocks
+	// whatever their size (a.jar and modules are under 16 KiB).
+	if res.Blocks < 4 {
+		t.Errorf("export found %d blocks, want at least the 4 imported files", res.Blocks)
+	}
+
+	// Plain output prints the standard manifest digest.
+	r = bfMust(t, bin, "build", "--addr", f.env.BuildkitAddr(t), "--store", f.storeDir, "--progress", "quiet",
+		"--build-arg", "SOURCE_DATE_EPOCH=0", "-t", "app:v1", f.dir)
+	if got := strings.TrimSpace(r.stdout); got != res.Standard.Digest.String() {
+		t.Errorf("build printed %q, want the standard digest %s", got, res.Standard.Digest)
 	}
 }

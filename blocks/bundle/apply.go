@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/blockfile/blockfile/blocks/store"
 )
@@ -65,34 +66,22 @@ func (e *MissingError) Error() string {
 // Apply checks the bundle at path against s and, only if every check
 // passes, ingests its blobs, tags its images and hydrates them:
 //
-//  1. every prerequisite is in s with its size (else *MissingError);
-//  2. the whole bundle is read once: every blob hashed, each image's
-//     closure walked and found complete (shipped or in s), and every
-//     shipped blob found in some closure;
-//  3. the blobs are ingested (each verified again, temp file + rename);
-//  4. each image is tagged, hydrated into s and written to the outputs.
+//  1. it reads the header and the manifests at the front of the bundle and
+//     walks each image: every blob an image needs must be in the bundle or
+//     in s with its size (else a *MissingError listing them all), and every
+//     blob in the bundle must belong to an image;
+//  2. it reads the rest of the bundle, hashing every blob;
+//  3. it ingests the blobs (each verified again, temp file + rename);
+//  4. it tags each image, hydrates it into s and writes it to the outputs.
 //
 // A failure in 1 or 2 leaves s unchanged. Apply is idempotent, and may be
-// re-run after being killed at any point: blobs already ingested are kept.
+// re-run after being killed at any point: blobs already ingested are kept,
+// and no blob is ever visible under its name before it is complete.
 func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) (*ApplyResult, error) {
 	start := time.Now()
-	h, err := ReadHeader(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(h.Images) > 1 {
-		for _, o := range opts.Outputs {
-			if !strings.Contains(o, "{name}") {
-				return nil, fmt.Errorf("output %q: the bundle holds %d images; put {name} in the output to write each", o, len(h.Images))
-			}
-		}
-	}
 	res := &ApplyResult{}
-	res.Required, err = checkRequires(ctx, s, h.Requires)
+	h, err := verifyBundle(ctx, s, path, res, opts)
 	if err != nil {
-		return nil, err
-	}
-	if err := verifyBundle(ctx, s, path, h, opts.Progress); err != nil {
 		return nil, err
 	}
 	if err := ingest(ctx, s, path, h, res, opts.Progress); err != nil {
@@ -114,31 +103,6 @@ func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) 
 	return res, nil
 }
 
-// checkRequires makes sure s holds every prerequisite, with its size.
-func checkRequires(ctx context.Context, s *store.Store, req []Blob) (Count, error) {
-	var c Count
-	var missing []Blob
-	for _, b := range req {
-		if err := ctx.Err(); err != nil {
-			return c, err
-		}
-		size, ok, err := blobSize(ctx, s, b.Digest)
-		if err != nil {
-			return c, err
-		}
-		if !ok || size != b.Size {
-			missing = append(missing, b)
-			continue
-		}
-		c.Blobs++
-		c.Bytes += b.Size
-	}
-	if len(missing) > 0 {
-		return c, &MissingError{Missing: missing}
-	}
-	return c, nil
-}
-
 // blobSize returns the size of the blob d in s, if present.
 func blobSize(ctx context.Context, s *store.Store, d digest.Digest) (int64, bool, error) {
 	ok, err := s.Exists(ctx, d)
@@ -155,59 +119,94 @@ func blobSize(ctx context.Context, s *store.Store, d digest.Digest) (int64, bool
 	return fi.Size(), true, nil
 }
 
-// verifyBundle is apply's first pass: it reads the whole bundle without
-// writing anything, hashing every blob and keeping the indexes and
-// manifests, then walks each image to check that its closure is exactly
-// what the bundle ships plus what s holds.
-func verifyBundle(ctx context.Context, s *store.Store, path string, h *Header, progress ProgressFunc) error {
+// verifyBundle is apply's first pass; it writes nothing. It reads the
+// manifests at the front of the bundle, checks the prerequisites and the
+// closures (step 1 of Apply), then reads and hashes every other blob.
+func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyResult, opts ApplyOptions) (*Header, error) {
 	r, err := Open(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer r.Close()
+	h := r.Header
+	if len(h.Images) > 1 {
+		for _, o := range opts.Outputs {
+			if !strings.Contains(o, "{name}") {
+				return nil, fmt.Errorf("output %q: the bundle holds %d images; put {name} in the output to write each", o, len(h.Images))
+			}
+		}
+	}
 	meta := memFetcher{blobs: map[digest.Digest][]byte{}, next: s}
-	var held, done int64
+	var done int64
+	report := func(n int64) {
+		done += n
+		if opts.Progress != nil {
+			opts.Progress("verify", done, h.Adds.Bytes)
+		}
+	}
+	// The manifests come first (the header's order is checked); keep them.
+	var held int64
+	for _, b := range h.Blobs {
+		if !b.Kind.isManifest() {
+			break
+		}
+		if b.Size > maxJSONSize || held+b.Size > maxMetaTotal {
+			return nil, fmt.Errorf("bundle %s: manifest %s: too large", path, b)
+		}
+		got, rd, err := r.Next()
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(rd)
+		if err != nil {
+			return nil, err
+		}
+		meta.blobs[got.Digest] = data
+		held += got.Size
+		report(got.Size)
+	}
+	if err := checkClosures(ctx, s, path, h, meta, res); err != nil {
+		return nil, err
+	}
 	buf := make([]byte, 1<<20)
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		b, rd, err := r.Next()
 		if err == io.EOF {
-			break
+			return h, nil
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if b.Kind.isManifest() && b.Size <= maxJSONSize && held+b.Size <= maxMetaTotal {
-			data, err := io.ReadAll(rd)
-			if err != nil {
-				return err
-			}
-			meta.blobs[b.Digest] = data
-			held += b.Size
-		} else if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
-			return err
+		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
+			return nil, err
 		}
-		done += b.Size
-		if progress != nil {
-			progress("verify", done, h.Adds.Bytes)
-		}
+		report(b.Size)
 	}
+}
 
+// checkClosures walks every image of h, reading manifests from meta (the
+// bundle's) or s, and checks that what each needs is shipped or in s, and
+// that everything shipped is needed.
+func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, meta memFetcher, res *ApplyResult) error {
 	shipped := map[digest.Digest]Blob{}
 	for _, b := range h.Blobs {
 		shipped[b.Digest] = b
 	}
+	var missing []Blob
+	required := map[digest.Digest]Blob{}
 	inClosure := map[digest.Digest]bool{}
 	for _, im := range h.Images {
-		c, err := Walk(ctx, meta, im.Name, im.Index)
+		c, err := walk(ctx, meta, im.Name, im.Index, true)
 		if err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
 		}
-		if c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size {
-			return fmt.Errorf("bundle %s: image %s: header says standard image %s, its index says %s", path, im.Name, im.Standard.Digest, c.Standard.Digest)
+		if len(c.Missing) == 0 && (c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size) {
+			return fmt.Errorf("bundle %s: image %s: the header says standard image %s, its index says %s", path, im.Name, im.Standard.Digest, c.Standard.Digest)
 		}
+		missing = append(missing, c.Missing...)
 		for _, b := range c.Blobs {
 			inClosure[b.Digest] = true
 			if sb, ok := shipped[b.Digest]; ok {
@@ -216,21 +215,45 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, h *Header, p
 				}
 				continue
 			}
+			if _, ok := required[b.Digest]; ok || c.isMissing(b.Digest) {
+				continue
+			}
+			required[b.Digest] = b
 			size, ok, err := blobSize(ctx, s, b.Digest)
 			if err != nil {
 				return err
 			}
 			if !ok || size != b.Size {
-				return fmt.Errorf("bundle %s: image %s is incomplete: it needs %s, which is neither in the bundle nor in the store", path, im.Name, b)
+				missing = append(missing, b)
 			}
 		}
+	}
+	if len(missing) > 0 {
+		return &MissingError{Missing: missing}
 	}
 	for _, b := range h.Blobs {
 		if !inClosure[b.Digest] {
 			return fmt.Errorf("bundle %s: blob %s is not part of any image in the bundle", path, b)
 		}
 	}
+	var req []Blob
+	for _, b := range required {
+		req = append(req, b)
+	}
+	if t := totals(req); t.Blobs != h.Requires.Blobs || t.Bytes != h.Requires.Bytes {
+		return fmt.Errorf("bundle %s: the images need %d blobs (%d bytes) from the store, the header says %d (%d bytes)", path, t.Blobs, t.Bytes, h.Requires.Blobs, h.Requires.Bytes)
+	}
+	res.Required = Count{Blobs: len(req), Bytes: totals(req).Bytes}
 	return nil
+}
+
+func (c *Closure) isMissing(d digest.Digest) bool {
+	for _, m := range c.Missing {
+		if m.Digest == d {
+			return true
+		}
+	}
+	return false
 }
 
 // memFetcher serves the manifests read by the first pass (already
@@ -247,40 +270,67 @@ func (m memFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.Read
 	return m.next.Fetch(ctx, desc)
 }
 
-// ingest is apply's second pass: each blob the store lacks is pushed
-// (verified, temp file + rename).
+// ingest is apply's second pass: each blob the store lacks is written to
+// a temp file in the store, verified, synced and renamed into place. The
+// sync and rename run on a few goroutines while the next blob is read:
+// one fsync after another is most of the time of a naive ingest of a
+// thousand blocks.
 func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *ApplyResult, progress ProgressFunc) error {
 	r, err := Open(path)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
 	var done int64
-	for {
-		b, rd, err := r.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		size, ok, err := blobSize(ctx, s, b.Digest)
-		if err != nil {
-			return err
-		}
-		if ok && size == b.Size {
-			res.Present.Blobs++
-			res.Present.Bytes += b.Size
-		} else {
-			if err := s.Push(ctx, b.Descriptor(), rd); err != nil {
-				return fmt.Errorf("bundle %s: ingest %s: %w", path, b, err)
+	buf := make([]byte, 1<<20)
+	err = func() error {
+		for {
+			b, rd, err := r.Next()
+			if err == io.EOF {
+				return nil
 			}
-			res.Ingested.Blobs++
-			res.Ingested.Bytes += b.Size
+			if err != nil {
+				return err
+			}
+			size, ok, err := blobSize(gctx, s, b.Digest)
+			if err != nil {
+				return err
+			}
+			if ok && size == b.Size {
+				res.Present.Blobs++
+				res.Present.Bytes += b.Size
+			} else {
+				w, err := s.NewWriter(gctx)
+				if err != nil {
+					return err
+				}
+				if _, err := io.CopyBuffer(w, rd, buf); err != nil {
+					w.Close()
+					return fmt.Errorf("bundle %s: ingest %s: %w", path, b, err)
+				}
+				b := b
+				g.Go(func() error {
+					defer w.Close()
+					got, err := w.Commit(gctx, b.MediaType)
+					if err != nil {
+						return fmt.Errorf("bundle %s: ingest %s: %w", path, b, err)
+					}
+					if got.Digest != b.Digest || got.Size != b.Size {
+						// Only if the file changed since the first pass.
+						return fmt.Errorf("bundle %s: ingest %s: the bundle changed while being applied", path, b)
+					}
+					return nil
+				})
+				res.Ingested.Blobs++
+				res.Ingested.Bytes += b.Size
+			}
+			done += b.Size
+			if progress != nil {
+				progress("ingest", done, h.Adds.Bytes)
+			}
 		}
-		done += b.Size
-		if progress != nil {
-			progress("ingest", done, h.Adds.Bytes)
-		}
-	}
+	}()
+	return errors.Join(err, g.Wait())
 }

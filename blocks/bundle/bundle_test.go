@@ -72,8 +72,8 @@ func TestCreateWritesAnOCILayoutHeaderFirst(t *testing.T) {
 	if len(names) != len(want)+len(f.header.Blobs) || !equalStrings(names[:len(want)], want) {
 		t.Fatalf("entries %v", names)
 	}
-	if f.header.Adds.Blobs != len(f.header.Blobs) || len(f.header.Requires) == 0 {
-		t.Errorf("header adds %+v requires %d", f.header.Adds, len(f.header.Requires))
+	if f.header.Adds.Blobs != len(f.header.Blobs) || f.header.Requires.Blobs == 0 {
+		t.Errorf("header adds %+v requires %+v", f.header.Adds, f.header.Requires)
 	}
 
 	// The same plan makes the same bytes.
@@ -104,7 +104,7 @@ func TestCreateNeedsABase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(h.Requires) != 0 {
+	if h.Requires.Blobs != 0 {
 		t.Errorf("a full bundle requires %v", h.Requires)
 	}
 }
@@ -153,8 +153,15 @@ func applyMustFail(t *testing.T, site *store.Store, bundle string) error {
 func TestApplyRefusesMissingPrerequisites(t *testing.T) {
 	f := newFixture(t)
 	// The site lost two of the blocks v2 still uses.
+	ctx := context.Background()
+	v1, _ := Closures(ctx, f.src, []string{"app:v1"})
+	v2, _ := Closures(ctx, f.src, []string{"app:v2"})
+	p, err := MakePlan(v2, BaseOf(v1...))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var gone []digest.Digest
-	for _, b := range f.header.Requires {
+	for _, b := range p.Requires {
 		if b.Kind == KindBlock {
 			gone = append(gone, b.Digest)
 			if err := os.Remove(f.site.BlobPath(b.Digest)); err != nil {
@@ -165,7 +172,7 @@ func TestApplyRefusesMissingPrerequisites(t *testing.T) {
 	if len(gone) != 2 {
 		t.Fatalf("fixture: %d required blocks, want 2", len(gone))
 	}
-	err := applyMustFail(t, f.site, f.bundle)
+	err = applyMustFail(t, f.site, f.bundle)
 	var me *MissingError
 	if !errors.As(err, &me) {
 		t.Fatalf("error %v is not a MissingError", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/store"
 )
 
 // Fetcher reads blobs. Fetch must verify: its reader returns an error at EOF
@@ -33,21 +35,42 @@ type Closure struct {
 	// Hydrated are the standard layers the target rebuilds rather than
 	// receives (their blocked counterpart has another digest).
 	Hydrated []ocispec.Descriptor
+
+	// Missing are the indexes and manifests a tolerant walk could not read
+	// (they are also in Blobs); what they name is not in Blobs.
+	Missing []Blob
 }
 
 // Walk computes the closure of the image index idx, tagged name. It reads
 // every index and manifest through f, and nothing else.
 func Walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor) (*Closure, error) {
+	c, err := walk(ctx, f, name, idx, false)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// walk is Walk; with tolerant, an index or manifest that f reports as not
+// found (store.ErrNotFound) is recorded in Closure.Missing and the walk
+// goes on without its children, so that apply can list everything a
+// target lacks at once.
+func walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor, tolerant bool) (*Closure, error) {
 	w := &walker{
-		f:      f,
-		pos:    map[digest.Digest]int{},
-		layers: map[digest.Digest][]ocispec.Descriptor{},
-		entry:  map[digest.Digest]ocispec.Descriptor{},
+		tolerant: tolerant,
+		f:        f,
+		pos:      map[digest.Digest]int{},
+		layers:   map[digest.Digest][]ocispec.Descriptor{},
+		entry:    map[digest.Digest]ocispec.Descriptor{},
 	}
 	c := &Closure{Image: Image{Name: name, Index: plainDescriptor(idx)}}
 	root, err := w.index(ctx, idx)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	if root == nil { // missing, tolerated: nothing more to learn
+		c.Missing = w.missing
+		return c, nil
 	}
 	std, err := standardOf(root, idx)
 	if err != nil {
@@ -57,6 +80,9 @@ func Walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor) (
 	switch std.MediaType {
 	case ocispec.MediaTypeImageManifest:
 		e, ok := w.entry[std.Digest]
+		if !ok && w.isMissing(std.Digest) {
+			break
+		}
 		if !ok {
 			return nil, fmt.Errorf("image %s: the standard manifest %s is not listed in index %s", name, std.Digest, idx.Digest)
 		}
@@ -74,7 +100,9 @@ func Walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor) (
 		if err != nil {
 			return nil, fmt.Errorf("image %s: standard index: %w", name, err)
 		}
-		c.Platforms = platformsOf(sub.Manifests)
+		if sub != nil {
+			c.Platforms = platformsOf(sub.Manifests)
+		}
 	}
 
 	// A standard layer is rebuilt at the target when the blocked manifest
@@ -87,6 +115,9 @@ func Walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor) (
 			return nil, fmt.Errorf("image %s: blocked manifest %s: annotation %s: %w", name, b.entry.Digest, blocks.AnnotationBlockedOf, err)
 		}
 		std, ok := w.layers[of]
+		if !ok && w.isMissing(of) {
+			continue // reported; what it would hydrate is unknown
+		}
 		if !ok {
 			return nil, fmt.Errorf("image %s: blocked manifest %s is the blocked form of %s, which the index does not list", name, b.entry.Digest, of)
 		}
@@ -113,6 +144,7 @@ func Walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor) (
 		delete(hydrated, d)
 	}
 	c.Hydrated = w.hydratedOrder(hydrated)
+	c.Missing = w.missing
 	return c, nil
 }
 
@@ -122,12 +154,14 @@ type blockedManifest struct {
 }
 
 type walker struct {
-	f       Fetcher
-	blobs   []Blob
-	pos     map[digest.Digest]int
-	layers  map[digest.Digest][]ocispec.Descriptor // standard manifest -> its layers
-	entry   map[digest.Digest]ocispec.Descriptor   // standard manifest -> its index entry
-	blocked []blockedManifest
+	tolerant bool
+	missing  []Blob
+	f        Fetcher
+	blobs    []Blob
+	pos      map[digest.Digest]int
+	layers   map[digest.Digest][]ocispec.Descriptor // standard manifest -> its layers
+	entry    map[digest.Digest]ocispec.Descriptor   // standard manifest -> its index entry
+	blocked  []blockedManifest
 }
 
 // add records a blob once, with the first role it is seen in.
@@ -139,9 +173,29 @@ func (w *walker) add(d ocispec.Descriptor, k Kind) {
 	w.blobs = append(w.blobs, Blob{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Kind: k})
 }
 
+// fetchJSON reads a document; a tolerated miss returns false.
+func (w *walker) fetchJSON(ctx context.Context, desc ocispec.Descriptor, k Kind, v any) (bool, error) {
+	err := getJSON(ctx, w.f, desc, v)
+	if err != nil && w.tolerant && errors.Is(err, store.ErrNotFound) {
+		w.missing = append(w.missing, Blob{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size, Kind: k})
+		w.add(desc, k)
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (w *walker) isMissing(d digest.Digest) bool {
+	for _, m := range w.missing {
+		if m.Digest == d {
+			return true
+		}
+	}
+	return false
+}
+
 func (w *walker) index(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Index, error) {
 	var idx ocispec.Index
-	if err := getJSON(ctx, w.f, desc, &idx); err != nil {
+	if ok, err := w.fetchJSON(ctx, desc, KindIndex, &idx); !ok {
 		return nil, err
 	}
 	if idx.MediaType != "" && idx.MediaType != ocispec.MediaTypeImageIndex {
@@ -168,8 +222,15 @@ func (w *walker) manifest(ctx context.Context, e ocispec.Descriptor) error {
 	default:
 		return fmt.Errorf("%s: media type %q is neither an OCI manifest nor an OCI index", e.Digest, e.MediaType)
 	}
+	guess := KindManifest
+	switch {
+	case e.Annotations[blocks.AnnotationBlockedOf] != "":
+		guess = KindBlockedManifest
+	case e.Annotations[blocks.AnnotationBlockSetOf] != "":
+		guess = KindBlockSet
+	}
 	var m ocispec.Manifest
-	if err := getJSON(ctx, w.f, e, &m); err != nil {
+	if ok, err := w.fetchJSON(ctx, e, guess, &m); !ok {
 		return err
 	}
 	kind, layerKind := KindManifest, KindLayer

@@ -55,10 +55,15 @@ type Header struct {
 	// Blobs are the blobs in the tar, in tar order, each exactly once.
 	Blobs []Blob `json:"blobs"`
 
-	// Requires are the blobs the images need that the bundle does not carry
-	// because the base holds them: the target store must hold each one
-	// (same digest and size) before apply writes anything.
-	Requires []Blob `json:"requires"`
+	// Requires totals the blobs the images need that the bundle does not
+	// carry because the base holds them. The target store must hold each
+	// one (same digest and size) before apply writes anything. They are not
+	// listed one by one: the manifests name them all (the image index names
+	// every manifest, the manifests name every layer, config and member),
+	// and a list would cost ~100 bytes per blob, more than a small upgrade
+	// itself; apply derives the exact list by walking the manifests and
+	// checks it against these totals.
+	Requires Totals `json:"requires"`
 
 	// Adds totals Blobs by kind.
 	Adds Totals `json:"adds"`

@@ -78,7 +78,7 @@ func (p *Plan) Header() *Header {
 		Version:   Version,
 		Images:    append([]Image{}, p.Images...),
 		Blobs:     append([]Blob{}, p.Ship...),
-		Requires:  append([]Blob{}, p.Requires...),
+		Requires:  totals(p.Requires),
 		Adds:      totals(p.Ship),
 	}
 }

@@ -141,18 +141,24 @@ func (h *Header) check() error {
 		}
 	}
 	seen := map[digest.Digest]bool{}
-	for _, list := range [][]Blob{h.Blobs, h.Requires} {
-		for _, b := range list {
-			if err := b.Digest.Validate(); err != nil || b.Digest.Algorithm() != digest.SHA256 {
-				return fmt.Errorf("blob %q: not a sha256 digest", b.Digest)
-			}
-			if b.Size < 0 {
-				return fmt.Errorf("blob %s: negative size", b.Digest)
-			}
-			if seen[b.Digest] {
-				return fmt.Errorf("blob %s is listed twice", b.Digest)
-			}
-			seen[b.Digest] = true
+	metaDone := false
+	for _, b := range h.Blobs {
+		if err := b.Digest.Validate(); err != nil || b.Digest.Algorithm() != digest.SHA256 {
+			return fmt.Errorf("blob %q: not a sha256 digest", b.Digest)
+		}
+		if b.Size < 0 {
+			return fmt.Errorf("blob %s: negative size", b.Digest)
+		}
+		if seen[b.Digest] {
+			return fmt.Errorf("blob %s is listed twice", b.Digest)
+		}
+		seen[b.Digest] = true
+		// Indexes and manifests come first, so apply can check the
+		// prerequisites before it reads the bulk.
+		if !b.Kind.isManifest() {
+			metaDone = true
+		} else if metaDone {
+			return fmt.Errorf("manifest %s comes after layer data", b.Digest)
 		}
 	}
 	if t := totals(h.Blobs); t.Blobs != h.Adds.Blobs || t.Bytes != h.Adds.Bytes {
@@ -229,6 +235,3 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
-
-// RequiresTotals totals h.Requires.
-func (h *Header) RequiresTotals() Totals { return totals(h.Requires) }

@@ -105,6 +105,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 	e := &exporter{
 		s: s, src: src, c: c, minSize: minSize, tempDir: opts.TempDir,
 		members: &countingMembers{Store: s},
+		done:    map[layerKey]*LayerResult{},
 		res:     &ExportResult{Name: name},
 	}
 	if err := e.startProgress(ctx, root, opts); err != nil {
@@ -167,6 +168,9 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 				}
 			}
 		}
+		if len(renamed) == 0 {
+			return nil, fmt.Errorf("export: index %s holds no image manifest (only %d other entries)", root.Digest, len(idx.Manifests))
+		}
 		mt := idx.MediaType
 		if mt == "" || toOCI {
 			mt = ocispec.MediaTypeImageIndex
@@ -215,6 +219,14 @@ type exporter struct {
 	members *countingMembers
 	res     *ExportResult
 	prog    *progress
+	done    map[layerKey]*LayerResult
+}
+
+// layerKey is what the split of a source layer depends on.
+type layerKey struct {
+	source, diffID digest.Digest
+	docker         bool
+	imports        string
 }
 
 // manifestOut is the result of exporting one image manifest.
@@ -277,9 +289,18 @@ func (e *exporter) exportManifest(ctx context.Context, desc ocispec.Descriptor) 
 	var stdLayers, blockedLayers []ocispec.Descriptor
 	var sets []ocispec.Descriptor
 	for i, l := range m.Layers {
-		lr, err := e.exportLayer(ctx, l, cfg.RootFS.DiffIDs[i], docker, imported)
-		if err != nil {
-			return nil, fmt.Errorf("export: manifest %s layer %d (%s): %w", desc.Digest, i, l.Digest, err)
+		// Platforms often share layers (a COPY of jars is the same tar on
+		// every platform): split each distinct layer once.
+		key := layerKey{l.Digest, cfg.RootFS.DiffIDs[i], docker, cfg.Config.Labels[blocks.LabelImports]}
+		lr, ok := e.done[key]
+		if !ok {
+			lr, err = e.exportLayer(ctx, l, cfg.RootFS.DiffIDs[i], docker, imported)
+			if err != nil {
+				return nil, fmt.Errorf("export: manifest %s layer %d (%s): %w", desc.Digest, i, l.Digest, err)
+			}
+			e.done[key] = lr
+		} else {
+			e.prog.add(l.Size)
 		}
 		stdLayers = append(stdLayers, lr.Standard)
 		blockedLayers = append(blockedLayers, lr.Blocked)

@@ -139,14 +139,18 @@ func (h *hydrator) layer(ctx context.Context, l Layer) error {
 		done <- err
 	}()
 	perr := h.dst.Push(ctx, plain(l.Standard), h.prog.reader(pr))
-	// Unblock the writer if Push stopped early, then take its error first:
-	// it says why (a tampered member, a stub naming an unlisted block).
-	pr.CloseWithError(errors.New("hydrate: destination stopped reading"))
-	if herr := <-done; herr != nil {
+	// Unblock the writer if Push stopped early. Hydrate's own error comes
+	// first, as it says why (a tampered member, a stub naming an unlisted
+	// block), unless it only saw the destination stop reading.
+	pr.CloseWithError(errDestStopped)
+	herr := <-done
+	if herr != nil && !(perr != nil && errors.Is(herr, errDestStopped)) {
 		return herr
 	}
 	return perr
 }
+
+var errDestStopped = errors.New("hydrate: the destination stopped reading")
 
 func (h *hydrator) copyCounted(ctx context.Context, d ocispec.Descriptor) error {
 	rc, err := h.s.Fetch(ctx, d)

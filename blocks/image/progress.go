@@ -16,6 +16,7 @@ import (
 type progress struct {
 	bar   *progressbar.ProgressBar
 	plain io.Writer
+	what  string
 	total int64
 	done  int64
 	last  time.Time
@@ -36,7 +37,7 @@ func (e *exporter) startProgress(ctx context.Context, root ocispec.Descriptor, o
 }
 
 func newProgress(w io.Writer, plain bool, total int64, what string) *progress {
-	p := &progress{total: total}
+	p := &progress{total: total, what: what}
 	if plain {
 		p.plain = w
 		return p
@@ -96,7 +97,7 @@ func (p *progress) add(n int64) {
 	}
 	if time.Since(p.last) > 2*time.Second || p.done == p.total {
 		p.last = time.Now()
-		fmt.Fprintf(p.plain, "%d/%d MB\n", p.done>>20, p.total>>20)
+		fmt.Fprintf(p.plain, "%s: %d/%d MiB\n", p.what, p.done>>20, p.total>>20)
 	}
 }
 

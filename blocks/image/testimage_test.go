@@ -74,7 +74,7 @@ func makeTar(w io.Writer, files []tfile) error {
 // layoutBuilder writes a synthetic image into an oci: sink the way a
 // builder would: gzip layers (one stream each), a config with diff_ids.
 type layoutBuilder struct {
-	t    *testing.T
+	t    testing.TB
 	sink transport.Sink
 }
 
@@ -139,7 +139,7 @@ func (b *layoutBuilder) commit(root ocispec.Descriptor) {
 	}
 }
 
-func newBuilder(t *testing.T, ref string) *layoutBuilder {
+func newBuilder(t testing.TB, ref string) *layoutBuilder {
 	t.Helper()
 	s, err := transport.ParseSink(context.Background(), ref)
 	if err != nil {

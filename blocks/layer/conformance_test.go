@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -468,5 +469,33 @@ func TestHydrateTamper(t *testing.T) {
 				t.Errorf("wrong want: got %v", err)
 			}
 		})
+	}
+}
+
+// Sparse entries (written by GNU tar 1.34, --sparse, GNU and PAX formats) are
+// never blocks and are kept byte for byte; a block after them still works.
+func TestSparseEntriesVerbatim(t *testing.T) {
+	for _, file := range []string{"testdata/gnu-sparse.tar", "testdata/pax-sparse.tar"} {
+		tarb, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range compressions {
+			ms := newMemStore()
+			res, std, blk, err := splitBytes(t, tarb, SplitOptions{Compression: c, MinBlockSize: testMin, Members: ms})
+			if err != nil {
+				t.Fatalf("%s %s: %v", file, c, err)
+			}
+			if len(res.Blocks) != 1 || res.Blocks[0].Path != "after.bin" {
+				t.Errorf("%s %s: blocks %+v, want after.bin only", file, c, res.Blocks)
+			}
+			if !bytes.Equal(decompress(t, c, std), tarb) {
+				t.Fatalf("%s %s: standard layer differs from the input", file, c)
+			}
+			var out bytes.Buffer
+			if err := Hydrate(context.Background(), bytes.NewReader(blk), &out, memberDescs(res), ms, res.Standard); err != nil || !bytes.Equal(out.Bytes(), std) {
+				t.Fatalf("%s %s: hydrate: %v", file, c, err)
+			}
+		}
 	}
 }

@@ -49,7 +49,12 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 	for _, m := range members {
 		listed[m.Digest] = m
 	}
-	out := &outWriter{w: w, h: sha256.New(), max: want.Size}
+	out := newOutWriter(w, want.Size)
+	defer func() {
+		if out != nil {
+			out.digest()
+		}
+	}()
 	buf := make([]byte, copyBufSize)
 	err := walk(ctx, blocked, want.MediaType, out, func(c blocks.Compression, e StubEntry) error {
 		m, ok := listed[e.Stub.Member.Digest]
@@ -69,13 +74,20 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 	if err != nil {
 		return fmt.Errorf("hydrate layer %s: %w", want.Digest, err)
 	}
-	if got := digest.NewDigest(digest.SHA256, out.h); out.n != want.Size || got != want.Digest {
-		return fmt.Errorf("hydrate layer %s: produced %s (%d bytes), want %d bytes: %w", want.Digest, got, out.n, want.Size, ErrMismatch)
+	got := out.digest()
+	n := out.n
+	out = nil
+	if n != want.Size || got != want.Digest {
+		return fmt.Errorf("hydrate layer %s: produced %s (%d bytes), want %d bytes: %w", want.Digest, got, n, want.Size, ErrMismatch)
 	}
 	return nil
 }
 
-// copyMember copies a block member to out, verifying digest and size.
+// copyMember copies a block member to out. Its bytes are verified twice
+// without hashing them again here: fetch must verify digest and size (the
+// MemberFetcher contract; the store's Fetch does), and the whole output is
+// checked against the wanted layer digest, which no wrong byte survives. The
+// size is checked here so that an error names the member.
 func copyMember(ctx context.Context, out io.Writer, fetch MemberFetcher, m ocispec.Descriptor, stubPath string, buf []byte) error {
 	if fetch == nil {
 		return fmt.Errorf("stub %s: member %s: no fetcher", stubPath, m.Digest)
@@ -85,13 +97,12 @@ func copyMember(ctx context.Context, out io.Writer, fetch MemberFetcher, m ocisp
 		return fmt.Errorf("stub %s: fetch member %s: %w", stubPath, m.Digest, err)
 	}
 	defer rc.Close()
-	h := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(rc, m.Size+1), buf)
+	n, err := io.CopyBuffer(out, io.LimitReader(rc, m.Size+1), buf)
 	if err != nil {
 		return fmt.Errorf("stub %s: member %s: %w", stubPath, m.Digest, err)
 	}
-	if got := digest.NewDigest(digest.SHA256, h); n != m.Size || got != m.Digest {
-		return fmt.Errorf("stub %s: member %s: got %s (%d bytes), want %d bytes: %w", stubPath, m.Digest, got, n, m.Size, ErrMismatch)
+	if n != m.Size {
+		return fmt.Errorf("stub %s: member %s: got %d bytes, want %d: %w", stubPath, m.Digest, n, m.Size, ErrMismatch)
 	}
 	return nil
 }
@@ -110,13 +121,36 @@ func ReadStubs(ctx context.Context, blocked io.Reader) ([]StubEntry, error) {
 	return stubs, nil
 }
 
-// outWriter hashes and counts what is written and refuses to write more than
-// max bytes, so a bad layer fails as soon as it overflows.
+// outWriter writes to w, counts, and refuses to write more than max bytes so
+// a bad layer fails as soon as it overflows. It hashes what was written on a
+// second goroutine: hydrate's cost is hashing (the fetcher verifies members,
+// the output is checked against the wanted digest), and on two cores the two
+// hashes then run side by side.
 type outWriter struct {
-	w   io.Writer
-	h   hash.Hash
-	n   int64
-	max int64
+	w    io.Writer
+	n    int64
+	max  int64
+	h    hash.Hash
+	work chan []byte
+	free chan []byte
+	done chan struct{}
+}
+
+const hashChunk = 256 << 10
+
+func newOutWriter(w io.Writer, max int64) *outWriter {
+	o := &outWriter{w: w, max: max, h: sha256.New(), work: make(chan []byte, 4), free: make(chan []byte, 4), done: make(chan struct{})}
+	for range 4 {
+		o.free <- make([]byte, hashChunk)
+	}
+	go func() {
+		defer close(o.done)
+		for b := range o.work {
+			o.h.Write(b)
+			o.free <- b[:cap(b)]
+		}
+	}()
+	return o
 }
 
 func (o *outWriter) Write(p []byte) (int, error) {
@@ -124,9 +158,22 @@ func (o *outWriter) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("output exceeds the wanted %d bytes: %w", o.max, ErrMismatch)
 	}
 	n, err := o.w.Write(p)
-	o.h.Write(p[:n])
 	o.n += int64(n)
+	for q := p[:n]; len(q) > 0; {
+		b := <-o.free
+		k := copy(b, q)
+		o.work <- b[:k]
+		q = q[k:]
+	}
 	return n, err
+}
+
+// digest waits for the hasher and returns the digest of what was written.
+// It must be called exactly once.
+func (o *outWriter) digest() digest.Digest {
+	close(o.work)
+	<-o.done
+	return digest.NewDigest(digest.SHA256, o.h)
 }
 
 // sniff returns the compression of a layer from its first bytes.

@@ -185,13 +185,17 @@ func (sp *splitter) boundary() error {
 }
 
 func (sp *splitter) run() error {
-	tr := tar.NewReader(sp.br)
-	tr.RawAccounting = true
+	// The tar reader reads exactly what it needs (no read-ahead), so the bytes
+	// it consumes in Next are captured below it rather than taken from
+	// tar-split's RawBytes, which misses the sparse map that a PAX 1.0 sparse
+	// entry keeps in its data section.
+	capture := &captureReader{r: sp.br}
+	tr := tar.NewReader(capture)
 
-	// RawBytes after Next holds, in order: whatever of the previous entry was
-	// not read (only for sparse entries, which are never read), the previous
-	// entry's padding, and this entry's header record(s). prevPad and
-	// prevExact say how to cut it at the entry boundary.
+	// What Next consumes is, in order: whatever of the previous entry was not
+	// read (only for sparse entries, which are never read), the previous
+	// entry's padding, and this entry's header record(s) (and sparse map).
+	// prevPad and prevExact say how to cut it at the entry boundary.
 	var (
 		prevPad   int64
 		prevExact = true
@@ -201,8 +205,9 @@ func (sp *splitter) run() error {
 		if err := sp.ctx.Err(); err != nil {
 			return err
 		}
+		capture.start()
 		hdr, err := tr.Next()
-		raw := tr.RawBytes()
+		raw := capture.stop()
 		sp.inN += int64(len(raw))
 		if errors.Is(err, io.EOF) {
 			return sp.finish(raw, prevPad, prevBlock)
@@ -566,6 +571,25 @@ func allZero(p []byte) bool {
 		}
 	}
 	return true
+}
+
+// captureReader keeps what is read between start and stop.
+type captureReader struct {
+	r   io.Reader
+	on  bool
+	buf []byte
+}
+
+func (c *captureReader) start() { c.on, c.buf = true, c.buf[:0] }
+
+func (c *captureReader) stop() []byte { c.on = false; return c.buf }
+
+func (c *captureReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if c.on {
+		c.buf = append(c.buf, p[:n]...)
+	}
+	return n, err
 }
 
 // prefixWriter passes writes through and keeps the first bytes, to check the

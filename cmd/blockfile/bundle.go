@@ -218,7 +218,7 @@ func printHeader(w io.Writer, h *bundle.Header) {
 		}
 		fmt.Fprintf(w, "  %-15s %6d  %s\n", k.label, c.Blobs, sizeString(c.Bytes))
 	}
-	r := h.RequiresTotals()
+	r := h.Requires
 	fmt.Fprintf(w, "requires %d blobs (%s) in the target store\n", r.Blobs, sizeString(r.Bytes))
 }
 

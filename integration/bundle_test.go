@@ -1,0 +1,433 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/blockfile/blockfile/blocks/bundle"
+	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/integration/harness"
+)
+
+// bundleImages are a service at v1 and v2 (one jar and the app changed)
+// and another team's service sharing two of its jars at other paths, all
+// built by the real buildkitd FROM the busybox base and exported into one
+// source store. Built once per test binary; tests must not change src.
+type bundleImages struct {
+	src                string // store directory
+	v1, v2, other      *image.ExportResult
+	changedJar, appJar []byte // v2's new jar and app, for ctr run checks
+}
+
+var (
+	bundleOnce sync.Once
+	bundleImg  *bundleImages
+)
+
+func getBundleImages(t *testing.T) *bundleImages {
+	t.Helper()
+	bundleOnce.Do(func() {
+		env := harness.Get(t)
+		bin := env.BlockfileBin(t)
+		dir, err := os.MkdirTemp(env.Dir, "bundle-images-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &bundleImages{src: filepath.Join(dir, "store"), changedJar: randBytes(102, 300<<10), appJar: randBytes(202, 200<<10)}
+		build := func(name, libDir string, files map[string][]byte) *image.ExportResult {
+			ctx := filepath.Join(dir, strings.NewReplacer(":", "-", "/", "-").Replace(name))
+			for p, data := range files {
+				putFile(t, filepath.Join(ctx, "rootfs", libDir, p), data)
+			}
+			putFile(t, filepath.Join(ctx, "Dockerfile"), []byte("FROM "+env.BaseImage(t)+"\nCOPY rootfs/ /\n"))
+			archive := buildOCIArchive(t, env, ctx, name)
+			return bfExport(t, bin, b.src, "oci-archive:"+archive, name)
+		}
+		guava, jackson := randBytes(100, 300<<10), randBytes(101, 250<<10)
+		b.v1 = build("example.test/bundle/app:1", "app", map[string][]byte{
+			"libs/guava.jar": guava, "libs/jackson.jar": jackson, "libs/netty.jar": randBytes(103, 300<<10), "app.jar": randBytes(201, 200<<10),
+		})
+		b.v2 = build("example.test/bundle/app:2", "app", map[string][]byte{
+			"libs/guava.jar": guava, "libs/jackson.jar": jackson, "libs/netty.jar": b.changedJar, "app.jar": b.appJar,
+		})
+		b.other = build("example.test/bundle/other:1", "srv/lib/ext", map[string][]byte{
+			"guava-31.jar": guava, "jackson-core.jar": jackson, "netty.jar": randBytes(104, 300<<10), "svc.jar": randBytes(203, 100<<10),
+		})
+		bundleImg = b
+	})
+	if bundleImg == nil {
+		t.Fatal("bundle images: an earlier test failed to build them")
+	}
+	return bundleImg
+}
+
+// bundleHeader runs `bundle inspect --json`.
+func bundleHeader(t *testing.T, bin, file string) *bundle.Header {
+	t.Helper()
+	var h bundle.Header
+	if err := json.Unmarshal([]byte(bfMust(t, bin, "bundle", "inspect", "--json", file).stdout), &h); err != nil {
+		t.Fatal(err)
+	}
+	return &h
+}
+
+// applyJSON runs `bundle apply --json`, which must succeed.
+func applyJSON(t *testing.T, bin, storeDir, file string, extra ...string) *bundle.ApplyResult {
+	t.Helper()
+	args := append([]string{"bundle", "apply", "--store", storeDir, "--progress", "none", "--json", file}, extra...)
+	var res bundle.ApplyResult
+	if err := json.Unmarshal([]byte(bfMust(t, bin, args...).stdout), &res); err != nil {
+		t.Fatal(err)
+	}
+	return &res
+}
+
+// storeListing is every file under dir with its size: what "the store is
+// unchanged" compares (blobs are immutable, so names and sizes suffice).
+func storeListing(t *testing.T, dir string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		lines = append(lines, fmt.Sprintf("%s %v %d", rel, fi.Mode(), fi.Size()*int64(boolInt(!d.IsDir()))))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestBundleUpgrade: a first install (full v1 bundle) then the v1 -> v2
+// upgrade, applied to a fresh store; each image hydrates to exactly the
+// digest built at the source, containerd imports and runs it, and the
+// --have inventory route makes the same bundle as --from.
+func TestBundleUpgrade(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	dir := t.TempDir()
+	full, up := filepath.Join(dir, "v1.bundle"), filepath.Join(dir, "v2.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
+
+	h := bundleHeader(t, bin, up)
+	// v2 changed netty.jar and app.jar: exactly two new block members, and
+	// the unchanged jars and base layer are required, not shipped.
+	if got := h.Adds.Kinds[bundle.KindBlock].Blobs; got != 2 {
+		t.Errorf("the upgrade ships %d block members, want 2", got)
+	}
+	if h.Requires.Blobs == 0 {
+		t.Errorf("the upgrade requires nothing")
+	}
+	fi, _ := os.Stat(up)
+	t.Logf("v2 bundle: %d bytes, adds %d blobs / %d bytes, requires %d blobs / %d bytes", fi.Size(), h.Adds.Blobs, h.Adds.Bytes, h.Requires.Blobs, h.Requires.Bytes)
+	if max := int64(len(b.changedJar)+len(b.appJar)) + 64<<10; fi.Size() > max {
+		t.Errorf("v2 bundle is %d bytes; the change itself is %d", fi.Size(), len(b.changedJar)+len(b.appJar))
+	}
+
+	site := filepath.Join(dir, "site")
+	for _, step := range []struct {
+		file string
+		want *image.ExportResult
+	}{{full, b.v1}, {up, b.v2}} {
+		out := filepath.Join(dir, "out-{name}.tar")
+		res := applyJSON(t, bin, site, step.file, "--output", "oci-archive:"+out)
+		if len(res.Images) != 1 || res.Images[0].Standard.Digest != step.want.Standard.Digest {
+			t.Fatalf("apply %s: %+v, want standard %s", step.file, res.Images, step.want.Standard.Digest)
+		}
+		if len(res.Images[0].Outputs) != 1 {
+			t.Fatalf("outputs %v", res.Images[0].Outputs)
+		}
+		// The archive holds exactly the source image (same manifest digest).
+		written := strings.TrimPrefix(res.Images[0].Outputs[0], "oci-archive:")
+		var idx struct {
+			Manifests []struct{ Digest string } `json:"manifests"`
+		}
+		xdir := t.TempDir()
+		cmdOut(t, exec.Command("tar", "-xf", written, "-C", xdir, "index.json"))
+		readJSONT(t, filepath.Join(xdir, "index.json"), &idx)
+		if len(idx.Manifests) != 1 || idx.Manifests[0].Digest != step.want.Standard.Digest.String() {
+			t.Fatalf("%s holds %+v, want %s", written, idx.Manifests, step.want.Standard.Digest)
+		}
+	}
+	bfMust(t, bin, "verify", "--store", site)
+
+	// containerd imports the written v2 archive and runs it.
+	_, ctr := env.Containerd(t)
+	archive := filepath.Join(dir, "out-"+b.v2.Name+".tar")
+	cmdOut(t, ctr("images", "import", archive))
+	t.Cleanup(func() { _ = ctr("images", "rm", b.v2.Name).Run() })
+	out := cmdOut(t, ctr("run", "--rm", b.v2.Name, "bundle-upgrade-run", "sha256sum", "/app/libs/netty.jar", "/app/app.jar"))
+	for _, want := range []string{sha256Hex(b.changedJar), sha256Hex(b.appJar)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ctr run printed %q, want %s", out, want)
+		}
+	}
+
+	// The site's inventory (after v1 only) gives the same bundle as --from.
+	site1 := filepath.Join(dir, "site1")
+	applyJSON(t, bin, site1, full)
+	inv := filepath.Join(dir, "site1.inventory")
+	bfMust(t, bin, "inventory", "--store", site1, "-o", inv)
+	viaHave := filepath.Join(dir, "v2-have.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--have", inv, b.v2.Name, "-o", viaHave)
+	a, _ := os.ReadFile(up)
+	c, _ := os.ReadFile(viaHave)
+	if string(a) != string(c) {
+		t.Errorf("--have %s and --from %s make different bundles (%d vs %d bytes)", inv, b.v1.Name, len(c), len(a))
+	}
+	ifi, _ := os.Stat(inv)
+	t.Logf("inventory of the site: %d bytes", ifi.Size())
+}
+
+// TestBundleMissingBase: the upgrade applied to a store that lacks part of
+// v1 fails before writing anything and lists what is missing.
+func TestBundleMissingBase(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	dir := t.TempDir()
+	full, up := filepath.Join(dir, "v1.bundle"), filepath.Join(dir, "v2.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
+
+	// A fresh store lacks all of v1.
+	empty := filepath.Join(dir, "empty")
+	bfMust(t, bin, "inventory", "--store", empty, "-o", filepath.Join(dir, "inv")) // creates the store
+	before := storeListing(t, empty)
+	r := bfRun(t, bin, "bundle", "apply", "--store", empty, "--progress", "none", up)
+	if r.code != 1 || !strings.Contains(r.stderr, "lacks") {
+		t.Fatalf("apply to an empty store: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if after := storeListing(t, empty); after != before {
+		t.Errorf("a refused apply changed the store")
+	}
+
+	// A store with v1 minus two of its block members (guava and jackson,
+	// which v2 still uses).
+	site := filepath.Join(dir, "site")
+	applyJSON(t, bin, site, full)
+	var lost []string
+	for _, l := range b.v1.Manifests[0].Layers {
+		if l.BlockSet == nil {
+			continue
+		}
+		var bs struct {
+			Layers []struct {
+				Digest      string            `json:"digest"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"layers"`
+		}
+		readJSONT(t, filepath.Join(b.src, "blobs", "sha256", l.BlockSet.Digest.Encoded()), &bs)
+		for _, m := range bs.Layers {
+			raw := m.Annotations["dev.blockfile.block.digest"]
+			for _, keep := range [][]byte{randBytes(100, 300<<10), randBytes(101, 250<<10)} {
+				if raw == "sha256:"+sha256Hex(keep) {
+					lost = append(lost, m.Digest)
+				}
+			}
+		}
+	}
+	if len(lost) != 2 {
+		t.Fatalf("found %d of the shared members in v1", len(lost))
+	}
+	for _, d := range lost {
+		if err := os.Remove(filepath.Join(site, "blobs", "sha256", strings.TrimPrefix(d, "sha256:"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before = storeListing(t, site)
+	r = bfRun(t, bin, "bundle", "apply", "--store", site, "--progress", "none", up)
+	if r.code != 1 {
+		t.Fatalf("apply to a store missing part of v1: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, d := range lost {
+		if !strings.Contains(r.stderr, d) {
+			t.Errorf("the error does not list %s:\n%s", d, r.stderr)
+		}
+	}
+	if after := storeListing(t, site); after != before {
+		t.Errorf("a refused apply changed the store")
+	}
+}
+
+// TestBundleCorruptChangesNothing: a truncated bundle and a bundle with one
+// flipped byte fail, and the store is as it was.
+func TestBundleCorruptChangesNothing(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	dir := t.TempDir()
+	full := filepath.Join(dir, "v1.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
+	data, err := os.ReadFile(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := filepath.Join(dir, "site")
+	bfMust(t, bin, "inventory", "--store", site, "-o", filepath.Join(dir, "inv"))
+	before := storeListing(t, site)
+	cases := map[string][]byte{
+		"truncated in the header": data[:700],
+		"truncated in the middle": data[:len(data)/2],
+		"truncated at the end":    data[:len(data)-1500],
+	}
+	for _, off := range []int{len(data) / 3, len(data) - 3000} {
+		bad := append([]byte(nil), data...)
+		bad[off] ^= 0x40
+		cases[fmt.Sprintf("byte %d flipped", off)] = bad
+	}
+	for name, content := range cases {
+		p := filepath.Join(dir, "bad.bundle")
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := bfRun(t, bin, "bundle", "apply", "--store", site, "--progress", "none", p)
+		if r.code != 1 {
+			t.Errorf("%s: exit %d", name, r.code)
+		}
+		t.Logf("%s: %s", name, strings.TrimSpace(r.stderr))
+		if after := storeListing(t, site); after != before {
+			t.Fatalf("%s: the store changed", name)
+		}
+	}
+}
+
+// TestBundleApplySIGKILL: apply killed with SIGKILL at several moments, then
+// run again, succeeds; verify passes after every kill (no partial blob is
+// ever visible under its name) and at the end.
+func TestBundleApplySIGKILL(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	dir := t.TempDir()
+	full := filepath.Join(dir, "all.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, b.v2.Name, b.other.Name, "-o", full)
+	site := filepath.Join(dir, "site")
+	kill := func(what string, when func(line string, since time.Duration) bool) {
+		cmd := exec.Command(bin, "bundle", "apply", "--store", site, "--progress", "plain", full)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stderr)
+		killed := false
+		for sc.Scan() {
+			if !killed && when(sc.Text(), time.Since(start)) {
+				cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
+			}
+		}
+		if !killed {
+			if when("", time.Since(start)) {
+				cmd.Process.Signal(syscall.SIGKILL)
+			}
+		}
+		err = cmd.Wait()
+		t.Logf("%s: %v after %s", what, err, time.Since(start).Round(time.Millisecond))
+		// Whatever happened, the store holds only complete, verified blobs.
+		bfMust(t, bin, "verify", "--store", site)
+	}
+	for _, ms := range []int{5, 30, 80} {
+		d := time.Duration(ms) * time.Millisecond
+		kill(fmt.Sprintf("killed at %s", d), func(_ string, since time.Duration) bool { return since >= d })
+	}
+	for _, stage := range []string{"verify:", "ingest:"} {
+		kill("killed at the first "+stage+" line", func(line string, _ time.Duration) bool { return strings.HasPrefix(line, stage) })
+	}
+	res := applyJSON(t, bin, site, full, "--output", "oci:"+filepath.Join(dir, "layout")+":{name}")
+	for i, want := range []*image.ExportResult{b.v1, b.v2, b.other} {
+		if res.Images[i].Name != want.Name || res.Images[i].Standard.Digest != want.Standard.Digest {
+			t.Errorf("image %d: %s %s, want %s %s", i, res.Images[i].Name, res.Images[i].Standard.Digest, want.Name, want.Standard.Digest)
+		}
+	}
+	bfMust(t, bin, "verify", "--store", site)
+	// Again: nothing left to do.
+	if again := applyJSON(t, bin, site, full); again.Ingested.Blobs != 0 {
+		t.Errorf("a re-run ingested %d blobs", again.Ingested.Blobs)
+	}
+}
+
+// TestBundleSharedBlocksCostOnce: two services sharing jars at different
+// paths: a bundle of both carries each shared block once.
+func TestBundleSharedBlocksCostOnce(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	dir := t.TempDir()
+	one, both := filepath.Join(dir, "one.bundle"), filepath.Join(dir, "both.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", one)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, b.other.Name, "-o", both)
+	h1, h2 := bundleHeader(t, bin, one), bundleHeader(t, bin, both)
+	// v1: guava, jackson, netty, app.jar; other adds only netty 4.2 and svc.jar.
+	if got := h2.Adds.Kinds[bundle.KindBlock].Blobs; got != 6 {
+		t.Errorf("both images ship %d block members, want 6 (guava and jackson once)", got)
+	}
+	extra := h2.Adds.Kinds[bundle.KindBlock].Bytes - h1.Adds.Kinds[bundle.KindBlock].Bytes
+	if limit := int64(300<<10+100<<10) + 4096; extra > limit {
+		t.Errorf("the second service adds %d bytes of blocks, want at most %d (its own two jars)", extra, limit)
+	}
+	// The base layer (busybox) is shared too.
+	if h2.Adds.Kinds[bundle.KindLayer].Blobs != h1.Adds.Kinds[bundle.KindLayer].Blobs {
+		t.Errorf("layers without blocks: %d with both images, %d with one", h2.Adds.Kinds[bundle.KindLayer].Blobs, h1.Adds.Kinds[bundle.KindLayer].Blobs)
+	}
+}
+
+// TestBundleIsPlainOCI: the layout inside a bundle, extracted with the real
+// tar, is read by skopeo.
+func TestBundleIsPlainOCI(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"--full", b.v1.Name},
+		{"--from", b.v1.Name, b.v2.Name},
+	} {
+		file := filepath.Join(dir, "b.bundle")
+		bfMust(t, bin, append(append([]string{"bundle", "create", "--store", b.src, "--progress", "none"}, args...), "-o", file)...)
+		x := t.TempDir()
+		cmdOut(t, exec.Command("tar", "-xf", file, "-C", x))
+		name := args[len(args)-1]
+		want := b.v1
+		if name == b.v2.Name {
+			want = b.v2
+		}
+		raw := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "oci:"+x+":"+name))
+		if got := "sha256:" + sha256Hex([]byte(strings.TrimSuffix(raw, "\n"))); got != want.Index.Digest.String() && "sha256:"+sha256Hex([]byte(raw)) != want.Index.Digest.String() {
+			t.Errorf("skopeo inspect --raw oci:%s:%s: digest %s, want the image index %s", x, name, got, want.Index.Digest)
+		}
+	}
+}
