@@ -1,8 +1,6 @@
 package frontend
 
 import (
-	"os"
-	"time"
 	"bytes"
 	"context"
 	"errors"
@@ -25,9 +23,13 @@ import (
 
 // Build arguments and the named context that select where blocks come from.
 const (
-	ArgRepo     = "BLOCKFILE_REPO" // host/repo: blocks are blobs of this repository
-	ArgURL      = "BLOCKFILE_URL"  // base URL: block d is at <url>/sha256/<hex>
-	ContextName = "blocks"         // a store directory (--build-context / --local)
+	ArgRepo = "BLOCKFILE_REPO" // host/repo: blocks are blobs of this repository
+	ArgURL  = "BLOCKFILE_URL"  // base URL: block d is at <url>/sha256/<hex>
+	// ArgOCIStore names an OCI layout store attached to the session
+	// (`buildctl --oci-layout ID=<store>`, client.SolveOpt.OCIStores) that
+	// holds the blocks; `blockfile build` uses it.
+	ArgOCIStore = "BLOCKFILE_OCI_STORE"
+	ContextName = "blocks" // a store directory (--build-context / --local)
 )
 
 // treePrefix starts every tree document (see blocks/tree).
@@ -100,10 +102,11 @@ func (r *resolver) states(ctx context.Context) (map[string]llb.State, error) {
 	} else if u := r.opts["build-arg:"+ArgURL]; u != "" {
 		src = llbgen.HTTP{BaseURL: u}
 		trees, err = r.remoteTrees(ctx, src, top)
+	} else if id := r.opts["build-arg:"+ArgOCIStore]; id != "" {
+		src = llbgen.OCIStore{StoreID: id, SessionID: r.c.BuildOpts().SessionID}
+		trees, err = r.remoteTrees(ctx, src, top)
 	} else {
-		t0 := time.Now()
 		src, trees, err = r.store(ctx, top)
-		fmt.Fprintf(os.Stderr, "DEBUG store resolve+verify %v\n", time.Since(t0))
 	}
 	if err != nil {
 		return nil, err
@@ -291,7 +294,7 @@ func (r *resolver) verifyAll(ctx context.Context, ref gwclient.Reference, src ll
 }
 
 // remoteTrees finds the tree blocks among ds for sources that BuildKit
-// verifies itself (registry, HTTP): each block is fetched (it is needed
+// verifies itself (registry, HTTP, OCI store): each block is fetched (it is needed
 // anyway, and cached) and its first bytes read.
 func (r *resolver) remoteTrees(ctx context.Context, src llbgen.BlockSource, ds []digest.Digest) (map[digest.Digest]*tree.Tree, error) {
 	var mu sync.Mutex

@@ -655,3 +655,62 @@ func writeBigLayout(t *testing.T, dir string, files, fileSize, randPart int) {
 	putFile(t, filepath.Join(dir, "index.json"), idx)
 	putFile(t, filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`))
 }
+
+// TestBlocksMinBlockSizeFlag: --min-block-size takes binary units and picks
+// which files become blocks; a bad value is a usage error (exit 2).
+func TestBlocksMinBlockSizeFlag(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	f := smallFixture(t)
+	for size, want := range map[string]int{
+		"1MiB":  0, // nothing that large
+		"64KiB": 2, // x.jar (300 KiB) and exact/65536.bin
+		"20000": 3, // and the 20000-byte long-name file
+	} {
+		res := bfExport(t, bin, filepath.Join(t.TempDir(), "store"), "oci-archive:"+f.archive, "s", "--min-block-size", size)
+		if res.Blocks != want {
+			t.Errorf("--min-block-size %s: %d blocks, want %d", size, res.Blocks, want)
+		}
+	}
+	r := bfRun(t, bin, "export", "--store", t.TempDir(), "--min-block-size", "12XB", "oci-archive:"+f.archive, "s")
+	if r.code != 2 || !strings.Contains(r.stderr, "--min-block-size") {
+		t.Errorf("bad size: exit %d, stderr %q; want 2 and a message naming the flag", r.code, r.stderr)
+	}
+}
+
+// TestBlocksInterruptLeavesNothing: Ctrl-C during hydrate aborts the sink:
+// no archive and no temp file are left.
+func TestBlocksInterruptLeavesNothing(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	f := richFixture(t)
+	out := t.TempDir()
+	cmd := exec.Command(bin, "hydrate", "--store", f.store, "--progress", "none", f.name, "oci-archive:"+filepath.Join(out, "x.tar"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The archive's temp file exists from the start until the final rename:
+	// signal once it is there, while the 110 MB layer is being written.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(siblings(t, out)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("interrupted hydrate: exit %d, want 1 (stderr: %s)", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "context canceled") {
+		t.Errorf("stderr %q does not say it was canceled", stderr.String())
+	}
+	if left := siblings(t, out); len(left) != 0 {
+		t.Fatalf("interrupted hydrate left %v", left)
+	}
+}

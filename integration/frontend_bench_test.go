@@ -71,9 +71,9 @@ func TestBenchImport(t *testing.T) {
 	copyDir := t.TempDir()
 	writeFile(t, filepath.Join(copyDir, "Dockerfile"), "FROM "+base+"\nCOPY libs/ /app/libs/\n"+runLine+"\n")
 
-	build := func(name, dockerfileDir, contextDir string) (time.Duration, int) {
+	build := func(name, dockerfileDir, contextDir string, attrs map[string]string) (time.Duration, int) {
 		t.Helper()
-		b, d := feTimedBuild(t, env, dockerfileDir, contextDir, storeDir)
+		b, d := feTimedBuild(t, env, dockerfileDir, contextDir, storeDir, attrs)
 		man, _ := feImage(t, b)
 		t.Logf("%-12s %6.2fs  %d layers", name, d.Seconds(), len(man.Layers))
 		return d, len(man.Layers)
@@ -90,27 +90,36 @@ func TestBenchImport(t *testing.T) {
 			*a = d
 		}
 	}
-	var copyCold, copyWarm, importCold, importWarm time.Duration
+	var copyCold, copyWarm, importCold, importWarm, ociCold, ociWarm time.Duration
 	var copyLayers, importLayers int
+	oci := map[string]string{"build-arg:" + frontend.ArgOCIStore: "blocks"}
 	for range 3 {
 		prune()
-		d, n := build("COPY cold", copyDir, filepath.Dir(libs))
+		d, n := build("COPY cold", copyDir, filepath.Dir(libs), nil)
 		best(&copyCold, d)
 		copyLayers = n
-		d, _ = build("COPY warm", copyDir, filepath.Dir(libs))
+		d, _ = build("COPY warm", copyDir, filepath.Dir(libs), nil)
 		best(&copyWarm, d)
 		prune()
-		d, n = build("IMPORT cold", importDir, importDir)
+		d, n = build("IMPORT cold", importDir, importDir, nil)
 		best(&importCold, d)
 		importLayers = n
-		d, _ = build("IMPORT warm", importDir, importDir)
+		d, _ = build("IMPORT warm", importDir, importDir, nil)
 		best(&importWarm, d)
+		prune()
+		d, _ = build("IMPORT/oci cold", importDir, importDir, oci)
+		best(&ociCold, d)
+		d, _ = build("IMPORT/oci warm", importDir, importDir, oci)
+		best(&ociWarm, d)
 	}
 
-	fmt.Printf("BENCH import-vs-copy: %d files %.1f MiB | cold IMPORT %.2fs COPY %.2fs ratio %.2f | warm IMPORT %.2fs COPY %.2fs ratio %.2f | layers IMPORT %d COPY %d\n",
-		len(imports), float64(total)/(1<<20),
-		importCold.Seconds(), copyCold.Seconds(), importCold.Seconds()/copyCold.Seconds(),
-		importWarm.Seconds(), copyWarm.Seconds(), importWarm.Seconds()/copyWarm.Seconds(),
+	ratio := func(a, b time.Duration) float64 { return a.Seconds() / b.Seconds() }
+	fmt.Printf("BENCH import-vs-copy: %d files %.1f MiB, best of 3 | COPY cold %.2fs warm %.2fs | "+
+		"IMPORT (store via --local, frontend verifies) cold %.2fs (%.2fx) warm %.2fs (%.2fx) | "+
+		"IMPORT (store as OCI store, blockfile build) cold %.2fs (%.2fx) warm %.2fs (%.2fx) | layers IMPORT %d COPY %d\n",
+		len(imports), float64(total)/(1<<20), copyCold.Seconds(), copyWarm.Seconds(),
+		importCold.Seconds(), ratio(importCold, copyCold), importWarm.Seconds(), ratio(importWarm, copyWarm),
+		ociCold.Seconds(), ratio(ociCold, copyCold), ociWarm.Seconds(), ratio(ociWarm, copyWarm),
 		importLayers, copyLayers)
 	if importLayers != copyLayers {
 		t.Errorf("%d IMPORTs made %d layers; one COPY made %d: a run of imports must be one layer", len(imports), importLayers, copyLayers)
@@ -120,7 +129,7 @@ func TestBenchImport(t *testing.T) {
 // feTimedBuild builds in-process (Dockerfile from dockerfileDir, context
 // contextDir, blocks from storeDir), exports an OCI archive and returns the
 // extracted layout and the time the build and export took.
-func feTimedBuild(t testing.TB, env *harness.Env, dockerfileDir, contextDir, storeDir string) (string, time.Duration) {
+func feTimedBuild(t testing.TB, env *harness.Env, dockerfileDir, contextDir, storeDir string, attrs map[string]string) (string, time.Duration) {
 	t.Helper()
 	ctx := context.Background()
 	c, err := bkclient.New(ctx, env.BuildkitAddr(t))
@@ -138,10 +147,15 @@ func feTimedBuild(t testing.TB, env *harness.Env, dockerfileDir, contextDir, sto
 	}
 	out := t.TempDir()
 	tarPath := filepath.Join(out, "image.tar")
+	fattrs := map[string]string{"build-arg:SOURCE_DATE_EPOCH": "0"}
+	for k, v := range attrs {
+		fattrs[k] = v
+	}
 	start := time.Now()
 	_, err = c.Build(ctx, bkclient.SolveOpt{
 		LocalMounts:   mounts,
-		FrontendAttrs: map[string]string{"build-arg:SOURCE_DATE_EPOCH": "0"},
+		OCIStores:     feOCIStores(t, fattrs, storeDir),
+		FrontendAttrs: fattrs,
 		Exports: []bkclient.ExportEntry{{
 			Type:   bkclient.ExporterOCI,
 			Output: func(map[string]string) (io.WriteCloser, error) { return os.Create(tarPath) },

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
+	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
 	bkclient "github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/solver/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -111,6 +113,7 @@ func feInProcess(t testing.TB, env *harness.Env, dir, storeDir string, attrs map
 	}
 	resp, err := c.Build(ctx, bkclient.SolveOpt{
 		LocalMounts:   mounts,
+		OCIStores:     feOCIStores(t, fattrs, storeDir),
 		FrontendAttrs: fattrs,
 		Exports: []bkclient.ExportEntry{{
 			Type:   bkclient.ExporterOCI,
@@ -123,6 +126,21 @@ func feInProcess(t testing.TB, env *harness.Env, dir, storeDir string, attrs map
 	layout := filepath.Join(out, "layout")
 	feUntar(t, tarPath, layout)
 	return feBuild{Manifest: digest.Digest(resp.ExporterResponse["containerimage.digest"]), Layout: layout}
+}
+
+// feOCIStores attaches storeDir as the session OCI store named by the
+// BLOCKFILE_OCI_STORE build arg, if set (as `blockfile build` does).
+func feOCIStores(t testing.TB, attrs map[string]string, storeDir string) map[string]content.Store {
+	t.Helper()
+	id := attrs["build-arg:"+frontend.ArgOCIStore]
+	if id == "" {
+		return nil
+	}
+	cs, err := contentlocal.NewStore(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]content.Store{id: cs}
 }
 
 // feBuildctl builds dir with `buildctl build --frontend dockerfile.v0`, so a

@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/frontend"
 	"github.com/blockfile/blockfile/integration/harness"
 )
 
@@ -305,9 +306,11 @@ func TestFrontendErrors(t *testing.T) {
 	missing := digest.FromString("not in the store")
 	base := env.BaseImage(t)
 
+	ociStore := map[string]string{"build-arg:" + frontend.ArgOCIStore: "blocks"}
 	for _, tc := range []struct {
 		name, line string
 		noStore    bool
+		attrs      map[string]string
 		want       []string
 	}{
 		{name: "bad digest", line: "IMPORT block@sha256:1234 /a", want: []string{"invalid block reference"}},
@@ -318,6 +321,8 @@ func TestFrontendErrors(t *testing.T) {
 		{name: "missing block", line: "IMPORT block@" + missing.String() + " /a", want: []string{missing.String(), "not found in the block store", "line 4"}},
 		{name: "corrupt block", line: "IMPORT block@" + corrupt.String() + " /a", want: []string{corrupt.String(), "does not match its digest", "line 4"}},
 		{name: "file block to a folder", line: "IMPORT block@" + good.String() + " /app/", want: []string{"is a file, not a tree", "line 4"}},
+		{name: "corrupt block in an OCI store", line: "IMPORT block@" + corrupt.String() + " /a", attrs: ociStore, want: []string{corrupt.String(), "digest mismatch", "line 4"}},
+		{name: "missing block in an OCI store", line: "IMPORT block@" + missing.String() + " /a", attrs: ociStore, want: []string{missing.String(), "not found", "line 4"}},
 		{name: "no block source", line: "IMPORT block@" + good.String() + " /a", noStore: true, want: []string{"no block source", "--build-context blocks="}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -327,7 +332,7 @@ func TestFrontendErrors(t *testing.T) {
 			if tc.noStore {
 				sd = ""
 			}
-			b := feInProcess(t, env, dir, sd, nil)
+			b := feInProcess(t, env, dir, sd, tc.attrs)
 			if b.Err == nil {
 				t.Fatal("build succeeded")
 			}

@@ -184,6 +184,19 @@ func TestImportStateRegistryAndHTTP(t *testing.T) {
 		t.Errorf("registry sources = %v, want %v", ids, want)
 	}
 
+	st, err = ImportState(imports, OCIStore{StoreID: "blocks", SessionID: "s1"}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sources(ops(t, st)) {
+		if !strings.HasPrefix(s.Identifier, "oci-layout+blob://") || !strings.HasSuffix(s.Identifier, "@"+a.String()) && !strings.HasSuffix(s.Identifier, "@"+b.String()) {
+			t.Errorf("oci store source %s", s.Identifier)
+		}
+		if s.Attrs[pb.AttrOCILayoutStoreID] != "blocks" || s.Attrs[pb.AttrOCILayoutSessionID] != "s1" {
+			t.Errorf("oci store source attrs %v", s.Attrs)
+		}
+	}
+
 	st, err = ImportState(imports, HTTP{BaseURL: "https://blocks.example/store/blobs/"}, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -69,3 +69,23 @@ func (h HTTP) Block(d digest.Digest) (llb.State, string) {
 	}
 	return llb.HTTP(h.URL(d), opts...), "/block"
 }
+
+// OCIStore is a block source reading blocks from an OCI layout content
+// store attached to the build session (client.SolveOpt.OCIStores, `buildctl
+// --oci-layout ID=DIR`): a blockfile store is such a layout. BuildKit checks
+// each blob's digest while fetching it and caches it by digest, so a warm
+// build neither transfers nor hashes the blocks again.
+type OCIStore struct {
+	StoreID     string
+	SessionID   string
+	Constraints []llb.ConstraintsOpt
+}
+
+// Block implements BlockSource.
+func (o OCIStore) Block(d digest.Digest) (llb.State, string) {
+	opts := []llb.ImageBlobOption{llb.Filename("block"), llb.ImageBlobOCIStore(o.SessionID, o.StoreID)}
+	for _, c := range o.Constraints {
+		opts = append(opts, c)
+	}
+	return llb.OCILayoutBlob("blocks@"+d.String(), opts...), "/block"
+}

@@ -28,6 +28,12 @@ type ApplyOptions struct {
 	// Progress, if set, is called as the verify and ingest passes advance.
 	Progress ProgressFunc
 
+	// NoMaterialize skips rebuilding the standard layers inside the store
+	// (image.Materialize): the store then holds only the blocked form, which
+	// is enough to hydrate the image on demand (hydrate, outputs), at half
+	// the disk space. Outputs are still checked against the standard digest.
+	NoMaterialize bool
+
 	// HydrateProgress and PlainProgress are passed to image.Hydrate for
 	// each output.
 	HydrateProgress io.Writer

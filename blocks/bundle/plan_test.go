@@ -169,3 +169,17 @@ func TestPlanRefusesDuplicateImage(t *testing.T) {
 		t.Fatal("the same image twice was accepted")
 	}
 }
+
+func TestOutputFor(t *testing.T) {
+	for in, want := range map[string]string{
+		"oci-archive:/out/{name}.tar":    "oci-archive:/out/example.test_app_1.tar",
+		"oci:/out/layout:{name}":         "oci:/out/layout:example.test/app:1",
+		"oci:/out/{name}":                "oci:/out/example.test_app_1",
+		"docker://127.0.0.1:5000/{name}": "docker://127.0.0.1:5000/example.test/app:1",
+		"oci-archive:/out/one.tar":       "oci-archive:/out/one.tar",
+	} {
+		if got := OutputFor(in, "example.test/app:1"); got != want {
+			t.Errorf("OutputFor(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

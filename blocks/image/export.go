@@ -1,6 +1,7 @@
 package image
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,9 @@ import (
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 )
+
+// writeBufSize buffers the layer blobs Split writes.
+const writeBufSize = 1 << 20
 
 // DefaultMinBlockSize is the size from which a regular file becomes a block
 // even when the frontend did not record it as imported.
@@ -405,7 +409,10 @@ func (e *exporter) exportLayer(ctx context.Context, l ocispec.Descriptor, diffID
 	}
 	defer blockedW.Close()
 
-	sr, err := layer.Split(ctx, tarStream, stdW, blockedW, layer.SplitOptions{
+	// Split writes many small members (headers, stubs); buffer them so the
+	// blob files see few large writes.
+	stdBuf, blockedBuf := bufio.NewWriterSize(stdW, writeBufSize), bufio.NewWriterSize(blockedW, writeBufSize)
+	sr, err := layer.Split(ctx, tarStream, stdBuf, blockedBuf, layer.SplitOptions{
 		Compression:  e.c,
 		MinBlockSize: e.minSize,
 		IsImported:   imported,
@@ -413,6 +420,12 @@ func (e *exporter) exportLayer(ctx context.Context, l ocispec.Descriptor, diffID
 		TempDir:      e.tempDir,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := stdBuf.Flush(); err != nil {
+		return nil, err
+	}
+	if err := blockedBuf.Flush(); err != nil {
 		return nil, err
 	}
 	// Read the source to its end, so its digest and size are verified too.

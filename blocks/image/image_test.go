@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -352,6 +356,91 @@ func TestImportsFromLabel(t *testing.T) {
 	if _, err := importsFromLabel(`not json`); err == nil {
 		t.Error("bad label accepted")
 	}
-	var v map[string]any
-	_ = json.Unmarshal([]byte(`{}`), &v)
+}
+
+// A multi-platform image goes to a registry and back: hydrate pushes
+// children before the index and tags last; export from docker:// gives the
+// same standard index.
+func TestRegistryRoundTrip(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	dir := t.TempDir()
+	b := newBuilder(t, "oci:"+dir)
+	amd := b.image("amd64", nil, richLayers()...)
+	arm := b.image("arm64", nil, richLayers()[1:]...)
+	amd.Platform = &ocispec.Platform{OS: "linux", Architecture: "amd64"}
+	arm.Platform = &ocispec.Platform{OS: "linux", Architecture: "arm64"}
+	b.commit(b.json(ocispec.MediaTypeImageIndex, ocispec.Index{
+		Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{amd, arm},
+	}))
+	s := openStore(t)
+	res := export(t, s, "oci:"+dir, "app", ExportOptions{})
+	ref := "docker://" + host + "/team/app:v1"
+	got, err := hydrate(t, s, "app", ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != res.Standard.Digest || rootOf(t, ref).Digest != res.Standard.Digest {
+		t.Fatalf("registry holds %s, want %s", rootOf(t, ref).Digest, res.Standard.Digest)
+	}
+	again := export(t, openStore(t), ref, "again", ExportOptions{})
+	if again.Standard.Digest != res.Standard.Digest {
+		t.Fatalf("export from the registry: %s, want %s", again.Standard.Digest, res.Standard.Digest)
+	}
+}
+
+// A source layer that does not match its digest fails the export, and the
+// name is not tagged.
+func TestExportCorruptSourceFailsClosed(t *testing.T) {
+	dir := t.TempDir()
+	b := newBuilder(t, "oci:"+dir)
+	root := b.image("amd64", nil, richLayers()...)
+	b.commit(root)
+	var m ocispec.Manifest
+	data, _ := os.ReadFile(filepath.Join(dir, "blobs", "sha256", root.Digest.Encoded()))
+	json.Unmarshal(data, &m)
+	p := filepath.Join(dir, "blobs", "sha256", m.Layers[1].Digest.Encoded())
+	layer, _ := os.ReadFile(p)
+	layer[len(layer)-10] ^= 1 // in the gzip trailer: the tar still parses
+	os.Chmod(p, 0o644)
+	os.WriteFile(p, layer, 0o444)
+
+	s := openStore(t)
+	src, err := transport.ParseSource(context.Background(), "oci:"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Export(context.Background(), s, src, "app", ExportOptions{}); err == nil || !strings.Contains(err.Error(), m.Layers[1].Digest.String()) {
+		t.Fatalf("export of a corrupt layer: %v; want an error naming %s", err, m.Layers[1].Digest)
+	}
+	if _, err := s.Resolve(context.Background(), "app"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("name tagged after a failed export: %v", err)
+	}
+}
+
+// A failed hydrate to a registry leaves no tag.
+func TestHydrateToRegistryFailsClosed(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	dir := t.TempDir()
+	b := newBuilder(t, "oci:"+dir)
+	b.commit(b.image("amd64", nil, richLayers()...))
+	s := openStore(t)
+	export(t, s, "oci:"+dir, "app", ExportOptions{})
+	img, _ := Resolve(context.Background(), s, "app")
+	p := s.BlobPath(img.Manifests[0].Layers[1].Members[0].Digest)
+	os.Chmod(p, 0o644)
+	data, _ := os.ReadFile(p)
+	data[0] ^= 0xff
+	os.WriteFile(p, data, 0o444)
+	ref := "docker://" + host + "/team/app:v1"
+	if _, err := hydrate(t, s, "app", ref); err == nil {
+		t.Fatal("hydrate with a tampered member succeeded")
+	}
+	src, _ := transport.ParseSource(context.Background(), ref)
+	if d, err := src.Resolve(context.Background()); err == nil {
+		t.Fatalf("tag %s points to %s after a failed hydrate", ref, d.Digest)
+	}
 }

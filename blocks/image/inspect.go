@@ -57,6 +57,7 @@ func Inspect(ctx context.Context, s *store.Store, name string) (*Info, error) {
 	}
 	info := &Info{Name: name, Index: img.Index, Standard: img.Standard, Others: img.Others}
 	seen := map[digest.Digest]bool{}
+	stubs := map[digest.Digest]int{}
 	for _, m := range img.Manifests {
 		mi := ManifestInfo{Platform: m.Descriptor.Platform, Standard: plain(m.Descriptor), Blocked: m.Blocked, Config: m.Manifest.Config}
 		for _, l := range m.Layers {
@@ -70,10 +71,15 @@ func Inspect(ctx context.Context, s *store.Store, name string) (*Info, error) {
 				}
 			}
 			if l.HasBlocks() {
-				if li.Stubs, err = countStubs(ctx, s, l.Blocked); err != nil {
-					return nil, fmt.Errorf("inspect %s: blocked layer %s: %w", name, l.Blocked.Digest, err)
+				n, ok := stubs[l.Blocked.Digest]
+				if !ok {
+					if n, err = countStubs(ctx, s, l.Blocked); err != nil {
+						return nil, fmt.Errorf("inspect %s: blocked layer %s: %w", name, l.Blocked.Digest, err)
+					}
+					stubs[l.Blocked.Digest] = n
+					info.Stubs += n // platforms sharing a layer count it once
 				}
-				info.Stubs += li.Stubs
+				li.Stubs = n
 			}
 			mi.Layers = append(mi.Layers, li)
 		}

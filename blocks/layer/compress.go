@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -45,6 +46,9 @@ func (k *compressor) begin(dst io.Writer) io.WriteCloser {
 		return k.zs
 	}
 	k.gz.Reset(dst)
+	// klauspost writes uint32(ModTime.Unix()) as is: the zero time.Time
+	// would not give MTIME 0.
+	k.gz.ModTime = time.Unix(0, 0)
 	return k.gz
 }
 

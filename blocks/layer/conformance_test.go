@@ -6,8 +6,10 @@ import (
 	stdgzip "compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,7 +119,37 @@ func conformanceCases(t testing.TB) []conformanceCase {
 		{name: "trailing zero blocks after block", tar: pad(makeTar(t, reg("z.bin", randBytes(15, 9999)))), blocks: []string{"z.bin"}},
 		{name: "no blocks", tar: makeTar(t, dir("etc/"), reg("etc/hosts", []byte("127.0.0.1 localhost\n"))), blocks: nil},
 		{name: "verbatim cap", tar: makeTar(t, many...), blocks: []string{"after/many.jar"}},
+		{name: "pax global header", tar: makeTar(t, entry{hdr: tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header", PAXRecords: map[string]string{"comment": "git archive writes one of these"}}},
+			reg("src/a.bin", randBytes(16, 8000)), reg("src/b.txt", []byte("b"))), blocks: []string{"src/a.bin"}},
+		{name: "old regular typeflag NUL", tar: oldRegular(t, makeTar(t, reg("old/a.bin", randBytes(17, 6000)), reg("old/b.txt", []byte("b")))), blocks: []string{"old/a.bin"}},
 	}
+}
+
+// oldRegular rewrites every typeflag '0' of a USTAR tar to '\x00' (the
+// pre-POSIX regular file) and fixes the header checksums.
+func oldRegular(t testing.TB, tarb []byte) []byte {
+	b := append([]byte{}, tarb...)
+	for off := 0; off+512 <= len(b); {
+		h := b[off : off+512]
+		if h[0] == 0 {
+			break
+		}
+		size, err := strconv.ParseInt(strings.TrimRight(string(h[124:135]), "\x00 "), 8, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h[156] == '0' {
+			h[156] = 0
+			copy(h[148:156], "        ")
+			var sum int
+			for _, c := range h {
+				sum += int(c)
+			}
+			copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
+		}
+		off += 512 + int((size+511)/512*512)
+	}
+	return b
 }
 
 func itoa(i int) string {

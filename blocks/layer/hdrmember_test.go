@@ -61,3 +61,20 @@ func TestHeaderMemberGolden(t *testing.T) {
 		}
 	}
 }
+
+// Normally compressed members (verbatim, stub and block members) carry a
+// gzip header with no name, MTIME 0, XFL 0 and OS 255, so a block member
+// depends only on the block's bytes.
+func TestMemberGzipHeader(t *testing.T) {
+	k, err := newCompressor(blocks.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	w := k.begin(&b)
+	w.Write(randBytes(1, 10000))
+	w.Close()
+	if got := hex.EncodeToString(b.Bytes()[:10]); got != "1f8b08000000000000ff" {
+		t.Errorf("gzip member header %s", got)
+	}
+}

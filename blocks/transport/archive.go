@@ -213,7 +213,7 @@ func (s *archiveSink) Push(_ context.Context, desc ocispec.Descriptor, r io.Read
 		return fmt.Errorf("oci-archive:%s: %w", s.path, err)
 	}
 	// Read to EOF so the verifier runs; tw refuses more than desc.Size bytes.
-	n, err := io.Copy(s.tw, src)
+	n, err := io.CopyBuffer(s.tw, src, make([]byte, copyBufSize))
 	if err == nil && n != desc.Size {
 		err = fmt.Errorf("blob %s: got %d bytes, declared %d: %w", desc.Digest, n, desc.Size, store.ErrSizeMismatch)
 	}

@@ -178,7 +178,7 @@ func writeBlobFile(p string, desc ocispec.Descriptor, r io.Reader) (created bool
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err = io.Copy(f, vr); err != nil {
+	if _, err = io.CopyBuffer(f, vr, make([]byte, copyBufSize)); err != nil {
 		return false, fmt.Errorf("write blob %s: %w", desc.Digest, err)
 	}
 	if err = f.Sync(); err != nil {

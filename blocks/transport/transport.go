@@ -152,6 +152,10 @@ const (
 	MediaTypeDockerForeignGzip  = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 )
 
+// copyBufSize is the buffer of blob copies: large enough that a copy is a
+// few big writes, small enough to keep memory flat.
+const copyBufSize = 256 << 10
+
 // maxJSON caps every manifest, index and index.json read into memory
 // (registries cap manifests at 4 MiB; index.json of a big layout is larger).
 const maxJSON = 32 << 20

@@ -139,9 +139,10 @@ with every blob added and required.`,
 
 func newBundleApplyCmd() *cobra.Command {
 	var (
-		outputs  []string
-		asJSON   bool
-		progress string
+		outputs     []string
+		asJSON      bool
+		progress    string
+		materialize bool
 	)
 	cmd := &cobra.Command{
 		Use:   "apply [flags] FILE [--output DEST]...",
@@ -159,6 +160,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 	}
 	openStore := storeFlag(cmd)
 	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write each image (repeatable)")
+	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -172,7 +174,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		}
 		prog, done := progressFunc(pw, plain)
 		res, err := bundle.Apply(cmd.Context(), s, args[0], bundle.ApplyOptions{
-			Outputs: outputs, Progress: prog, HydrateProgress: pw, PlainProgress: plain,
+			Outputs: outputs, Progress: prog, HydrateProgress: pw, PlainProgress: plain, NoMaterialize: !materialize,
 		})
 		done()
 		if err != nil {

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -57,7 +59,9 @@ file of at least --min-block-size bytes.`,
 		if err != nil {
 			return err
 		}
-		ctx := cmd.Context()
+		// On Ctrl-C, cancel so the destination is aborted and temp files removed.
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
 		src, err := transport.ParseSource(ctx, args[0])
 		if err != nil {
 			return err

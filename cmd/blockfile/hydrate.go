@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -37,7 +40,9 @@ manifest digest of the standard image. On any error DEST is left absent.`,
 		if err != nil {
 			return err
 		}
-		ctx := cmd.Context()
+		// On Ctrl-C, cancel so the destination is aborted and temp files removed.
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
 		dst, err := transport.ParseSink(ctx, args[1], transport.WithDefaultName(args[0]))
 		if err != nil {
 			return err
