@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -197,8 +198,10 @@ func (r *resolver) solve(ctx context.Context, st llb.State) (gwclient.Reference,
 }
 
 // store reads the blocks from a store directory. BuildKit does not hash
-// local files, so every block is hashed here, through the gateway, before
-// the build uses it.
+// local files, so every block is verified before the build uses it: by a
+// build step running the frontend image over the store when the frontend
+// runs as an image (cached by the blobs' content, so warm builds skip it),
+// else by reading each block back through the gateway.
 func (r *resolver) store(ctx context.Context, top []digest.Digest) (llbgen.BlockSource, map[digest.Digest]*tree.Tree, error) {
 	st, err := r.storeState(ctx, top)
 	if err != nil {
@@ -208,51 +211,113 @@ func (r *resolver) store(ctx context.Context, top []digest.Digest) (llbgen.Block
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (%v)", ErrNoSource, gatewayErr(err))
 	}
-	src := llbgen.Store{State: st}
-	trees, err := r.verifyAll(ctx, ref, src, top, nil)
+	image := r.opts[keySource]
+	var trees map[digest.Digest]*tree.Tree
+	if image != "" {
+		trees, err = r.findTrees(ctx, ref, llbgen.Store{State: st}, top)
+	} else {
+		trees, err = r.verifyAll(ctx, ref, llbgen.Store{State: st}, top, nil)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(trees) == 0 {
-		return src, trees, nil
-	}
-	// The trees' file blocks: a second transfer with the union of patterns.
-	var all, more []digest.Digest
+
+	// The trees' file blocks come from the same store: transfer the union.
+	all := slices.Clone(top)
+	var files []digest.Digest // the blocks that are files, not tree documents
+	owner := map[digest.Digest]digest.Digest{}
 	seen := map[digest.Digest]bool{}
 	for _, d := range top {
 		seen[d] = true
-		all = append(all, d)
-	}
-	owner := map[digest.Digest]digest.Digest{}
-	for _, d := range top {
-		t := trees[d]
-		if t == nil {
-			continue
+		if trees[d] == nil {
+			files = append(files, d)
 		}
-		for _, b := range t.Blocks() {
-			if !seen[b.Digest] {
-				seen[b.Digest] = true
-				all = append(all, b.Digest)
-				more = append(more, b.Digest)
-				owner[b.Digest] = d
+	}
+	for _, d := range top {
+		if t := trees[d]; t != nil {
+			for _, b := range t.Blocks() {
+				if !seen[b.Digest] {
+					seen[b.Digest] = true
+					all = append(all, b.Digest)
+					files = append(files, b.Digest)
+					owner[b.Digest] = d
+				}
 			}
 		}
 	}
-	if len(more) == 0 {
-		return src, trees, nil
+	if len(all) > len(top) {
+		if st, err = r.storeState(ctx, all); err != nil {
+			return nil, nil, err
+		}
+		if ref, err = r.solve(ctx, st); err != nil {
+			return nil, nil, fmt.Errorf("%w (%v)", ErrNoSource, gatewayErr(err))
+		}
+		if image == "" {
+			if _, err := r.verifyAll(ctx, ref, llbgen.Store{State: st}, all[len(top):], owner); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
-	st, err = r.storeState(ctx, all)
+	if image == "" || len(files) == 0 {
+		return llbgen.Store{State: st}, trees, nil
+	}
+
+	verified := verifiedStore(image, st, files)
+	if _, err := r.solve(ctx, verified); err != nil {
+		// Say which block and line: read them back through the gateway.
+		if _, verr := r.verifyAll(ctx, ref, llbgen.Store{State: st}, files, owner); verr != nil {
+			return nil, nil, verr
+		}
+		return nil, nil, fmt.Errorf("verify blocks: %v", gatewayErr(err))
+	}
+	return llbgen.Store{State: verified}, trees, nil
+}
+
+// keySource is the frontend option naming the frontend image when the
+// frontend runs as one (set by BuildKit's gateway).
+const keySource = "source"
+
+// findTrees reads the first bytes of each block of ds in ref and parses
+// (and verifies) those that are tree documents. File blocks are not hashed
+// here.
+func (r *resolver) findTrees(ctx context.Context, ref gwclient.Reference, src llbgen.BlockSource, ds []digest.Digest) (map[digest.Digest]*tree.Tree, error) {
+	var mu sync.Mutex
+	trees := map[digest.Digest]*tree.Tree{}
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.SetLimit(8)
+	for _, d := range ds {
+		eg.Go(func() error {
+			_, p := src.Block(d)
+			t, err := treeAt(ctx, ref, p, d)
+			if err != nil {
+				return r.located(fmt.Errorf("IMPORT on line %d: block %s: %w", r.lineOf(d), d, err), d)
+			}
+			if t != nil {
+				mu.Lock()
+				trees[d] = t
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	return trees, eg.Wait()
+}
+
+// treeAt returns the tree document at p if the block starts like one, nil
+// for a file block.
+func treeAt(ctx context.Context, ref gwclient.Reference, p string, d digest.Digest) (*tree.Tree, error) {
+	head, err := ref.ReadFile(ctx, gwclient.ReadRequest{Filename: p, Range: &gwclient.FileRange{Length: len(treePrefix)}})
 	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("not found (%s): %v", strings.TrimPrefix(p, "/"), gatewayErr(err))
 	}
-	if ref, err = r.solve(ctx, st); err != nil {
-		return nil, nil, fmt.Errorf("%w (%v)", ErrNoSource, gatewayErr(err))
+	if !bytes.Equal(head, treePrefix) {
+		return nil, nil
 	}
-	src = llbgen.Store{State: st}
-	if _, err := r.verifyAll(ctx, ref, src, more, owner); err != nil {
-		return nil, nil, err
+	t, err := readTree(ctx, ref, p, d)
+	if err != nil {
+		return nil, fmt.Errorf("tree: %w", err)
 	}
-	return src, trees, nil
+	return t, nil
 }
 
 // verifyAll hashes each block of ds in ref and parses those that are tree
@@ -308,16 +373,12 @@ func (r *resolver) remoteTrees(ctx context.Context, src llbgen.BlockSource, ds [
 			if err != nil {
 				return r.located(fmt.Errorf("IMPORT on line %d: fetch block %s: %v", r.lineOf(d), d, gatewayErr(err)), d)
 			}
-			head, err := ref.ReadFile(ctx, gwclient.ReadRequest{Filename: p, Range: &gwclient.FileRange{Length: len(treePrefix)}})
+			t, err := treeAt(ctx, ref, p, d)
 			if err != nil {
-				return r.located(fmt.Errorf("IMPORT on line %d: read block %s: %v", r.lineOf(d), d, gatewayErr(err)), d)
+				return r.located(fmt.Errorf("IMPORT on line %d: block %s: %w", r.lineOf(d), d, err), d)
 			}
-			if !bytes.Equal(head, treePrefix) {
+			if t == nil {
 				return nil
-			}
-			t, err := readTree(ctx, ref, p, d)
-			if err != nil {
-				return r.located(fmt.Errorf("IMPORT on line %d: tree %s: %w", r.lineOf(d), d, err), d)
 			}
 			mu.Lock()
 			trees[d] = t

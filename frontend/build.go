@@ -20,6 +20,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerui"
 	gwclient "github.com/moby/buildkit/frontend/gateway/client"
 	gwpb "github.com/moby/buildkit/frontend/gateway/pb"
+	"github.com/moby/buildkit/frontend/subrequests/lint"
 	"github.com/moby/buildkit/solver/errdefs"
 	"github.com/moby/buildkit/solver/pb"
 	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
@@ -74,12 +75,24 @@ func Build(ctx context.Context, c gwclient.Client) (*gwclient.Result, error) {
 		wopts["cmdline"] = "blockfile"
 	}
 	res := &resolver{c: c, bc: bc, opts: opts, sm: src.SourceMap, df: df}
+	imports := func() (map[string]llb.State, error) { return res.states(ctx) }
+	if opts[keyRequestID] != "" {
+		// A subrequest (--check, --call=outline/targets) only converts the
+		// Dockerfile: it needs the contexts to exist, not the blocks.
+		imports = func() (map[string]llb.State, error) {
+			m := map[string]llb.State{}
+			for _, run := range df.Runs {
+				m[run.Name] = llb.Scratch()
+			}
+			return m, nil
+		}
+	}
 	w := &client{
 		Client:    c,
 		opts:      wopts,
 		original:  src.Data,
 		rewritten: rewritten,
-		imports:   sync.OnceValues(func() (map[string]llb.State, error) { return res.states(ctx) }),
+		imports:   sync.OnceValues(imports),
 	}
 	if d := src.SourceMap.Definition; d != nil && len(d.Def) > 0 {
 		w.dockerfileOp = digest.FromBytes(d.Def[len(d.Def)-1])
@@ -89,10 +102,48 @@ func Build(ctx context.Context, c gwclient.Client) (*gwclient.Result, error) {
 	if err != nil {
 		return nil, w.restore(err)
 	}
+	if opts[keyRequestID] == lint.SubrequestLintDefinition.Name {
+		if err := w.restoreLint(out); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	if err := addLabel(out, df, opts); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// keyRequestID is the frontend option naming a subrequest (see dockerui).
+const keyRequestID = "requestid"
+
+// restoreLint puts the original Dockerfile text into a lint result, so
+// --check shows the user's lines around a warning.
+func (w *client) restoreLint(res *gwclient.Result) error {
+	dt, ok := res.Metadata["result.json"]
+	if !ok {
+		return nil
+	}
+	var lr lint.LintResults
+	if err := json.Unmarshal(dt, &lr); err != nil {
+		return fmt.Errorf("lint result: %w", err)
+	}
+	changed := false
+	for _, si := range lr.Sources {
+		if si != nil && bytes.Equal(si.Data, w.rewritten) {
+			si.Data = w.original
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	fixed, err := lr.ToResult(nil)
+	if err != nil {
+		return fmt.Errorf("lint result: %w", err)
+	}
+	maps.Copy(res.Metadata, fixed.Metadata)
+	return nil
 }
 
 // client is the gateway client that upstream builds with: it adds the

@@ -233,3 +233,36 @@ func TestBundleSharedBlocksAtOtherPathsCostOnce(t *testing.T) {
 		t.Errorf("adding team b costs %d bytes of blocks", extra)
 	}
 }
+
+func TestApplyWithoutMaterialize(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t)
+	v1 := export(t, src, "app:v1", serviceLayers("v1", "app/libs", map[string]string{"a.jar": "a1", "b.jar": "b1"}))
+	dir := t.TempDir()
+	full := filepath.Join(dir, "v1.bundle")
+	if _, err := Create(ctx, src, []string{"app:v1"}, full, CreateOptions{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := Closures(ctx, src, []string{"app:v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := openStore(t)
+	out := filepath.Join(dir, "out.tar")
+	res, err := Apply(ctx, site, full, ApplyOptions{NoMaterialize: true, Outputs: []string{"oci-archive:" + out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Images[0].Standard.Digest != v1.Standard.Digest {
+		t.Fatalf("hydrated %s, built %s", res.Images[0].Standard.Digest, v1.Standard.Digest)
+	}
+	// The store keeps only the blocked form: no standard layer with blocks.
+	for _, l := range cs[0].Hydrated {
+		if ok, _ := site.Exists(ctx, l.Digest); ok {
+			t.Errorf("standard layer %s was materialized", l.Digest)
+		}
+	}
+	if _, err := os.Stat(out); err != nil {
+		t.Errorf("output: %v", err)
+	}
+}

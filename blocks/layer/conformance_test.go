@@ -531,3 +531,20 @@ func TestSparseEntriesVerbatim(t *testing.T) {
 		}
 	}
 }
+
+func TestCanceled(t *testing.T) {
+	tarb := makeTar(t, reg("a.bin", randBytes(70, 9000)))
+	ms := newMemStore()
+	res, _, blk, err := splitBytes(t, tarb, SplitOptions{MinBlockSize: testMin, Members: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Hydrate(ctx, bytes.NewReader(blk), io.Discard, memberDescs(res), ms, res.Standard); !errors.Is(err, context.Canceled) {
+		t.Errorf("Hydrate: got %v, want context.Canceled", err)
+	}
+	if _, err := Split(ctx, bytes.NewReader(tarb), io.Discard, io.Discard, SplitOptions{Members: ms}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Split: got %v, want context.Canceled", err)
+	}
+}

@@ -35,7 +35,9 @@ const copyBufSize = 1 << 20
 //
 // A source layer holding a regular file whose content starts with
 // blocks.StubMagic is refused (ErrReservedContent), and so is one with an entry
-// name that Hydrate would refuse (ErrUnsafePath).
+// name that Hydrate would refuse (ErrUnsafePath). On error, what was written to
+// std and blocked is garbage (write to temp files); members already pushed
+// stay in the store, unreferenced.
 func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opts SplitOptions) (*SplitResult, error) {
 	c, err := normCompression(opts.Compression)
 	if err != nil {
@@ -248,8 +250,8 @@ func (sp *splitter) run() error {
 				}
 			}
 			if !sparse {
-				// Sparse entries are left to the tar reader, which returns
-				// their physical bytes in the next RawBytes.
+				// Sparse entries are left to the tar reader: it skips
+				// their physical bytes in the next Next, captured above.
 				if err := sp.copyData(tr, hdr, sp); err != nil {
 					return err
 				}

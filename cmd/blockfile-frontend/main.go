@@ -1,6 +1,10 @@
 // Command blockfile-frontend is the Blockfile Dockerfile frontend as a BuildKit
 // gateway image: users reference it with `# syntax=<image>`. All logic lives in
 // package frontend.
+//
+// `blockfile-frontend verify-blocks DIR DIGEST...` is the block check that the
+// frontend runs, in a build step, over a local block store (see
+// frontend.VerifyCommand).
 package main
 
 import (
@@ -15,6 +19,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == frontend.VerifyCommand {
+		os.Exit(frontend.VerifyMain(os.Args[2:], os.Stderr))
+	}
 	if err := grpcclient.RunFromEnvironment(appcontext.Context(), frontend.Build); err != nil {
 		fmt.Fprintf(os.Stderr, "blockfile-frontend: %+v\n", err)
 		os.Exit(1)
