@@ -51,6 +51,9 @@ type resolver struct {
 	opts map[string]string
 	sm   *llb.SourceMap // the Dockerfile as the user wrote it
 	df   *Dockerfile
+	// requires are build steps every import state depends on (the
+	// verification of local blocks).
+	requires []llb.State
 }
 
 // where returns the locations of the IMPORTs that name d.
@@ -136,6 +139,7 @@ func (r *resolver) states(ctx context.Context) (map[string]llb.State, error) {
 		st, err := llbgen.ImportState(imports, src, llbgen.Options{
 			Time:        t,
 			Constraints: []llb.ConstraintsOpt{llb.WithCustomName(name), r.sm.Location(ranges)},
+			Requires:    r.requires,
 		})
 		if err != nil {
 			return nil, wrapSource(fmt.Errorf("line %d: %w", loc[0].Start.Line, err), r.sm, loc)
@@ -262,7 +266,7 @@ func (r *resolver) store(ctx context.Context, top []digest.Digest) (llbgen.Block
 		return llbgen.Store{State: st}, trees, nil
 	}
 
-	verified := verifiedStore(image, st, files)
+	verified := verifyStep(image, st, files)
 	if _, err := r.solve(ctx, verified); err != nil {
 		// Say which block and line: read them back through the gateway.
 		if _, verr := r.verifyAll(ctx, ref, llbgen.Store{State: st}, files, owner); verr != nil {
@@ -270,7 +274,8 @@ func (r *resolver) store(ctx context.Context, top []digest.Digest) (llbgen.Block
 		}
 		return nil, nil, fmt.Errorf("verify blocks: %v", gatewayErr(err))
 	}
-	return llbgen.Store{State: verified}, trees, nil
+	r.requires = append(r.requires, verified)
+	return llbgen.Store{State: st}, trees, nil
 }
 
 // keySource is the frontend option naming the frontend image when the

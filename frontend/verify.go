@@ -66,10 +66,11 @@ func verifyFile(p string, d digest.Digest) error {
 	return nil
 }
 
-// verifiedStore returns the store state st as seen after the frontend image
-// (source) verified the blocks ds in it: a read-write mount of st, so the
-// import reads its blocks from the verified step's output and depends on it.
-func verifiedStore(source string, st llb.State, ds []digest.Digest) llb.State {
+// verifyStep returns a build step that runs the frontend image (source) to
+// verify the blocks ds of the store state st; its output is empty. The
+// store is mounted read-only: a read-write mount of a local source made
+// BuildKit send the whole store again on the next build.
+func verifyStep(source string, st llb.State, ds []digest.Digest) llb.State {
 	args := []string{"/bin/blockfile-frontend", VerifyCommand, "/blocks"}
 	for _, d := range ds {
 		args = append(args, d.String())
@@ -79,5 +80,6 @@ func verifiedStore(source string, st llb.State, ds []digest.Digest) llb.State {
 		llb.Network(llb.NetModeNone),
 		llb.WithCustomName(fmt.Sprintf("[blocks] verify %d block(s)", len(ds))),
 	)
-	return run.AddMount("/blocks", st)
+	run.AddMount("/blocks", st, llb.Readonly)
+	return run.AddMount("/out", llb.Scratch())
 }

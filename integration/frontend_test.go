@@ -376,6 +376,28 @@ func TestFrontendErrors(t *testing.T) {
 			t.Errorf("buildctl output lacks %q:\n%s", w, b.Output)
 		}
 	}
+
+	// A block tampered with after a build that verified it (and cached the
+	// verification) fails the next build too.
+	later := feAddBlock(t, st, []byte("verified once, changed later\n"))
+	writeFile(t, filepath.Join(dir, "Dockerfile"), "# syntax="+env.FrontendImage(t)+"\nFROM "+base+"\nRUN true\nIMPORT block@"+later.String()+" /a\n")
+	feBuildctl(t, env, dir, storeDir).mustOK(t)
+	p = filepath.Join(storeDir, "blobs", "sha256", later.Encoded())
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("VERIFIED once, changed later\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b = feBuildctl(t, env, dir, storeDir)
+	if b.Err == nil {
+		t.Fatalf("build with a block tampered after a cached verification succeeded:\n%s", b.Output)
+	}
+	for _, w := range []string{"does not match its digest", later.String(), "Dockerfile:4"} {
+		if !strings.Contains(b.Output, w) {
+			t.Errorf("buildctl output lacks %q:\n%s", w, b.Output)
+		}
+	}
 }
 
 // TestFrontendRegistryAndHTTPSources: blocks fetched from a registry

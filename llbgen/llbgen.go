@@ -60,7 +60,15 @@ type Options struct {
 	Time time.Time
 	// Constraints are passed to the FileOp (custom name, platform, ...).
 	Constraints []llb.ConstraintsOpt
+	// Requires are states that must build before the import may use its
+	// blocks (a verification step); their content is not placed. Each is
+	// copied into the staging tree and removed again, which makes it an
+	// input of the FileOp without changing the layer.
+	Requires []llb.State
 }
+
+// requiresDir is where ImportState stages Options.Requires, then removes them.
+const requiresDir = "/.blockfile-requires"
 
 // Blocks returns every block the imports read, in first-use order: the
 // file blocks, and for tree imports the tree's file blocks (not the tree
@@ -133,6 +141,15 @@ func ImportState(imports []Import, src BlockSource, opt Options) (llb.State, err
 		} else {
 			fa = next(fa)
 		}
+	}
+	for i, st := range opt.Requires {
+		dst := fmt.Sprintf("%s/%d", requiresDir, i)
+		info := &llb.CopyInfo{CopyDirContentsOnly: true, CreateDestPath: true}
+		chain(func(a *llb.FileAction) *llb.FileAction { return a.Copy(st, "/", dst, info) },
+			func() *llb.FileAction { return llb.Copy(st, "/", dst, info) })
+	}
+	if len(opt.Requires) > 0 {
+		fa = fa.Rm(requiresDir)
 	}
 	for _, p := range slices.Sorted(maps.Keys(entries)) {
 		e := entries[p]

@@ -317,3 +317,38 @@ func TestMergeLabel(t *testing.T) {
 		t.Error("a broken inherited label is accepted")
 	}
 }
+
+func TestImportStateRequires(t *testing.T) {
+	verify := llb.Image("example/verifier").Run(llb.Args([]string{"/verify"})).AddMount("/out", llb.Scratch())
+	a := dgst("a")
+	st, err := ImportState([]Import{{Block: a, Dest: "/x/a"}}, storeSource([]digest.Digest{a}), Options{Requires: []llb.State{verify}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := ops(t, st)
+	fops := fileOps(all)
+	if len(fops) != 1 {
+		t.Fatalf("%d FileOps, want 1", len(fops))
+	}
+	var staged, removed bool
+	for _, a := range fops[0].Actions {
+		if c := a.GetCopy(); c != nil && c.Dest == requiresDir+"/0" {
+			staged = true
+		}
+		if r := a.GetRm(); r != nil && r.Path == requiresDir {
+			removed = true
+		}
+	}
+	if !staged || !removed {
+		t.Errorf("required step staged %v, removed %v; want both", staged, removed)
+	}
+	hasExec := false
+	for _, op := range all {
+		if op.GetExec() != nil {
+			hasExec = true
+		}
+	}
+	if !hasExec {
+		t.Error("the required step is not an input of the import")
+	}
+}

@@ -63,8 +63,13 @@ type MissingError struct {
 func (e *MissingError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "the store lacks %d blob(s) this bundle requires (was the base image applied to this store?):", len(e.Missing))
+	manifests := false
 	for _, m := range e.Missing {
 		fmt.Fprintf(&b, "\n  %s", m)
+		manifests = manifests || m.Kind.isManifest()
+	}
+	if manifests {
+		b.WriteString("\n(and whatever the missing indexes and manifests list)")
 	}
 	return b.String()
 }

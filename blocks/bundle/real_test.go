@@ -202,6 +202,19 @@ func TestApplyHydratesTheSourceDigest(t *testing.T) {
 	if err := site.Verify(ctx, func(p store.Problem) { t.Errorf("verify: %+v", p) }); err != nil {
 		t.Fatal(err)
 	}
+
+	// A bundle of what the site already has carries no blob at all.
+	same := filepath.Join(dir, "same.bundle")
+	hs, err := Create(ctx, src, []string{"app:v2"}, same, CreateOptions{From: []string{"app:v2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs.Adds.Blobs != 0 {
+		t.Errorf("a bundle of the base itself adds %+v", hs.Adds)
+	}
+	if _, err := Apply(ctx, site, same, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestBundleSharedBlocksAtOtherPathsCostOnce(t *testing.T) {

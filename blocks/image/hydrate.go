@@ -138,7 +138,9 @@ func (h *hydrator) layer(ctx context.Context, l Layer) error {
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	perr := h.dst.Push(ctx, plain(l.Standard), h.prog.reader(pr))
+	// layer.Hydrate checks every byte against the standard layer digest and
+	// fails the pipe before EOF on a mismatch, so the sink need not hash again.
+	perr := h.dst.Push(ctx, plain(l.Standard), transport.Verified(h.prog.reader(pr)))
 	// Unblock the writer if Push stopped early. Hydrate's own error comes
 	// first, as it says why (a tampered member, a stub naming an unlisted
 	// block), unless it only saw the destination stop reading.
