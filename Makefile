@@ -1,7 +1,7 @@
 # Blockfile. See README.md.
 GO ?= go
 
-.PHONY: all build test test-unit test-integration demo clean FORCE
+.PHONY: all build test test-unit test-integration demo bench-blocks clean FORCE
 
 all: build
 
@@ -27,6 +27,12 @@ test-integration:
 # Builds examples/javaapp v1 and v2 on its own buildkitd and registry.
 demo:
 	bash scripts/demo.sh
+
+# Export and hydrate figures on the v1 image of ../shared/bench (run
+# ../shared/bench/make-scenario.sh as root first; BENCH defaults to /tmp/bench).
+bench-blocks:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./blocks/layer ./blocks/image
+	$(GO) run ./integration/bench/blocks
 
 clean:
 	rm -rf bin
