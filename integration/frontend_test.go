@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/frontend"
@@ -511,5 +512,41 @@ func TestBlockfileBuild(t *testing.T) {
 		"--build-arg", "SOURCE_DATE_EPOCH=0", "-t", "app:v1", f.dir)
 	if got := strings.TrimSpace(r.stdout); got != res.Standard.Digest.String() {
 		t.Errorf("build printed %q, want the standard digest %s", got, res.Standard.Digest)
+	}
+}
+
+// TestFrontendMultiPlatform: a multi-platform build imports the blocks
+// into every platform's image, and each config carries the imports label.
+func TestFrontendMultiPlatform(t *testing.T) {
+	harness.RequireIntegration(t)
+	f := newFEFixture(t)
+	writeFile(t, filepath.Join(f.dir, "Dockerfile"), "FROM scratch\nIMPORT block@"+f.jarA.String()+" /app/a.jar\n")
+	b := feInProcess(t, f.env, f.dir, f.storeDir, map[string]string{"platform": "linux/amd64,linux/arm64"}).mustOK(t)
+	var top ocispec.Index
+	readJSONFile(t, filepath.Join(b.Layout, "index.json"), &top)
+	if len(top.Manifests) != 1 {
+		t.Fatalf("index.json lists %d entries, want the image index", len(top.Manifests))
+	}
+	var idx ocispec.Index
+	readBlobJSON(t, b.Layout, top.Manifests[0], &idx)
+	platforms := map[string]bool{}
+	for _, m := range idx.Manifests {
+		if m.Platform == nil {
+			continue
+		}
+		platforms[m.Platform.Architecture] = true
+		var man ocispec.Manifest
+		readBlobJSON(t, b.Layout, m, &man)
+		var cfg ocispec.Image
+		readBlobJSON(t, b.Layout, man.Config, &cfg)
+		if got := feImports(t, cfg); got["/app/a.jar"] != f.jarA.String() || len(got) != 1 {
+			t.Errorf("%s: imports label %v", m.Platform.Architecture, got)
+		}
+		if len(man.Layers) != 1 {
+			t.Errorf("%s: %d layers, want the import layer only", m.Platform.Architecture, len(man.Layers))
+		}
+	}
+	if !platforms["amd64"] || !platforms["arm64"] {
+		t.Errorf("platforms %v, want amd64 and arm64", platforms)
 	}
 }

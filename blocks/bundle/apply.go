@@ -46,7 +46,7 @@ type ApplyResult struct {
 	Ingested Count          `json:"ingested"` // blobs written to the store by this run
 	Present  Count          `json:"present"`  // shipped blobs the store already had
 	Required Count          `json:"required"` // prerequisites found in the store
-	Duration time.Duration  `json:"duration"`
+	Duration time.Duration  `json:"durationNs"`
 }
 
 // AppliedImage is one image that apply tagged and hydrated.

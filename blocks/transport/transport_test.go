@@ -333,3 +333,30 @@ func TestParseErrors(t *testing.T) {
 }
 
 func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// A Verified stream is not hashed again by a sink, but its size still is:
+// too few or too many bytes fail the push and leave no blob.
+func TestVerifiedStreamSizeChecked(t *testing.T) {
+	ctx := context.Background()
+	data := []byte("verified by its producer")
+	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromBytes(data), Size: int64(len(data))}
+	dir := filepath.Join(t.TempDir(), "out")
+	sink, err := ParseSink(ctx, "oci:"+dir+":x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]byte{data[:5], append(append([]byte{}, data...), '!')} {
+		if err := sink.Push(ctx, desc, Verified(bytes.NewReader(bad))); !IsVerifyError(err) {
+			t.Fatalf("push of %d bytes as %d: err = %v, want a size mismatch", len(bad), desc.Size, err)
+		}
+		if ok, _ := sink.Exists(ctx, desc); ok {
+			t.Fatalf("a wrong-size verified stream left blob %s", desc.Digest)
+		}
+	}
+	if err := sink.Push(ctx, desc, Verified(bytes.NewReader(data))); err != nil {
+		t.Fatalf("push of the right bytes: %v", err)
+	}
+	if err := sink.Commit(ctx, desc); err != nil {
+		t.Fatal(err)
+	}
+}
