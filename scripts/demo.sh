@@ -73,22 +73,87 @@ standard_upgrade_cost() {
 	done
 	echo "files new or changed in v2:          ${changed[*]#"$work/ctx-v2/"}"
 	echo "their bytes:                         $(human "$(size "${changed[@]}")")"
-	echo "bytes a registry pull of v2 ships:   $(human "$(size "${new[@]}")") in ${#new[@]} blobs (whole layers)"
+	split_cost=$(size "${new[@]}")
+	echo "bytes a registry pull of v2 ships:   $(human "$split_cost") in ${#new[@]} blobs (whole layers)"
 }
 
-# Steps to come as the verbs land (the lead adds them here):
-#   blockfile build with IMPORT, blockfile export v1 and v2, blockfile bundle
-#   v1->v2, blockfile apply into an empty target store, blockfile hydrate and
-#   a check that the manifest digest equals the one built above, and the bytes
-#   in the bundle against standard_upgrade_cost.
+# import_build VERSION: the same service built with IMPORT through the
+# Blockfile frontend: the jars are added to the source store as blocks, the
+# Dockerfile places each one by digest (generated with `block add
+# --import-to`, the way a build script would), and `blockfile build` runs the
+# frontend, then stores the standard image and its blocked form.
+import_build() {
+	local v=$1
+	local ctx=$work/ctx-$v
+	step "building javaapp $v with IMPORT (blockfile build)"
+	{
+		echo "# syntax=blockfile-frontend (ignored by blockfile build, which runs the frontend in-process)"
+		echo "ARG BASE"
+		echo 'FROM ${BASE}'
+		echo "WORKDIR /app"
+		"$bf" block add --store "$src" --import-to /app/libs/ "$ctx"/libs/*.jar | grep '^IMPORT'
+		"$bf" block add --store "$src" --import-to /app/app.jar "$ctx/app.jar" | grep '^IMPORT'
+		echo 'CMD ["/bin/sh", "-c", "echo java -jar /app/app.jar; unzip -p /app/app.jar META-INF/MANIFEST.MF"]'
+	} >"$work/$v.Dockerfile"
+	echo "$(grep -c '^IMPORT' "$work/$v.Dockerfile") IMPORT lines, e.g.:"
+	grep -m2 '^IMPORT' "$work/$v.Dockerfile" | sed 's/^/    /'
+	"$bf" build --store "$src" --progress plain --json -f "$work/$v.Dockerfile" \
+		--build-arg BASE="$BLOCKFILE_BASE" -t "javaapp:$v" "$ctx" \
+		>"$work/$v.build.json" 2>"$work/$v.import-build.log" || { cat "$work/$v.import-build.log" >&2; return 1; }
+	built[$v]=$(jq -r .standard.digest "$work/$v.build.json")
+	echo "built javaapp:$v  standard manifest ${built[$v]}"
+}
+
+# ship: a first-install bundle of v1 and a v1 -> v2 update bundle, both
+# applied into an empty target store (the customer site), which writes v2 as
+# an oci-archive for docker load / ctr images import.
+ship() {
+	step "bundles: v1 first install, then the v1 -> v2 update"
+	"$bf" bundle create --store "$src" --progress none --full javaapp:v1 -o "$work/v1.bundle" >/dev/null
+	"$bf" bundle create --store "$src" --progress none --from javaapp:v1 javaapp:v2 -o "$work/v1-v2.bundle" >/dev/null
+	"$bf" bundle inspect "$work/v1-v2.bundle"
+	step "applying both at the site (an empty store)"
+	"$bf" bundle apply --store "$dst" --progress none "$work/v1.bundle" >/dev/null
+	"$bf" bundle apply --store "$dst" --progress none --json "$work/v1-v2.bundle" \
+		--output "oci-archive:$work/javaapp-v2.tar" >"$work/apply.json"
+	local got
+	got=$(jq -r '.images[0].standard.digest' "$work/apply.json")
+	echo "site has javaapp:v2  standard manifest $got"
+	if [[ $got != "${built[v2]}" ]]; then
+		echo "MISMATCH: built ${built[v2]}, site got $got" >&2
+		return 1
+	fi
+	echo "identical to the manifest built at the source: yes"
+	"$bf" verify --store "$dst" >/dev/null && echo "blockfile verify of the site store: ok"
+}
+
+# compare: bytes shipped for the upgrade against the full image and the
+# usual layer split (the COPY build above).
+compare() {
+	step "what the v1 -> v2 upgrade costs"
+	local full
+	full=$(jq '([.layers[].size] | add) + .config.size' "$dst/blobs/sha256/$(echo "${built[v2]}" | cut -d: -f2)")
+	printf '%-46s %10s\n' "Blockfile update bundle (v1 -> v2):" "$(human "$(size "$work/v1-v2.bundle")")"
+	printf '%-46s %10s\n' "usual layer split (COPY libs/, COPY app.jar):" "$(human "$split_cost")"
+	printf '%-46s %10s\n' "whole image (docker save / first pull):" "$(human "$full")"
+	printf '%-46s %10s\n' "first-install bundle (v1, everything):" "$(human "$(size "$work/v1.bundle")")"
+}
 
 main() {
 	echo "dev environment: buildkitd $BUILDKIT_HOST, registry $BLOCKFILE_REGISTRY"
 	build_cli
+	bf=$repo/bin/blockfile
+	src=$work/source-store dst=$work/site-store
+	rm -rf "$src" "$dst"
+	declare -gA built
 	build_app v1
 	build_app v2
 	standard_upgrade_cost
-	step "done"
+	import_build v1
+	import_build v2
+	ship
+	compare
+	step "done (work files in $work)"
 }
 
 main "$@"
