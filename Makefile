@@ -1,7 +1,7 @@
 # Blockfile. See README.md.
 GO ?= go
 
-.PHONY: all build test test-unit test-integration demo bench-blocks clean FORCE
+.PHONY: all build test test-unit test-integration demo bench-blocks bench-import bench-bundles clean FORCE
 
 all: build
 
@@ -33,6 +33,16 @@ demo:
 bench-blocks:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./blocks/layer ./blocks/image
 	$(GO) run ./integration/bench/blocks
+
+# IMPORT against COPY for the 148 jars of the scenario: cold and warm build
+# times as ratios in one run, and layer counts (real buildkitd).
+bench-import:
+	BLOCKFILE_BENCH=1 $(GO) test -count=1 -run TestBenchImport -v ./integration/
+
+# Bundle bytes for each scenario upgrade next to docker save, the 5-layer
+# split, Jib and the ideal per-file bytes; apply time against extract-and-repack.
+bench-bundles:
+	$(GO) run ./integration/bench/bundles
 
 clean:
 	rm -rf bin

@@ -402,11 +402,9 @@ func TestBundleApplySIGKILL(t *testing.T) {
 		if err == nil && strings.HasPrefix(p.what, "at") {
 			t.Errorf("killed %s: apply was not killed", p.what)
 		}
-		// Whatever happened, every blob in the store is complete and
-		// verified. The only thing verify may find is a tagged image whose
-		// standard layers are not rebuilt yet (killed between tag and
-		// materialize): store.Verify walks the standard image and does not
-		// yet know that hydrate rebuilds those layers from the blocked form.
+		// Whatever happened, the store verifies: every blob is complete,
+		// and standard layers not rebuilt yet (killed between tag and
+		// materialize) are hydratable, not missing.
 		checkVerifyAfterKill(t, bin, site, hydrated, p.what)
 		// And a re-run completes.
 		res := applyJSON(t, bin, site, full, "--output", output)
@@ -422,30 +420,100 @@ func TestBundleApplySIGKILL(t *testing.T) {
 	}
 }
 
-// checkVerifyAfterKill runs verify on a store left by a killed apply: no
-// blob may be corrupt or of the wrong size, and nothing may be missing but
-// standard layers that hydrate rebuilds (hydrated).
+// checkVerifyAfterKill runs verify on a store left by a killed apply: it
+// must pass, and the only absent standard layers it may report as
+// hydratable are ones hydrate rebuilds (hydrated).
 func checkVerifyAfterKill(t *testing.T, bin, site string, hydrated map[string]bool, what string) {
 	t.Helper()
-	r := bfRun(t, bin, "verify", "--json", "--store", site)
-	var v struct {
-		OK       bool `json:"ok"`
-		Problems []struct {
-			Kind   string `json:"kind"`
-			Digest string `json:"digest"`
-			Path   string `json:"path"`
-		} `json:"problems"`
+	v := verifyJSON(t, bin, site)
+	if !v.OK || v.code != 0 || len(v.Problems) != 0 {
+		t.Errorf("killed %s: verify: exit %d, ok %v, problems %+v", what, v.code, v.OK, v.Problems)
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
-		t.Fatalf("killed %s: verify --json printed %q (%s): %v", what, r.stdout, r.stderr, err)
-	}
-	for _, p := range v.Problems {
-		if p.Kind == "missing" && hydrated[p.Digest] {
-			continue
+	for _, h := range v.Hydratable {
+		if !hydrated[h.Digest.String()] {
+			t.Errorf("killed %s: verify calls %s hydratable; it is not a layer hydrate rebuilds", what, h.Digest)
 		}
-		t.Errorf("killed %s: verify: %s %s %s", what, p.Kind, p.Digest, p.Path)
 	}
 }
+
+type verifyResult struct {
+	code       int
+	OK         bool               `json:"ok"`
+	Problems   []store.Problem    `json:"problems"`
+	Hydratable []store.Hydratable `json:"hydratable"`
+}
+
+// verifyJSON runs `blockfile verify --json` on storeDir.
+func verifyJSON(t *testing.T, bin, storeDir string) verifyResult {
+	t.Helper()
+	r := bfRun(t, bin, "verify", "--json", "--store", storeDir)
+	v := verifyResult{code: r.code}
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Fatalf("verify --json --store %s printed %q (%s): %v", storeDir, r.stdout, r.stderr, err)
+	}
+	return v
+}
+
+// TestBundleApplyNoMaterialize: after `apply --materialize=false` the store
+// holds no standard layer that hydrate rebuilds; verify passes and lists
+// exactly those as hydratable, gc removes nothing, and hydrate still writes
+// the standard image.
+func TestBundleApplyNoMaterialize(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	dir := t.TempDir()
+	full := filepath.Join(dir, "v1.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
+	src, err := store.Open(b.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := bundle.Closures(ctxT(t), src, []string{b.v1.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range cs[0].Hydrated {
+		want = append(want, l.Digest.String())
+	}
+	sort.Strings(want)
+	if len(want) == 0 {
+		t.Fatal("v1 has no layer that hydrate rebuilds; the test proves nothing")
+	}
+
+	site := filepath.Join(dir, "site")
+	applyJSON(t, bin, site, full, "--materialize=false")
+	for _, d := range want {
+		if p := filepath.Join(site, "blobs", "sha256", strings.TrimPrefix(d, "sha256:")); fileExists(p) {
+			t.Fatalf("apply --materialize=false rebuilt the standard layer %s", p)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		v := verifyJSON(t, bin, site)
+		var got []string
+		for _, h := range v.Hydratable {
+			got = append(got, h.Digest.String())
+		}
+		sort.Strings(got)
+		if v.code != 0 || !v.OK || len(v.Problems) != 0 || strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("verify %s: exit %d, ok %v, problems %+v, hydratable %v; want hydratable %v", when, v.code, v.OK, v.Problems, got, want)
+		}
+	}
+	check("after apply --materialize=false")
+	before := storeListing(t, site)
+	bfMust(t, bin, "gc", "--store", site)
+	if after := storeListing(t, site); after != before {
+		t.Errorf("gc changed a store that holds only what v1 needs:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	check("after gc")
+	if got := bfHydrate(t, bin, site, b.v1.Name, "oci-archive:"+filepath.Join(dir, "v1.tar")); !strings.Contains(got, b.v1.Standard.Digest.String()) {
+		t.Errorf("hydrate printed %q, want the standard manifest %s", got, b.v1.Standard.Digest)
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // TestBundleSharedBlocksCostOnce: two services sharing jars at different
 // paths: a bundle of both carries each shared block once.

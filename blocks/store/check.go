@@ -52,13 +52,24 @@ func (p Problem) String() string {
 // its index names) and every recorded block, checking that each referenced
 // blob is present, of the declared size and readable. Each problem goes to
 // report (if not nil); the error is non-nil, wrapping ErrProblems, if there
-// was any.
+// was any. An absent standard layer that can be rebuilt from its blocked
+// layer and block set is not a problem (see VerifyWithOptions).
 func (s *Store) Verify(ctx context.Context, report func(Problem)) error {
+	return s.VerifyWithOptions(ctx, VerifyOptions{Report: report})
+}
+
+// VerifyWithOptions is Verify, also passing each absent but hydratable
+// standard layer to opts.Hydratable. A standard layer is hydratable when a
+// blocked manifest of its standard manifest has an intact blocked layer of
+// another digest at the same position, whose block-set manifest and every
+// member it lists are intact too (the rule blocks/bundle Walk uses to leave
+// such layers out of bundles). Anything else absent is ProblemMissing.
+func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error {
 	n := 0
 	add := func(p Problem) {
 		n++
-		if report != nil {
-			report(p)
+		if opts.Report != nil {
+			opts.Report(p)
 		}
 	}
 
@@ -108,6 +119,14 @@ func (s *Store) Verify(ctx context.Context, report func(Problem)) error {
 		}
 	}
 	roots = append(roots, recorded...)
+	intact := func(d ocispec.Descriptor) bool {
+		size, ok := present[d.Digest]
+		return ok && size == d.Size && !bad[d.Digest]
+	}
+	hydratable, err := s.hydratableLayers(ctx, roots, intact)
+	if err != nil {
+		return err
+	}
 	err = s.walkGraph(ctx, roots, func(desc ocispec.Descriptor, parent *ocispec.Descriptor) (bool, error) {
 		ref := refOf[desc.Digest]
 		if parent != nil {
@@ -124,6 +143,12 @@ func (s *Store) Verify(ctx context.Context, report func(Problem)) error {
 			// Embedded data (e.g. the empty config) needs no blob.
 			return false, nil
 		case !ok:
+			if h, ok := hydratable[desc.Digest]; ok {
+				if opts.Hydratable != nil {
+					opts.Hydratable(h)
+				}
+				return false, nil
+			}
 			add(Problem{Kind: ProblemMissing, Digest: desc.Digest, Path: p, Ref: ref, Detail: desc.MediaType})
 			return false, nil
 		case size != desc.Size:

@@ -26,6 +26,11 @@ func init() {
     declared size;
   - member index records must be readable.
 
+A standard layer that is absent but can be rebuilt (its blocked layer, the
+block set and all its members are present and intact, as after 'bundle apply
+--materialize=false') is not a problem: it is counted as hydratable, and
+'blockfile hydrate' rebuilds it.
+
 Each problem is printed as "KIND: DIGEST PATH (referenced by REF): DETAIL".
 Exit status: 0 if the store is sound, 1 if anything is wrong (or verify could
 not run), 2 on a usage error.`,
@@ -34,7 +39,7 @@ not run), 2 on a usage error.`,
 		Args: exactArgs(0),
 	}
 	open := storeFlag(cmd)
-	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"ok", "blobs", "bytes", "problems": [{kind, digest, path, ref, detail}]}`)
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"ok", "store", "blobs", "bytes", "problems": [{kind, digest, path, ref, detail}], "hydratable": [{digest, path, manifest, blocked, blockset}]}`)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		s, err := open()
 		if err != nil {
@@ -46,28 +51,37 @@ not run), 2 on a usage error.`,
 			return err
 		}
 		problems := []store.Problem{}
+		hydratable := []store.Hydratable{}
 		w := cmd.OutOrStdout()
-		verr := s.Verify(ctx, func(p store.Problem) {
-			problems = append(problems, p)
-			if !asJSON {
-				fmt.Fprintln(w, p)
-			}
+		verr := s.VerifyWithOptions(ctx, store.VerifyOptions{
+			Report: func(p store.Problem) {
+				problems = append(problems, p)
+				if !asJSON {
+					fmt.Fprintln(w, p)
+				}
+			},
+			Hydratable: func(h store.Hydratable) { hydratable = append(hydratable, h) },
 		})
 		if verr != nil && !errors.Is(verr, store.ErrProblems) {
 			return verr // could not run at all
 		}
 		if asJSON {
 			if err := writeJSON(w, struct {
-				OK       bool            `json:"ok"`
-				Store    string          `json:"store"`
-				Blobs    int64           `json:"blobs"`
-				Bytes    int64           `json:"bytes"`
-				Problems []store.Problem `json:"problems"`
-			}{verr == nil, s.Root(), blobs, size, problems}); err != nil {
+				OK         bool               `json:"ok"`
+				Store      string             `json:"store"`
+				Blobs      int64              `json:"blobs"`
+				Bytes      int64              `json:"bytes"`
+				Problems   []store.Problem    `json:"problems"`
+				Hydratable []store.Hydratable `json:"hydratable"`
+			}{verr == nil, s.Root(), blobs, size, problems, hydratable}); err != nil {
 				return err
 			}
 		} else if verr == nil {
-			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified\n", blobs, humanBytes(size), s.Root())
+			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, humanBytes(size), s.Root())
+			if len(hydratable) > 0 {
+				fmt.Fprintf(w, "; %d standard layer(s) absent but hydratable", len(hydratable))
+			}
+			fmt.Fprintln(w)
 		}
 		return verr
 	}
