@@ -69,6 +69,11 @@ const (
 
 	// AnnotationBlockDigest, on a block member descriptor, is the raw
 	// block digest whose bytes the member holds.
+	//
+	// Deprecated: export no longer writes it in block-set manifests (the
+	// stubs name each member's raw block, and the annotation cost ~100 bytes
+	// per block in every bundle). Readers must not require it; layer.Hydrate
+	// checks it only when present.
 	AnnotationBlockDigest = "dev.blockfile.block.digest"
 
 	// LabelImports is the image config label in which the frontend records

@@ -20,9 +20,11 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/layer"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/integration/harness"
 )
@@ -343,3 +345,41 @@ func ctxT(t testing.TB) context.Context {
 }
 
 func fmtKiB(k int64) string { return fmt.Sprintf("%.1f MiB", float64(k)/1024) }
+
+// stubMembers maps each raw block that a stub of l's blocked layer names to
+// the member of l's block set that holds it. Block-set manifests list
+// members by digest only; the stubs (read with layer.ReadStubs, checked as
+// hydrate checks them) say which block each holds. A stub naming a member
+// the block set does not list fails t.
+func stubMembers(t testing.TB, s *store.Store, l image.Layer) map[digest.Digest]ocispec.Descriptor {
+	t.Helper()
+	out := map[digest.Digest]ocispec.Descriptor{}
+	if !l.HasBlocks() {
+		return out
+	}
+	ctx := ctxT(t)
+	rc, err := s.Fetch(ctx, l.Blocked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	stubs, err := layer.ReadStubs(ctx, rc)
+	if err != nil {
+		t.Fatalf("blocked layer %s: %v", l.Blocked.Digest, err)
+	}
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		t.Fatalf("blocked layer %s: %v", l.Blocked.Digest, err)
+	}
+	listed := map[digest.Digest]ocispec.Descriptor{}
+	for _, m := range l.Members {
+		listed[m.Digest] = m
+	}
+	for _, st := range stubs {
+		m, ok := listed[st.Stub.Member.Digest]
+		if !ok {
+			t.Fatalf("blocked layer %s: stub %s names member %s, which block set %v does not list", l.Blocked.Digest, st.StubPath, st.Stub.Member.Digest, l.BlockSet)
+		}
+		out[st.Stub.Block.Digest] = m
+	}
+	return out
+}

@@ -198,15 +198,17 @@ func TestBlocksSameJarTwoImages(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, l := range img.Manifests[0].Layers {
-			for _, m := range l.Members {
-				if m.Annotations[blocks.AnnotationBlockDigest] == raw.String() {
-					members[m.Digest] = true
-				}
+			if m, ok := stubMembers(t, s, l)[raw]; ok {
+				members[m.Digest] = true
 			}
 		}
 	}
 	if len(members) != 1 {
 		t.Fatalf("the jar is held by %d members, want 1: %v", len(members), members)
+	}
+	// The member index agrees.
+	if m, ok, err := s.LookupMember(ctxT(t), raw, blocks.Gzip); err != nil || !ok || !members[m.Digest] {
+		t.Errorf("member index: %s -> %s, %v, %v; want %v", raw, m.Digest, ok, err, members)
 	}
 	for _, name := range []string{"jar-a", "jar-b"} {
 		res := resA
@@ -412,19 +414,18 @@ func TestBlocksTamperFailsClosed(t *testing.T) {
 	env := harness.Get(t)
 	bin := env.BlockfileBin(t)
 	f := smallFixture(t)
-	jarRaw := digest.FromBytes(jarBytes).String()
+	jarRaw := digest.FromBytes(jarBytes)
 
 	// jarMember finds the jar's member and its layer in a store.
 	jarLayer := func(t *testing.T, storeDir string) (*image.Image, int, ocispec.Descriptor) {
-		img, err := image.Resolve(ctxT(t), openStoreT(t, storeDir), f.name)
+		s := openStoreT(t, storeDir)
+		img, err := image.Resolve(ctxT(t), s, f.name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, l := range img.Manifests[0].Layers {
-			for _, m := range l.Members {
-				if m.Annotations[blocks.AnnotationBlockDigest] == jarRaw {
-					return img, i, m
-				}
+			if m, ok := stubMembers(t, s, l)[jarRaw]; ok {
+				return img, i, m
 			}
 		}
 		t.Fatal("no member holds the jar")

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
@@ -236,24 +238,20 @@ func TestBundleMissingBase(t *testing.T) {
 	// which v2 still uses).
 	site := filepath.Join(dir, "site")
 	applyJSON(t, bin, site, full)
+	src, err := store.Open(b.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := image.Resolve(ctxT(t), src, b.v1.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var lost []string
-	for _, l := range b.v1.Manifests[0].Layers {
-		if l.BlockSet == nil {
-			continue
-		}
-		var bs struct {
-			Layers []struct {
-				Digest      string            `json:"digest"`
-				Annotations map[string]string `json:"annotations"`
-			} `json:"layers"`
-		}
-		readJSONT(t, filepath.Join(b.src, "blobs", "sha256", l.BlockSet.Digest.Encoded()), &bs)
-		for _, m := range bs.Layers {
-			raw := m.Annotations["dev.blockfile.block.digest"]
-			for _, keep := range [][]byte{randBytes(100, 300<<10), randBytes(101, 250<<10)} {
-				if raw == "sha256:"+sha256Hex(keep) {
-					lost = append(lost, m.Digest)
-				}
+	for _, l := range img.Manifests[0].Layers {
+		members := stubMembers(t, src, l)
+		for _, keep := range [][]byte{randBytes(100, 300<<10), randBytes(101, 250<<10)} {
+			if m, ok := members[digest.FromBytes(keep)]; ok {
+				lost = append(lost, m.Digest.String())
 			}
 		}
 	}

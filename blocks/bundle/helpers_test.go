@@ -69,7 +69,6 @@ func putSynth(t *testing.T, s *store.Store, name string, layers []synthLayer) oc
 		var ms []ocispec.Descriptor
 		for _, m := range l.members {
 			md := push(blocks.Gzip.MemberMediaType(), []byte(m))
-			md.Annotations = map[string]string{blocks.AnnotationBlockDigest: digest.FromString("raw:" + m).String()}
 			ms = append(ms, md)
 		}
 		sets = append(sets, set{of: blocked.Digest, members: ms})

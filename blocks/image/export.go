@@ -470,11 +470,13 @@ func (e *exporter) exportLayer(ctx context.Context, l ocispec.Descriptor, diffID
 			continue
 		}
 		seen[b.Member.Digest] = true
+		// Only mediaType, digest and size: the stubs already say which raw
+		// block each member holds, and an annotation would cost ~100 bytes
+		// per block in every bundle.
 		members = append(members, ocispec.Descriptor{
-			MediaType:   e.c.MemberMediaType(),
-			Digest:      b.Member.Digest,
-			Size:        b.Member.Size,
-			Annotations: map[string]string{blocks.AnnotationBlockDigest: b.Raw.Digest.String()},
+			MediaType: e.c.MemberMediaType(),
+			Digest:    b.Member.Digest,
+			Size:      b.Member.Size,
 		})
 	}
 	e.res.Blocks += lr.Blocks

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -159,8 +161,26 @@ func TestStoreLayout(t *testing.T) {
 			t.Errorf("block set %s: %+v", e.Digest, set)
 		}
 		for _, m := range set.Layers {
-			if m.MediaType != blocks.MediaTypeMemberGzip || m.Annotations[blocks.AnnotationBlockDigest] == "" {
+			if m.MediaType != blocks.MediaTypeMemberGzip {
 				t.Errorf("member %+v", m)
+			}
+		}
+		// Member descriptors are minimal: the stubs say which raw block
+		// each member holds.
+		var raw struct {
+			Layers []map[string]json.RawMessage `json:"layers"`
+		}
+		if err := s.GetJSON(ctx, e, &raw); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range raw.Layers {
+			var keys []string
+			for k := range m {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			if !slices.Equal(keys, []string{"digest", "mediaType", "size"}) {
+				t.Errorf("block set %s: member descriptor has keys %v, want only mediaType, digest, size", e.Digest, keys)
 			}
 		}
 	}
@@ -442,5 +462,29 @@ func TestHydrateToRegistryFailsClosed(t *testing.T) {
 	src, _ := transport.ParseSource(context.Background(), ref)
 	if d, err := src.Resolve(context.Background()); err == nil {
 		t.Fatalf("tag %s points to %s after a failed hydrate", ref, d.Digest)
+	}
+}
+
+// A user's own file whose name starts with ".import." is not a stub: inspect
+// counts only what hydrate would replace.
+func TestInspectCountsOnlyStubs(t *testing.T) {
+	dir := t.TempDir()
+	b := newBuilder(t, "oci:"+filepath.Join(dir, "src")+":app:1")
+	b.commit(b.image("amd64", nil, []tfile{
+		{name: "app/", typ: tar.TypeDir, mode: 0o755},
+		{name: "app/big.jar", typ: tar.TypeReg, randSize: 300 << 10, seed: 1},
+		{name: "app/.import.notes", typ: tar.TypeReg, data: []byte("not a stub\n")},
+	}))
+	s := openStore(t)
+	res := export(t, s, "oci:"+filepath.Join(dir, "src"), "app:1", ExportOptions{})
+	if res.Blocks != 1 {
+		t.Fatalf("export made %d blocks, want 1 (app/big.jar)", res.Blocks)
+	}
+	info, err := Inspect(context.Background(), s, "app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Stubs != 1 || info.Manifests[0].Layers[0].Stubs != 1 {
+		t.Fatalf("inspect counts %d stubs (layer: %d), want 1", info.Stubs, info.Manifests[0].Layers[0].Stubs)
 	}
 }

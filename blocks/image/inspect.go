@@ -1,7 +1,6 @@
 package image
 
 import (
-	"archive/tar"
 	"context"
 	"fmt"
 	"io"
@@ -47,7 +46,7 @@ type LayerInfo struct {
 	BlockBytes int64               `json:"blockBytes"`
 }
 
-// Inspect describes the image name. It counts stubs by listing each blocked
+// Inspect describes the image name. It counts stubs by reading each blocked
 // layer that has blocks (blocked layers are small: block data is not in
 // them).
 func Inspect(ctx context.Context, s *store.Store, name string) (*Info, error) {
@@ -88,39 +87,22 @@ func Inspect(ctx context.Context, s *store.Store, name string) (*Info, error) {
 	return info, nil
 }
 
+// countStubs counts the stubs of the blocked layer d with layer.ReadStubs,
+// which checks the layer the way hydrate does: a user's own file whose name
+// merely starts with ".import." is not a stub.
 func countStubs(ctx context.Context, s *store.Store, d ocispec.Descriptor) (int, error) {
-	open, ok := splittable(d.MediaType)
-	if !ok {
-		return 0, fmt.Errorf("media type %q is not a tar layer", d.MediaType)
-	}
 	rc, err := s.Fetch(ctx, d)
 	if err != nil {
 		return 0, err
 	}
 	defer rc.Close()
-	r, err := open(rc)
+	stubs, err := layer.ReadStubs(ctx, rc)
 	if err != nil {
 		return 0, err
 	}
-	defer r.Close()
-	tr := tar.NewReader(r)
-	n := 0
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return 0, err
-		}
-		if layer.IsStubName(h.Name) {
-			n++
-		}
-	}
 	// Read to the end so the blob's digest is checked as well.
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	if _, err := io.Copy(io.Discard, rc); err != nil {
 		return 0, err
 	}
-	_, err = io.Copy(io.Discard, rc)
-	return n, err
+	return len(stubs), nil
 }

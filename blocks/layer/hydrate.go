@@ -26,7 +26,9 @@ type StubEntry struct {
 	Path string
 	// StubPath is the stub entry's name in the blocked layer.
 	StubPath string
-	// Offset is where the stub member starts in the compressed blocked layer.
+	// Offset is where the stub member holding this stub starts in the
+	// compressed blocked layer. Consecutive stubs share one stub member, so
+	// several entries may have the same Offset; they are listed in order.
 	Offset int64
 	// Stub is the parsed stub document.
 	Stub blocks.Stub
@@ -249,11 +251,11 @@ func (wk *walker) malformed(start int64, format string, a ...any) error {
 }
 
 // member walks one member: decompresses it, parses its tar entries, and
-// either copies it out (verbatim) or hands its stub on.
+// either copies it out (verbatim) or hands its stubs on, in order.
 func (wk *walker) member() error {
 	src := wk.src
 	start := src.off
-	src.buf, src.direct = src.buf[:0], false
+	src.buf, src.direct, src.discard = src.buf[:0], false, false
 	var dec io.Reader
 	if wk.c == blocks.Zstd {
 		wk.fr.reset(src)
@@ -271,6 +273,8 @@ func (wk *walker) member() error {
 	cr := &countReader{r: dec}
 	tr := tar.NewReader(cr)
 	first := true
+	stubs := 0        // stub entries seen; > 0 makes this a stub member
+	var stubEnd int64 // member offset after the last stub entry's padding
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -279,6 +283,9 @@ func (wk *walker) member() error {
 		if err != nil {
 			return wk.malformed(start, "tar entry at member offset %d: %v", cr.n, err)
 		}
+		if cr.nonZero {
+			return wk.malformed(start, "stub %d: non-zero padding", stubs)
+		}
 		var prefix []byte
 		if h.Typeflag == tar.TypeReg && !isSparse(h.Typeflag, h.PAXRecords) && h.Size >= int64(len(blocks.StubMagic)) {
 			prefix = make([]byte, len(blocks.StubMagic))
@@ -286,11 +293,23 @@ func (wk *walker) member() error {
 				return wk.malformed(start, "entry %q cut short: %v", h.Name, err)
 			}
 		}
-		if string(prefix) == blocks.StubMagic {
-			if !first {
-				return wk.malformed(start, "entry %q holds stub content but is not alone in its member", h.Name)
+		isStub := string(prefix) == blocks.StubMagic
+		switch {
+		case isStub && (first || stubs > 0):
+			if first {
+				// A stub member: its bytes are replaced, never output.
+				src.buf, src.discard = src.buf[:0], true
+				first = false
 			}
-			return wk.stub(start, h, prefix, tr, cr)
+			stubs++
+			if stubEnd, err = wk.stub(start, stubs, h, prefix, tr, cr); err != nil {
+				return err
+			}
+			continue
+		case isStub:
+			return wk.malformed(start, "entry %q holds stub content but its member holds other entries", h.Name)
+		case stubs > 0:
+			return wk.malformed(start, "entry %q follows %d stub(s) in a stub member but is not a stub", h.Name, stubs)
 		}
 		if first {
 			// Not a stub member: copy it out as it is decompressed.
@@ -303,6 +322,24 @@ func (wk *walker) member() error {
 		if err := wk.paths.Check(h.Name, h.Linkname, h.Typeflag); err != nil {
 			return fmt.Errorf("member at offset %d: %w", start, err)
 		}
+	}
+	if stubs > 0 {
+		// A stub member holds its stub entries and nothing else: no
+		// end-of-archive blocks, no trailing bytes.
+		if cr.nonZero {
+			return wk.malformed(start, "stub %d: non-zero padding", stubs)
+		}
+		if cr.n != stubEnd {
+			return wk.malformed(start, "%d bytes after the last of %d stubs", cr.n-stubEnd, stubs)
+		}
+		if n, err := io.CopyBuffer(io.Discard, cr, wk.buf); err != nil || n != 0 {
+			return wk.malformed(start, "%d bytes after the last of %d stubs (%v)", n, stubs, err)
+		}
+		if err := wk.endMember(start); err != nil {
+			return err
+		}
+		src.buf, src.discard = src.buf[:0], false
+		return nil
 	}
 	// The end of the member's entries: the member ends here, or (last
 	// member) end-of-archive blocks and trailing bytes follow.
@@ -329,45 +366,41 @@ func (wk *walker) endMember(start int64) error {
 	return nil
 }
 
-// stub reads the stub entry h (its content starts with prefix) and checks
-// that it is all its member holds.
-func (wk *walker) stub(start int64, h *tar.Header, prefix []byte, tr *tar.Reader, cr *countReader) error {
+// stub reads the k-th stub entry h of the stub member at start (its content
+// starts with prefix), checks it and hands it on. It returns the member
+// offset where the entry's padding ends, and arms cr to check that the
+// padding, which the tar reader skips, is zero.
+func (wk *walker) stub(start int64, k int, h *tar.Header, prefix []byte, tr *tar.Reader, cr *countReader) (int64, error) {
 	if h.Size > int64(MaxStubSize) {
-		return wk.malformed(start, "stub %q of %d bytes exceeds %d", h.Name, h.Size, MaxStubSize)
+		return 0, wk.malformed(start, "stub %q of %d bytes exceeds %d", h.Name, h.Size, MaxStubSize)
 	}
 	doc := make([]byte, h.Size)
 	copy(doc, prefix)
 	if _, err := io.ReadFull(tr, doc[len(prefix):]); err != nil {
-		return wk.malformed(start, "stub %q cut short: %v", h.Name, err)
+		return 0, wk.malformed(start, "stub %q cut short: %v", h.Name, err)
 	}
 	pad := (512 - h.Size%512) % 512
-	tail, err := io.ReadAll(io.LimitReader(cr, pad+1))
-	if err != nil {
-		return wk.malformed(start, "stub %q: %v", h.Name, err)
-	}
-	if int64(len(tail)) != pad || !allZero(tail) {
-		return wk.malformed(start, "stub %q is not alone in its member", h.Name)
-	}
-	if err := wk.endMember(start); err != nil {
-		return err
-	}
+	cr.zeroFrom, cr.zeroTo = cr.n, cr.n+pad
+	at := fmt.Sprintf("stub %s (entry %d of the stub member at offset %d)", h.Name, k, start)
 	st, err := ParseStub(doc)
 	if err != nil {
-		return fmt.Errorf("stub %s at offset %d: %w", h.Name, start, err)
+		return 0, fmt.Errorf("%s: %w", at, err)
 	}
 	if !IsStubName(h.Name) {
-		return fmt.Errorf("stub %s at offset %d: base name does not start with %q: %w", h.Name, start, blocks.StubPrefix, ErrBadStub)
+		return 0, fmt.Errorf("%s: base name does not start with %q: %w", at, blocks.StubPrefix, ErrBadStub)
 	}
 	rh, err := ParseStubHeader(st.Header, st.Block.Size)
 	if err != nil {
-		return fmt.Errorf("stub %s at offset %d: %w", h.Name, start, err)
+		return 0, fmt.Errorf("%s: %w", at, err)
 	}
 	if sn, err := StubName(rh.Name); err != nil || sn != h.Name {
-		return fmt.Errorf("stub %s at offset %d stands for %q, whose stub would be %q: %w", h.Name, start, rh.Name, sn, ErrBadStub)
+		return 0, fmt.Errorf("%s stands for %q, whose stub would be %q: %w", at, rh.Name, sn, ErrBadStub)
 	}
 	if err := wk.paths.Check(rh.Name, "", tar.TypeReg); err != nil {
-		return fmt.Errorf("stub %s at offset %d: %w", h.Name, start, err)
+		return 0, fmt.Errorf("%s: %w", at, err)
 	}
-	wk.src.buf = wk.src.buf[:0] // the stub member itself is not output
-	return wk.onStub(wk.c, StubEntry{Path: rh.Name, StubPath: h.Name, Offset: start, Stub: st})
+	if err := wk.onStub(wk.c, StubEntry{Path: rh.Name, StubPath: h.Name, Offset: start, Stub: st}); err != nil {
+		return 0, err
+	}
+	return cr.zeroTo, nil
 }

@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -27,11 +29,39 @@ const verbatimCap = 1 << 20
 
 const copyBufSize = 1 << 20
 
+// Limits of the pipeline between the goroutine that reads the tar and the
+// one that writes the layers in order. They bound memory (queued segments
+// hold at most segChunk bytes of verbatim data and its compressed form) and
+// disk (each queued block holds a spool file).
+const (
+	// segChunk: a verbatim segment is queued when this much uncompressed
+	// data is pending.
+	segChunk = 256 << 10
+	// queueLen segments are queued at most.
+	queueLen = 8
+	// memberWorkers compress block members side by side (the machines we
+	// target have two cores; the reading goroutine compresses verbatim
+	// members, and the writer copies, hashes and writes stubs).
+	memberWorkers = 2
+	// A stub member ends before a stub entry that would make it hold more
+	// than maxRunStubs entries or maxRunBytes uncompressed bytes.
+	maxRunStubs = 256
+	maxRunBytes = 1 << 20
+)
+
 // Split reads an uncompressed tar and writes the block-framed standard layer to
 // std and the blocked layer to blocked (see docs/FORMAT.md). New block members
 // are pushed to opts.Members and recorded there; members it already holds are
 // reused. The uncompressed stream of the standard layer is the input byte for
 // byte: Split hashes both and fails if they differ.
+//
+// The calling goroutine reads the tar and compresses verbatim members; block
+// data is spooled to a temp file and compressed into its member by one of two
+// workers; a writer goroutine drains an ordered queue of segments (verbatim
+// bytes, or a block whose member is being made) into std and blocked, so the
+// output is the same whatever the scheduling. opts.Members must be safe for
+// use by several goroutines (Split serializes its own Push and RecordMember
+// calls, but Fetch, Exists and LookupMember may run concurrently).
 //
 // A source layer holding a regular file whose content starts with
 // blocks.StubMagic is refused (ErrReservedContent), and so is one with an entry
@@ -48,93 +78,184 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 		return nil, err
 	}
 	defer comp.close()
-	// Block members get their own compressor: a verbatim member may be open
-	// while a block's member is compressed.
-	bcomp, err := newCompressor(c)
+	scomp, err := newCompressor(c)
 	if err != nil {
 		return nil, err
 	}
-	defer bcomp.close()
+	defer scomp.close()
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	inHash := sha256.New()
 	br := bufio.NewReaderSize(io.TeeReader(tarStream, inHash), copyBufSize)
 	sp := &splitter{
-		ctx:     ctx,
-		c:       c,
-		opts:    opts,
-		comp:    comp,
-		bcomp:   bcomp,
-		br:      br,
-		std:     newDigestWriter(std),
-		blk:     newDigestWriter(blocked),
-		emitted: sha256.New(),
-		buf:     make([]byte, copyBufSize),
-		known:   map[digest.Digest]ocispec.Descriptor{},
+		ctx:   ctx,
+		c:     c,
+		opts:  opts,
+		comp:  comp,
+		br:    br,
+		buf:   make([]byte, copyBufSize),
+		known: map[digest.Digest]*memberJob{},
+		queue: make(chan segment, queueLen),
+		jobs:  make(chan *memberJob, memberWorkers),
+		wdone: make(chan struct{}),
+		wr: &layerWriter{
+			c:       c,
+			comp:    scomp,
+			std:     newDigestWriter(std),
+			blk:     newDigestWriter(blocked),
+			emitted: sha256.New(),
+			buf:     make([]byte, copyBufSize),
+		},
 	}
-	sp.both = io.MultiWriter(sp.std, sp.blk)
-	defer sp.cleanup()
+	sp.wr.sp = sp
+	var workers sync.WaitGroup
+	for range memberWorkers {
+		k, err := newCompressor(c)
+		if err != nil {
+			return nil, err
+		}
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			defer k.close()
+			sp.worker(k)
+		}()
+	}
+	go sp.wr.loop()
 
-	if err := sp.run(); err != nil {
+	err = sp.run()
+	if err != nil {
+		cancel() // workers skip what is queued; the writer drains
+	}
+	close(sp.queue)
+	close(sp.jobs)
+	<-sp.wdone
+	workers.Wait()
+	sp.cleanup()
+	if sp.wr.err != nil && (err == nil || errors.Is(err, errWriterFailed)) {
+		err = sp.wr.err
+	}
+	if err != nil {
 		return nil, err
 	}
 
+	wr := sp.wr
 	diffID := digest.NewDigest(digest.SHA256, inHash)
-	if got := digest.NewDigest(digest.SHA256, sp.emitted); got != diffID || sp.emittedN != sp.inN {
+	if got := digest.NewDigest(digest.SHA256, wr.emitted); got != diffID || wr.emittedN != sp.inN {
 		return nil, fmt.Errorf("split: standard layer would decompress to %s (%d bytes), input is %s (%d bytes): %w",
-			got, sp.emittedN, diffID, sp.inN, ErrMismatch)
+			got, wr.emittedN, diffID, sp.inN, ErrMismatch)
+	}
+	for i := range sp.blocks {
+		sp.blocks[i].Member = sp.blockJobs[i].desc
 	}
 	res := &SplitResult{
 		DiffID:   diffID,
-		Standard: ocispec.Descriptor{MediaType: LayerMediaType(c), Digest: sp.std.digest(), Size: sp.std.n},
+		Standard: ocispec.Descriptor{MediaType: LayerMediaType(c), Digest: wr.std.digest(), Size: wr.std.n},
 		Blocks:   sp.blocks,
 	}
 	res.Blocked = res.Standard
 	if len(sp.blocks) > 0 {
-		res.Blocked = ocispec.Descriptor{MediaType: LayerMediaType(c), Digest: sp.blk.digest(), Size: sp.blk.n}
+		res.Blocked = ocispec.Descriptor{MediaType: LayerMediaType(c), Digest: wr.blk.digest(), Size: wr.blk.n}
 	}
 	return res, nil
 }
 
+// splitter is the state of the reading goroutine.
 type splitter struct {
-	ctx   context.Context
-	c     blocks.Compression
-	opts  SplitOptions
-	comp  *compressor // verbatim and stub members
-	bcomp *compressor // block members
-	br    *bufio.Reader
+	ctx  context.Context
+	c    blocks.Compression
+	opts SplitOptions
+	comp *compressor // verbatim members
+	br   *bufio.Reader
 
-	std, blk *digestWriter
-	both     io.Writer
+	inN int64 // bytes of the input tar (counted as entries are walked)
 
-	emitted  hash.Hash // uncompressed bytes put into the standard layer
-	emittedN int64
-	inN      int64 // bytes of the input tar (counted as entries are walked)
+	vw   io.WriteCloser // open verbatim member, or nil
+	vn   int64          // its uncompressed size so far
+	vout bytes.Buffer   // its compressed bytes not yet queued
+	vraw []byte         // its uncompressed bytes not yet queued
+	any  bool           // a member has been written
 
-	vw  io.WriteCloser // open verbatim member, or nil
-	vn  int64          // its uncompressed size so far
-	any bool           // a member has been written
+	buf       []byte
+	paths     PathChecker
+	blocks    []Block
+	blockJobs []*memberJob                 // the member job of each of blocks
+	known     map[digest.Digest]*memberJob // members made or found in this split
+	all       []*memberJob                 // every job, for cleanup
 
-	buf    []byte
-	paths  PathChecker
-	blocks []Block
-	known  map[digest.Digest]ocispec.Descriptor // members written or found in this split
+	queue  chan segment    // to the writer, in layer order
+	jobs   chan *memberJob // to the workers
+	wr     *layerWriter
+	wdone  chan struct{}
+	pushMu sync.Mutex // Push and RecordMember are called one at a time
+	failed atomic.Bool
+}
 
-	spool, memberTmp *os.File
-	dec              *zstd.Decoder
-	gzr              *gzip.Reader
+// segment is the next piece of both layers, in order: verbatim bytes (the same
+// compressed bytes in both layers), or a block (standard: header member and
+// block member; blocked: a stub entry in the current stub member).
+type segment struct {
+	comp, raw []byte // verbatim: compressed bytes, and what they decompress to
+	blk       *pendingBlock
+}
+
+type pendingBlock struct {
+	name string // the entry's tar name
+	hrec []byte // its header records
+	raw  blocks.Ref
+	pad  int64
+	job  *memberJob
+}
+
+// memberJob makes (or finds) the member of one block. done is closed when
+// desc or err is set.
+type memberJob struct {
+	raw    blocks.Ref
+	pad    int64
+	spool  *os.File // the block's data; nil once removed
+	out    *os.File // the new member's bytes; nil once removed
+	desc   ocispec.Descriptor
+	reused bool // desc is a member the store held before this split
+	used   bool // the writer has copied the new member once (writer only)
+	err    error
+	done   chan struct{}
+}
+
+func (j *memberJob) removeFiles() {
+	for _, f := range []**os.File{&j.spool, &j.out} {
+		if *f != nil {
+			_ = (*f).Close()
+			_ = os.Remove((*f).Name())
+			*f = nil
+		}
+	}
 }
 
 func (sp *splitter) cleanup() {
-	for _, f := range []*os.File{sp.spool, sp.memberTmp} {
-		if f != nil {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
+	for _, j := range sp.all {
+		j.removeFiles()
 	}
-	if sp.dec != nil {
-		sp.dec.Close()
+	if sp.wr.dec != nil {
+		sp.wr.dec.Close()
 	}
 }
+
+// send queues a segment for the writer. It fails when the writer has failed,
+// so that the reader stops early.
+func (sp *splitter) send(s segment) error {
+	if sp.failed.Load() {
+		return errWriterFailed
+	}
+	select {
+	case sp.queue <- s:
+		return nil
+	case <-sp.ctx.Done():
+		return sp.ctx.Err()
+	}
+}
+
+var errWriterFailed = errors.New("split: layer writer failed")
 
 // verbatim appends raw tar bytes to the open verbatim member (both layers).
 func (sp *splitter) verbatim(p []byte) error {
@@ -142,20 +263,29 @@ func (sp *splitter) verbatim(p []byte) error {
 		return nil
 	}
 	if sp.vw == nil {
-		sp.vw = sp.comp.begin(sp.both)
+		sp.vw = sp.comp.begin(&sp.vout)
 		sp.any = true
 	}
 	if _, err := sp.vw.Write(p); err != nil {
-		return fmt.Errorf("write layer: %w", err)
+		return fmt.Errorf("compress layer: %w", err)
 	}
 	sp.vn += int64(len(p))
-	sp.emit(p)
+	sp.vraw = append(sp.vraw, p...)
+	if len(sp.vraw) >= segChunk {
+		return sp.sendVerbatim()
+	}
 	return nil
 }
 
-func (sp *splitter) emit(p []byte) {
-	sp.emitted.Write(p)
-	sp.emittedN += int64(len(p))
+// sendVerbatim queues the pending verbatim bytes.
+func (sp *splitter) sendVerbatim() error {
+	if len(sp.vraw) == 0 && sp.vout.Len() == 0 {
+		return nil
+	}
+	s := segment{comp: bytes.Clone(sp.vout.Bytes()), raw: sp.vraw}
+	sp.vout.Reset()
+	sp.vraw = make([]byte, 0, segChunk)
+	return sp.send(s)
 }
 
 // Write makes the splitter the io.Writer of verbatim bytes.
@@ -173,9 +303,9 @@ func (sp *splitter) closeVerbatim() error {
 	err := sp.vw.Close()
 	sp.vw, sp.vn = nil, 0
 	if err != nil {
-		return fmt.Errorf("write layer: %w", err)
+		return fmt.Errorf("compress layer: %w", err)
 	}
-	return nil
+	return sp.sendVerbatim()
 }
 
 // boundary is called at an entry boundary: a verbatim member past the cap ends.
@@ -311,9 +441,10 @@ func (sp *splitter) finish(raw []byte, prevPad int64, prevBlock bool) error {
 	}
 	if !sp.any {
 		// An empty input still makes a valid (empty) compressed stream.
-		if err := sp.comp.begin(sp.both).Close(); err != nil {
-			return fmt.Errorf("write layer: %w", err)
+		if err := sp.comp.begin(&sp.vout).Close(); err != nil {
+			return fmt.Errorf("compress layer: %w", err)
 		}
+		return sp.sendVerbatim()
 	}
 	return nil
 }
@@ -324,12 +455,22 @@ func (sp *splitter) finish(raw []byte, prevPad int64, prevBlock bool) error {
 // then written verbatim.
 func (sp *splitter) block(tr *tar.Reader, hdr *tar.Header, hrec []byte, pad int64) (bool, error) {
 	// Spool the data while hashing it: the block digest must be known before
-	// the member can be looked up, and a block is never held in memory.
-	if err := sp.openTemp(&sp.spool, "spool"); err != nil {
+	// the member can be looked up, and a block is never held in memory. Each
+	// block has its own spool file: a worker compresses it while the next
+	// entries are read.
+	spool, err := sp.tempFile("spool")
+	if err != nil {
 		return false, err
 	}
+	keep := false
+	defer func() {
+		if !keep {
+			_ = spool.Close()
+			_ = os.Remove(spool.Name())
+		}
+	}()
 	h := sha256.New()
-	if err := sp.copyData(tr, hdr, io.MultiWriter(sp.spool, h)); err != nil {
+	if err := sp.copyData(tr, hdr, io.MultiWriter(spool, h)); err != nil {
 		return false, err
 	}
 	raw := blocks.Ref{Digest: digest.NewDigest(digest.SHA256, h), Size: hdr.Size}
@@ -338,15 +479,10 @@ func (sp *splitter) block(tr *tar.Reader, hdr *tar.Header, hrec []byte, pad int6
 	if err != nil {
 		return false, err
 	}
-	var member ocispec.Descriptor
-	var reuse bool
-	var entry []byte
 	if ok {
-		member, reuse, err = sp.member(raw, pad)
-		if err != nil {
-			return false, fmt.Errorf("layer entry %q: block %s: %w", hdr.Name, raw.Digest, err)
-		}
-		entry, err = stubEntry(hdr.Name, blocks.Stub{Block: raw, Member: blocks.Ref{Digest: member.Digest, Size: member.Size}, Header: hrec})
+		// Whether a stub entry can be written depends only on the name and
+		// the header; the writer makes the real one once the member is known.
+		_, err := stubEntry(hdr.Name, blocks.Stub{Block: raw, Member: raw, Header: hrec})
 		ok = err == nil
 	}
 	if !ok {
@@ -356,10 +492,10 @@ func (sp *splitter) block(tr *tar.Reader, hdr *tar.Header, hrec []byte, pad int6
 		if err := sp.verbatim(hrec); err != nil {
 			return false, err
 		}
-		if _, err := sp.spool.Seek(0, io.SeekStart); err != nil {
+		if _, err := spool.Seek(0, io.SeekStart); err != nil {
 			return false, fmt.Errorf("spool: %w", err)
 		}
-		if _, err := io.CopyBuffer(sp, io.LimitReader(sp.spool, hdr.Size), sp.buf); err != nil {
+		if _, err := io.CopyBuffer(sp, io.LimitReader(spool, hdr.Size), sp.buf); err != nil {
 			return false, fmt.Errorf("layer entry %q: %w", hdr.Name, err)
 		}
 		return false, nil
@@ -368,30 +504,15 @@ func (sp *splitter) block(tr *tar.Reader, hdr *tar.Header, hrec []byte, pad int6
 	if err := sp.closeVerbatim(); err != nil {
 		return false, err
 	}
-	// Standard layer: m_hdr, then m_data.
-	if err := WriteHeaderMember(sp.std, sp.c, hrec); err != nil {
-		return false, fmt.Errorf("write layer: %w", err)
-	}
-	sp.emit(hrec)
-	if reuse {
-		err = sp.copyReused(member, raw, pad)
-	} else {
-		err = sp.copyNew(member, raw, pad)
-	}
+	job, kept, err := sp.member(raw, pad, spool)
+	keep = kept
 	if err != nil {
 		return false, fmt.Errorf("layer entry %q: block %s: %w", hdr.Name, raw.Digest, err)
 	}
-	// Blocked layer: the stub member.
-	sw := sp.comp.begin(sp.blk)
-	if _, err := sw.Write(entry); err != nil {
-		return false, fmt.Errorf("write blocked layer: %w", err)
-	}
-	if err := sw.Close(); err != nil {
-		return false, fmt.Errorf("write blocked layer: %w", err)
-	}
 	sp.any = true
-	sp.blocks = append(sp.blocks, Block{Path: hdr.Name, Raw: raw, Member: member})
-	return true, nil
+	sp.blocks = append(sp.blocks, Block{Path: hdr.Name, Raw: raw})
+	sp.blockJobs = append(sp.blockJobs, job)
+	return true, sp.send(segment{blk: &pendingBlock{name: hdr.Name, hrec: bytes.Clone(hrec), raw: raw, pad: pad, job: job}})
 }
 
 // eligible checks what can only be known once the data is read: the padding
@@ -412,123 +533,274 @@ func (sp *splitter) eligible(hdr *tar.Header, hrec []byte, pad int64) (bool, err
 	return true, nil
 }
 
-// member finds the stored member of raw or compresses a new one into the store.
-func (sp *splitter) member(raw blocks.Ref, pad int64) (ocispec.Descriptor, bool, error) {
-	mt := sp.c.MemberMediaType()
-	desc := func(d digest.Digest, n int64) ocispec.Descriptor {
-		return ocispec.Descriptor{MediaType: mt, Digest: d, Size: n,
-			Annotations: map[string]string{blocks.AnnotationBlockDigest: raw.Digest.String()}}
+// member returns the job that gives raw its member: the one already made or
+// found in this split, a member the store holds, or a new job, handed to the
+// workers, that compresses spool. kept reports that the job owns spool.
+func (sp *splitter) member(raw blocks.Ref, pad int64, spool *os.File) (_ *memberJob, kept bool, _ error) {
+	if j, ok := sp.known[raw.Digest]; ok {
+		return j, false, nil
 	}
 	if sp.opts.Members == nil {
-		return ocispec.Descriptor{}, false, errors.New("no member store given to Split")
+		return nil, false, errors.New("no member store given to Split")
 	}
-	if d, ok := sp.known[raw.Digest]; ok {
-		return d, true, nil
-	}
+	j := &memberJob{raw: raw, pad: pad, done: make(chan struct{})}
 	old, found, err := sp.opts.Members.LookupMember(sp.ctx, raw.Digest, sp.c)
 	if err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("look up member: %w", err)
+		return nil, false, fmt.Errorf("look up member: %w", err)
 	}
 	if found {
 		ok, err := sp.opts.Members.Exists(sp.ctx, old.Digest)
 		if err != nil {
-			return ocispec.Descriptor{}, false, fmt.Errorf("member %s: %w", old.Digest, err)
+			return nil, false, fmt.Errorf("member %s: %w", old.Digest, err)
 		}
 		if ok {
-			d := desc(old.Digest, old.Size)
-			sp.known[raw.Digest] = d
-			return d, true, nil
+			j.desc, j.reused = memberDesc(sp.c, raw, old.Digest, old.Size), true
+			close(j.done)
+			sp.known[raw.Digest] = j
+			return j, false, nil
 		}
 	}
-
-	// Compress spool + padding into a temp file, then push it.
-	if err := sp.openTemp(&sp.memberTmp, "member"); err != nil {
-		return ocispec.Descriptor{}, false, err
+	j.spool = spool
+	sp.all = append(sp.all, j)
+	select {
+	case sp.jobs <- j:
+		sp.known[raw.Digest] = j
+		return j, true, nil
+	case <-sp.ctx.Done():
+		return nil, true, sp.ctx.Err()
 	}
-	if _, err := sp.spool.Seek(0, io.SeekStart); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("spool: %w", err)
-	}
-	mw := newDigestWriter(sp.memberTmp)
-	zw := sp.bcomp.begin(mw)
-	if _, err := io.CopyBuffer(zw, io.LimitReader(sp.spool, raw.Size), sp.buf); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("compress: %w", err)
-	}
-	if _, err := zw.Write(make([]byte, pad)); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("compress: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("compress: %w", err)
-	}
-	d := desc(mw.digest(), mw.n)
-	if _, err := sp.memberTmp.Seek(0, io.SeekStart); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("member temp file: %w", err)
-	}
-	if err := sp.opts.Members.Push(sp.ctx, d, io.LimitReader(sp.memberTmp, d.Size)); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("push member %s: %w", d.Digest, err)
-	}
-	if err := sp.opts.Members.RecordMember(sp.ctx, raw.Digest, sp.c, d); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("record member %s: %w", d.Digest, err)
-	}
-	sp.known[raw.Digest] = d
-	return d, false, nil
 }
 
-// copyNew copies the member just compressed into the standard layer. The
-// bytes it holds are the spool's, which went through the compressor.
-func (sp *splitter) copyNew(member ocispec.Descriptor, raw blocks.Ref, pad int64) error {
-	if _, err := sp.memberTmp.Seek(0, io.SeekStart); err != nil {
+func memberDesc(c blocks.Compression, raw blocks.Ref, d digest.Digest, n int64) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: c.MemberMediaType(), Digest: d, Size: n,
+		Annotations: map[string]string{blocks.AnnotationBlockDigest: raw.Digest.String()}}
+}
+
+// worker makes the members of the jobs it is given.
+func (sp *splitter) worker(k *compressor) {
+	buf := make([]byte, copyBufSize)
+	for j := range sp.jobs {
+		if err := sp.ctx.Err(); err != nil {
+			j.err = err
+		} else {
+			j.err = sp.makeMember(k, j, buf)
+		}
+		close(j.done)
+	}
+}
+
+// makeMember compresses the job's spool and padding into a temp file and
+// pushes it to the store.
+func (sp *splitter) makeMember(k *compressor, j *memberJob, buf []byte) error {
+	out, err := sp.tempFile("member")
+	if err != nil {
+		return err
+	}
+	j.out = out
+	if _, err := j.spool.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	mw := newDigestWriter(out)
+	zw := k.begin(mw)
+	if _, err := io.CopyBuffer(zw, io.LimitReader(j.spool, j.raw.Size), buf); err != nil {
+		return fmt.Errorf("compress: %w", err)
+	}
+	if _, err := zw.Write(make([]byte, j.pad)); err != nil {
+		return fmt.Errorf("compress: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("compress: %w", err)
+	}
+	d := memberDesc(sp.c, j.raw, mw.digest(), mw.n)
+	if _, err := out.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("member temp file: %w", err)
 	}
-	if n, err := io.CopyBuffer(sp.std, io.LimitReader(sp.memberTmp, member.Size), sp.buf); err != nil || n != member.Size {
+	sp.pushMu.Lock()
+	defer sp.pushMu.Unlock()
+	if err := sp.opts.Members.Push(sp.ctx, d, io.LimitReader(out, d.Size)); err != nil {
+		return fmt.Errorf("push member %s: %w", d.Digest, err)
+	}
+	if err := sp.opts.Members.RecordMember(sp.ctx, j.raw.Digest, sp.c, d); err != nil {
+		return fmt.Errorf("record member %s: %w", d.Digest, err)
+	}
+	j.desc = d
+	return nil
+}
+
+func (sp *splitter) tempFile(what string) (*os.File, error) {
+	f, err := os.CreateTemp(sp.opts.TempDir, "blockfile-"+what+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("%s temp file: %w", what, err)
+	}
+	return f, nil
+}
+
+// layerWriter is the writer goroutine: it drains the queue in order into the
+// two layers, waiting for each block's member, and groups consecutive stubs
+// into stub members.
+type layerWriter struct {
+	sp       *splitter
+	c        blocks.Compression
+	comp     *compressor // stub members
+	std, blk *digestWriter
+	emitted  hash.Hash // uncompressed bytes put into the standard layer
+	emittedN int64
+	buf      []byte
+	err      error
+
+	run  []byte // the stub entries of the open stub member
+	runN int
+
+	dec *zstd.Decoder
+	gzr *gzip.Reader
+}
+
+func (w *layerWriter) loop() {
+	defer close(w.sp.wdone)
+	for s := range w.sp.queue {
+		if w.err != nil {
+			continue // drain, so that the reader never blocks
+		}
+		if err := w.segment(s); err != nil {
+			w.err = err
+			w.sp.failed.Store(true)
+		}
+	}
+	if w.err == nil {
+		w.err = w.flushStubs()
+	}
+}
+
+func (w *layerWriter) emit(p []byte) {
+	w.emitted.Write(p)
+	w.emittedN += int64(len(p))
+}
+
+func (w *layerWriter) segment(s segment) error {
+	b := s.blk
+	if b == nil {
+		if err := w.flushStubs(); err != nil {
+			return err
+		}
+		if _, err := w.std.Write(s.comp); err != nil {
+			return fmt.Errorf("write layer: %w", err)
+		}
+		if _, err := w.blk.Write(s.comp); err != nil {
+			return fmt.Errorf("write blocked layer: %w", err)
+		}
+		w.emit(s.raw)
+		return nil
+	}
+	j := b.job
+	<-j.done
+	if j.err != nil {
+		return fmt.Errorf("layer entry %q: block %s: %w", b.name, b.raw.Digest, j.err)
+	}
+	// Standard layer: m_hdr, then m_data.
+	if err := WriteHeaderMember(w.std, w.c, b.hrec); err != nil {
+		return fmt.Errorf("write layer: %w", err)
+	}
+	w.emit(b.hrec)
+	var err error
+	if j.reused || j.used {
+		err = w.copyReused(j.desc, b.raw, b.pad)
+	} else {
+		err = w.copyNew(j)
+		j.used = true
+		j.removeFiles()
+	}
+	if err != nil {
+		return fmt.Errorf("layer entry %q: block %s: %w", b.name, b.raw.Digest, err)
+	}
+	// Blocked layer: a stub entry in the open stub member.
+	e, err := stubEntry(b.name, blocks.Stub{Block: b.raw, Member: blocks.Ref{Digest: j.desc.Digest, Size: j.desc.Size}, Header: b.hrec})
+	if err != nil {
+		return fmt.Errorf("layer entry %q: %w", b.name, err)
+	}
+	if w.runN > 0 && (w.runN >= maxRunStubs || len(w.run)+len(e) > maxRunBytes) {
+		if err := w.flushStubs(); err != nil {
+			return err
+		}
+	}
+	w.run = append(w.run, e...)
+	w.runN++
+	return nil
+}
+
+// flushStubs writes the open stub member, if any, to the blocked layer.
+func (w *layerWriter) flushStubs() error {
+	if w.runN == 0 {
+		return nil
+	}
+	zw := w.comp.begin(w.blk)
+	if _, err := zw.Write(w.run); err != nil {
+		return fmt.Errorf("write blocked layer: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("write blocked layer: %w", err)
+	}
+	w.run, w.runN = w.run[:0], 0
+	return nil
+}
+
+// copyNew copies a member just made into the standard layer. The bytes it
+// holds are the spool's, which went through the compressor.
+func (w *layerWriter) copyNew(j *memberJob) error {
+	member := j.desc
+	if _, err := j.out.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("member temp file: %w", err)
+	}
+	if n, err := io.CopyBuffer(w.std, io.LimitReader(j.out, member.Size), w.buf); err != nil || n != member.Size {
 		return fmt.Errorf("copy member %s (%d of %d bytes): %v", member.Digest, n, member.Size, err)
 	}
-	if _, err := sp.spool.Seek(0, io.SeekStart); err != nil {
+	if _, err := j.spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	if _, err := io.CopyBuffer(writerFunc(func(p []byte) (int, error) { sp.emit(p); return len(p), nil }),
-		io.LimitReader(sp.spool, raw.Size), sp.buf); err != nil {
+	if _, err := io.CopyBuffer(writerFunc(func(p []byte) (int, error) { w.emit(p); return len(p), nil }),
+		io.LimitReader(j.spool, j.raw.Size), w.buf); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	sp.emit(make([]byte, pad))
+	w.emit(make([]byte, j.pad))
 	return nil
 }
 
 // copyReused copies a stored member into the standard layer, decompressing it
 // on the way: what it holds must be the block's bytes and zero padding, or the
 // standard layer would not be the input.
-func (sp *splitter) copyReused(member ocispec.Descriptor, raw blocks.Ref, pad int64) error {
+func (w *layerWriter) copyReused(member ocispec.Descriptor, raw blocks.Ref, pad int64) error {
+	sp := w.sp
 	rc, err := sp.opts.Members.Fetch(sp.ctx, member)
 	if err != nil {
 		return fmt.Errorf("fetch member %s: %w", member.Digest, err)
 	}
 	defer rc.Close()
-	cw := &countWriter{w: sp.std}
+	cw := &countWriter{w: w.std}
 	tee := io.TeeReader(io.LimitReader(rc, member.Size+1), cw)
 	var dec io.Reader
-	if sp.c == blocks.Zstd {
-		if sp.dec == nil {
-			sp.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	if w.c == blocks.Zstd {
+		if w.dec == nil {
+			w.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
 			if err != nil {
 				return err
 			}
 		}
-		if err := sp.dec.Reset(tee); err != nil {
+		if err := w.dec.Reset(tee); err != nil {
 			return fmt.Errorf("member %s: %w", member.Digest, err)
 		}
-		dec = sp.dec
+		dec = w.dec
 	} else {
-		if sp.gzr == nil {
-			sp.gzr = new(gzip.Reader)
+		if w.gzr == nil {
+			w.gzr = new(gzip.Reader)
 		}
-		if err := sp.gzr.Reset(tee); err != nil {
+		if err := w.gzr.Reset(tee); err != nil {
 			return fmt.Errorf("member %s: %w", member.Digest, err)
 		}
-		dec = sp.gzr
+		dec = w.gzr
 	}
 	h := sha256.New()
 	var tailBuf bytes.Buffer
-	n, err := io.CopyBuffer(io.MultiWriter(h, writerFunc(func(p []byte) (int, error) { sp.emit(p); return len(p), nil })),
-		io.LimitReader(dec, raw.Size), sp.buf)
+	n, err := io.CopyBuffer(io.MultiWriter(h, writerFunc(func(p []byte) (int, error) { w.emit(p); return len(p), nil })),
+		io.LimitReader(dec, raw.Size), w.buf)
 	if err != nil || n != raw.Size {
 		return fmt.Errorf("member %s: decompress (%d of %d bytes): %v: %w", member.Digest, n, raw.Size, err, ErrMismatch)
 	}
@@ -538,31 +810,13 @@ func (sp *splitter) copyReused(member ocispec.Descriptor, raw blocks.Ref, pad in
 	if int64(tailBuf.Len()) != pad || !allZero(tailBuf.Bytes()) || digest.NewDigest(digest.SHA256, h) != raw.Digest {
 		return fmt.Errorf("member %s does not hold block %s and its padding: %w", member.Digest, raw.Digest, ErrMismatch)
 	}
-	sp.emit(tailBuf.Bytes())
-	if _, err := io.CopyBuffer(io.Discard, tee, sp.buf); err != nil {
+	w.emit(tailBuf.Bytes())
+	if _, err := io.CopyBuffer(io.Discard, tee, w.buf); err != nil {
 		return fmt.Errorf("member %s: %w", member.Digest, err)
 	}
 	if cw.n != member.Size {
 		return fmt.Errorf("member %s: read %d bytes, want %d: %w", member.Digest, cw.n, member.Size, ErrMismatch)
 	}
-	return nil
-}
-
-func (sp *splitter) openTemp(f **os.File, what string) error {
-	if *f != nil {
-		if _, err := (*f).Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("%s temp file: %w", what, err)
-		}
-		if err := (*f).Truncate(0); err != nil {
-			return fmt.Errorf("%s temp file: %w", what, err)
-		}
-		return nil
-	}
-	t, err := os.CreateTemp(sp.opts.TempDir, "blockfile-"+what+"-*")
-	if err != nil {
-		return fmt.Errorf("%s temp file: %w", what, err)
-	}
-	*f = t
 	return nil
 }
 

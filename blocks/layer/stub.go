@@ -43,12 +43,28 @@ func IsStubName(name string) bool {
 	return strings.HasPrefix(base, blocks.StubPrefix)
 }
 
-// EncodeStub returns the stub document: blocks.StubMagic, the JSON of s, "\n".
+// stubDoc is the JSON of a stub document. Its keys are one letter: a stub is
+// re-shipped whenever its layer changes, and the digests and the header are
+// all that need to travel. blocks.Stub is the same content for Go callers.
+type stubDoc struct {
+	B stubRef `json:"b"` // the raw block
+	M stubRef `json:"m"` // the block member
+	H []byte  `json:"h"` // the raw header records, standard base64
+}
+
+type stubRef struct {
+	D digest.Digest `json:"d"`
+	S int64         `json:"s"`
+}
+
+// EncodeStub returns the stub document: blocks.StubMagic, the JSON of s with
+// one-letter keys ({"b":{"d":..,"s":..},"m":{"d":..,"s":..},"h":".."}), "\n".
+// The encoding is canonical: ParseStub accepts only what EncodeStub writes.
 func EncodeStub(s blocks.Stub) ([]byte, error) {
 	if err := validateStub(s); err != nil {
 		return nil, err
 	}
-	j, err := json.Marshal(s)
+	j, err := json.Marshal(stubDoc{B: stubRef{s.Block.Digest, s.Block.Size}, M: stubRef{s.Member.Digest, s.Member.Size}, H: s.Header})
 	if err != nil {
 		return nil, fmt.Errorf("encode stub: %w", err)
 	}
@@ -59,7 +75,9 @@ func EncodeStub(s blocks.Stub) ([]byte, error) {
 }
 
 // ParseStub parses and validates a stub document. It does not look at the
-// header records beyond their length; see ParseStubHeader.
+// header records beyond their length; see ParseStubHeader. Only the
+// canonical encoding (EncodeStub's) is accepted: no whitespace, no other key
+// spelling or order, no duplicate keys.
 func ParseStub(b []byte) (blocks.Stub, error) {
 	var s blocks.Stub
 	if len(b) > MaxStubSize {
@@ -73,16 +91,23 @@ func ParseStub(b []byte) (blocks.Stub, error) {
 	if !ok {
 		return s, fmt.Errorf("stub does not end with a newline (truncated?): %w", ErrBadStub)
 	}
+	var d stubDoc
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
-		return blocks.Stub{}, fmt.Errorf("stub JSON: %v: %w", err, ErrBadStub)
+	if err := dec.Decode(&d); err != nil {
+		return s, fmt.Errorf("stub JSON: %v: %w", err, ErrBadStub)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return blocks.Stub{}, fmt.Errorf("stub JSON: data after the object: %w", ErrBadStub)
+		return s, fmt.Errorf("stub JSON: data after the object: %w", ErrBadStub)
 	}
+	s = blocks.Stub{Block: blocks.Ref{Digest: d.B.D, Size: d.B.S}, Member: blocks.Ref{Digest: d.M.D, Size: d.M.S}, Header: d.H}
 	if err := validateStub(s); err != nil {
 		return blocks.Stub{}, err
+	}
+	// encoding/json matches keys case-insensitively and takes the last of
+	// duplicates: comparing with the canonical encoding leaves one reading.
+	if canon, err := EncodeStub(s); err != nil || !bytes.Equal(canon, b) {
+		return blocks.Stub{}, fmt.Errorf("stub JSON is not in canonical form: %w", ErrBadStub)
 	}
 	return s, nil
 }
@@ -186,14 +211,24 @@ func stubEntryNamed(sn string, s blocks.Stub) ([]byte, error) {
 }
 
 // countReader counts bytes read; it hides any Seek method so that readers
-// built on it read (and count) everything they skip.
+// built on it read (and count) everything they skip. Bytes read at offsets in
+// [zeroFrom, zeroTo) must be zero, else nonZero is set: the tar reader skips
+// padding without looking at it.
 type countReader struct {
-	r io.Reader
-	n int64
+	r                io.Reader
+	n                int64
+	zeroFrom, zeroTo int64
+	nonZero          bool
 }
 
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	if c.zeroTo > c.n && c.zeroFrom < c.n+int64(n) {
+		lo, hi := max(c.zeroFrom-c.n, 0), min(c.zeroTo-c.n, int64(n))
+		if !allZero(p[lo:hi]) {
+			c.nonZero = true
+		}
+	}
 	c.n += int64(n)
 	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"strings"
@@ -61,6 +62,20 @@ func TestStubRoundTrip(t *testing.T) {
 	}
 }
 
+// The stub document has one exact form (docs/FORMAT.md section 5).
+func TestStubDocumentGolden(t *testing.T) {
+	s := testStub(t)
+	doc, err := EncodeStub(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := blocks.StubMagic + `{"b":{"d":"` + s.Block.Digest.String() + `","s":5000},"m":{"d":"` + s.Member.Digest.String() +
+		`","s":4000},"h":"` + base64.StdEncoding.EncodeToString(s.Header) + `"}` + "\n"
+	if string(doc) != want {
+		t.Errorf("stub document\n%s\nwant\n%s", doc, want)
+	}
+}
+
 func TestParseStubRejects(t *testing.T) {
 	s := testStub(t)
 	doc, _ := EncodeStub(s)
@@ -69,16 +84,21 @@ func TestParseStubRejects(t *testing.T) {
 		"no magic":        body + "\n",
 		"truncated":       string(doc[:len(doc)-10]),
 		"no newline":      blocks.StubMagic + body,
-		"unknown field":   blocks.StubMagic + strings.Replace(body, `{"block"`, `{"extra":1,"block"`, 1) + "\n",
+		"unknown field":   blocks.StubMagic + strings.Replace(body, `{"b"`, `{"extra":1,"b"`, 1) + "\n",
+		"old long keys":   blocks.StubMagic + `{"block":{"digest":"` + s.Block.Digest.String() + `","size":5000},"member":{"digest":"` + s.Member.Digest.String() + `","size":4000},"header":"` + base64.StdEncoding.EncodeToString(s.Header) + `"}` + "\n",
+		"upper-case key":  blocks.StubMagic + strings.Replace(body, `{"b"`, `{"B"`, 1) + "\n",
+		"duplicate key":   blocks.StubMagic + strings.Replace(body, `{"b":`, `{"b":{"d":"sha256:`+strings.Repeat("0", 64)+`","s":1},"b":`, 1) + "\n",
+		"whitespace":      blocks.StubMagic + strings.Replace(body, `{"b":`, `{ "b":`, 1) + "\n",
+		"key order":       blocks.StubMagic + strings.Replace(body, `{"d":"`+s.Block.Digest.String()+`","s":5000}`, `{"s":5000,"d":"`+s.Block.Digest.String()+`"}`, 1) + "\n",
 		"two objects":     blocks.StubMagic + body + body + "\n",
 		"not json":        blocks.StubMagic + "hello\n",
 		"empty":           "",
 		"bad digest":      blocks.StubMagic + strings.Replace(body, s.Block.Digest.String(), "sha256:1234", 1) + "\n",
 		"sha512":          blocks.StubMagic + strings.Replace(body, s.Block.Digest.String(), "sha512:"+strings.Repeat("ab", 64), 1) + "\n",
-		"zero size":       blocks.StubMagic + strings.Replace(body, `"size":5000`, `"size":0`, 1) + "\n",
-		"negative member": blocks.StubMagic + strings.Replace(body, `"size":4000`, `"size":-1`, 1) + "\n",
+		"zero size":       blocks.StubMagic + strings.Replace(body, `"s":5000`, `"s":0`, 1) + "\n",
+		"negative member": blocks.StubMagic + strings.Replace(body, `"s":4000`, `"s":-1`, 1) + "\n",
 		"null":            blocks.StubMagic + "null\n",
-		"header not 512":  blocks.StubMagic + `{"block":{"digest":"` + s.Block.Digest.String() + `","size":1},"member":{"digest":"` + s.Member.Digest.String() + `","size":1},"header":"AAAA"}` + "\n",
+		"header not 512":  blocks.StubMagic + `{"b":{"d":"` + s.Block.Digest.String() + `","s":1},"m":{"d":"` + s.Member.Digest.String() + `","s":1},"h":"AAAA"}` + "\n",
 	}
 	for name, in := range bad {
 		if _, err := ParseStub([]byte(in)); !errors.Is(err, ErrBadStub) {

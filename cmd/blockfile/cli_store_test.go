@@ -256,3 +256,83 @@ func TestCLIStoreVerbs(t *testing.T) {
 		t.Fatal("gc --blocks removed the image")
 	}
 }
+
+// verify passes on a store whose standard layer is absent but hydratable
+// (what `bundle apply --materialize=false` leaves) and says so; once the
+// block set is gone too, the layer is missing.
+func TestCLIVerifyHydratable(t *testing.T) {
+	bin := buildBlockfile(t)
+	storeDir := filepath.Join(t.TempDir(), "store")
+	s, err := store.Open(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	push := func(mt string, b []byte) ocispec.Descriptor {
+		d := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(b), Size: int64(len(b))}
+		if err := s.Push(ctx, d, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	putJ := func(v ocispec.Manifest) ocispec.Descriptor {
+		v.Versioned, v.MediaType = specs.Versioned{SchemaVersion: 2}, ocispec.MediaTypeImageManifest
+		d, err := s.PutJSON(ctx, ocispec.MediaTypeImageManifest, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	config := push(ocispec.MediaTypeImageConfig, []byte(testConfig))
+	layer := push(ocispec.MediaTypeImageLayerGzip, []byte("standard layer"))
+	blockedLayer := push(ocispec.MediaTypeImageLayerGzip, []byte("blocked layer"))
+	member := push(blocks.MediaTypeMemberGzip, []byte("member"))
+	empty := push(ocispec.MediaTypeEmptyJSON, []byte("{}"))
+	std := putJ(ocispec.Manifest{Config: config, Layers: []ocispec.Descriptor{layer}})
+	blocked := putJ(ocispec.Manifest{ArtifactType: blocks.ArtifactTypeBlocked, Config: config, Layers: []ocispec.Descriptor{blockedLayer},
+		Annotations: map[string]string{blocks.AnnotationBlockedOf: string(std.Digest)}})
+	set := putJ(ocispec.Manifest{ArtifactType: blocks.ArtifactTypeBlockSet, Config: empty, Layers: []ocispec.Descriptor{member},
+		Annotations: map[string]string{blocks.AnnotationBlockSetOf: string(blockedLayer.Digest)}})
+	blocked.Annotations = map[string]string{blocks.AnnotationBlockedOf: string(std.Digest)}
+	set.Annotations = map[string]string{blocks.AnnotationBlockSetOf: string(blockedLayer.Digest)}
+	index, err := s.PutJSON(ctx, ocispec.MediaTypeImageIndex, ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{std, blocked, set},
+		Annotations: map[string]string{
+			blocks.AnnotationStandard:          string(std.Digest),
+			blocks.AnnotationStandardMediaType: std.MediaType,
+			blocks.AnnotationStandardSize:      strconv.FormatInt(std.Size, 10),
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Tag(ctx, "app:v1", index); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(s.BlobPath(layer.Digest)); err != nil {
+		t.Fatal(err)
+	}
+
+	out, errOut, code := run(t, bin, storeDir, "verify")
+	if code != 0 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "1 standard layer(s) absent but hydratable") {
+		t.Fatalf("verify without the hydratable layer: exit %d\n%s%s", code, out, errOut)
+	}
+	var vr struct {
+		OK         bool               `json:"ok"`
+		Problems   []store.Problem    `json:"problems"`
+		Hydratable []store.Hydratable `json:"hydratable"`
+	}
+	out, _, code = run(t, bin, storeDir, "verify", "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &vr) != nil || !vr.OK || len(vr.Problems) != 0 ||
+		len(vr.Hydratable) != 1 || vr.Hydratable[0].Digest != layer.Digest || vr.Hydratable[0].Blocked != blockedLayer.Digest ||
+		vr.Hydratable[0].BlockSet != set.Digest || vr.Hydratable[0].Manifest != std.Digest {
+		t.Fatalf("verify --json: exit %d\n%s", code, out)
+	}
+
+	if err := os.Remove(s.BlobPath(member.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = run(t, bin, storeDir, "verify")
+	if code != 1 || !strings.Contains(out, "missing: "+string(layer.Digest)) || !strings.Contains(out, "missing: "+string(member.Digest)) {
+		t.Fatalf("verify without the member: exit %d\n%s%s", code, out, errOut)
+	}
+}
