@@ -2,9 +2,13 @@ package layer
 
 import (
 	"bufio"
+	"bytes"
+	"compress/flate"
 	stdgzip "compress/gzip"
+	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 
 	"github.com/klauspost/compress/zstd"
@@ -289,3 +293,105 @@ func (f *zstdFrame) next() error {
 
 // done reports whether the whole frame has been passed through.
 func (f *zstdFrame) done() bool { return f.state == 3 && len(f.q) == 0 && f.left == 0 }
+
+// Block members are compressed in pieces, in parallel, the way pigz does, so
+// that one large file (a JDK's 130 MB lib/modules) does not leave a core idle.
+// The member is still one gzip member, and still depends only on the block's
+// bytes: the uncompressed member (data and padding) is cut every gzipChunk
+// bytes; each piece is deflated by compress/flate at level 6 with the 32 KiB
+// before it as the preset dictionary, and ends with a sync flush (an empty
+// stored block), the last one with the final block instead. A member of at
+// most gzipChunk bytes is therefore exactly compress/gzip's level 6 output.
+const (
+	gzipChunk = 1 << 20
+	gzipDict  = 32 << 10
+	// chunkDepth pieces of one member are in flight at most.
+	chunkDepth = 3
+)
+
+// chunkTask is one piece of a gzip member to deflate.
+type chunkTask struct {
+	dict, data []byte
+	last       bool
+	out        bytes.Buffer
+	err        error
+	done       chan struct{}
+}
+
+func (t *chunkTask) run() {
+	defer close(t.done)
+	fw, err := flate.NewWriterDict(&t.out, gzipLevel, t.dict)
+	if err != nil {
+		t.err = err
+		return
+	}
+	if _, err := fw.Write(t.data); err != nil {
+		t.err = err
+		return
+	}
+	if t.last {
+		t.err = fw.Close()
+	} else {
+		t.err = fw.Flush()
+	}
+}
+
+// chunkedGzip writes to w the gzip member of the n bytes of r, deflating its
+// pieces on the goroutines that serve tasks. Up to chunkDepth pieces are in
+// flight, so memory stays a few MiB whatever n is.
+func chunkedGzip(ctx context.Context, w io.Writer, r io.Reader, n int64, tasks chan<- *chunkTask) error {
+	if _, err := w.Write(gzipFixedHeader[:]); err != nil {
+		return err
+	}
+	crc := crc32.NewIEEE()
+	var pending []*chunkTask
+	wait := func() error {
+		t := pending[0]
+		pending = pending[1:]
+		<-t.done
+		if t.err != nil {
+			return t.err
+		}
+		_, err := w.Write(t.out.Bytes())
+		return err
+	}
+	var dict []byte
+	for off := int64(0); off < n || off == 0; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data := make([]byte, min(gzipChunk, n-off))
+		if _, err := io.ReadFull(r, data); err != nil {
+			return err
+		}
+		crc.Write(data)
+		off += int64(len(data))
+		t := &chunkTask{dict: dict, data: data, last: off == n, done: make(chan struct{})}
+		tasks <- t
+		pending = append(pending, t)
+		if len(data) >= gzipDict {
+			dict = data[len(data)-gzipDict:]
+		} else {
+			dict = append(append([]byte{}, dict...), data...)
+			dict = dict[max(0, len(dict)-gzipDict):]
+		}
+		if len(pending) >= chunkDepth {
+			if err := wait(); err != nil {
+				return err
+			}
+		}
+		if n == 0 {
+			break
+		}
+	}
+	for len(pending) > 0 {
+		if err := wait(); err != nil {
+			return err
+		}
+	}
+	var tr [8]byte
+	binary.LittleEndian.PutUint32(tr[0:4], crc.Sum32())
+	binary.LittleEndian.PutUint32(tr[4:8], uint32(n))
+	_, err := w.Write(tr[:])
+	return err
+}

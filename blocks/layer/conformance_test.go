@@ -245,6 +245,18 @@ func TestConformance(t *testing.T) {
 						t.Errorf("stub %d: %+v, want block %+v", i, s, res.Blocks[i])
 					}
 				}
+				// Consecutive stubs share a stub member; a verbatim entry
+				// between two blocks ends it.
+				pos := map[string]int{}
+				for i, n := range stdNames {
+					pos[n] = i
+				}
+				for i := 1; i < len(stubs); i++ {
+					adjacent := pos[stubs[i].Path] == pos[stubs[i-1].Path]+1
+					if shared := stubs[i].Offset == stubs[i-1].Offset; shared != adjacent {
+						t.Errorf("stubs %s and %s: same stub member %v, adjacent blocks %v", stubs[i-1].StubPath, stubs[i].StubPath, shared, adjacent)
+					}
+				}
 
 				// Hydrate gives the exact standard layer.
 				var out bytes.Buffer

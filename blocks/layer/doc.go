@@ -8,9 +8,11 @@
 // own: its raw header records, encoded without compression in one fixed way
 // (WriteHeaderMember), and its data plus padding, which depends only on the
 // file's bytes and is stored once as a blob. The blocked layer replaces each such
-// pair with a stub member: one tar entry <dir>/.import.<base> whose content is
-// blocks.StubMagic and a JSON blocks.Stub. Everything else is shared verbatim, so
-// Hydrate only splices members and copies bytes; it never re-compresses.
+// pair with a stub entry <dir>/.import.<base> whose content is blocks.StubMagic
+// and the JSON of a blocks.Stub; consecutive stub entries share one stub member
+// (up to 256 entries or 1 MiB), so that a stub costs little more than its
+// digests. Everything else is shared verbatim, so Hydrate only splices members
+// and copies bytes; it never re-compresses.
 //
 // Split and Hydrate stream: memory stays flat whatever the size of the layer.
 // Hydrate trusts nothing in the blocked layer and checks its output against the

@@ -3,6 +3,7 @@ package layer
 import (
 	"bytes"
 	stdgzip "compress/gzip"
+	"context"
 	"encoding/hex"
 	"io"
 	"testing"
@@ -77,4 +78,53 @@ func TestMemberGzipHeader(t *testing.T) {
 	if got := hex.EncodeToString(b.Bytes()[:10]); got != "1f8b08000000000000ff" {
 		t.Errorf("gzip member header %s", got)
 	}
+}
+
+// A gzip block member is compressed in 1 MiB pieces on several goroutines. Up
+// to one piece it is byte for byte compress/gzip at level 6; any size
+// decompresses to the input, and the bytes do not depend on scheduling.
+func TestChunkedGzip(t *testing.T) {
+	tasks := make(chan *chunkTask, 2)
+	for range 2 {
+		go func() {
+			for tk := range tasks {
+				tk.run()
+			}
+		}()
+	}
+	defer close(tasks)
+	text := bytes.Repeat([]byte("a fairly compressible line of text, number 12345\n"), 70000)
+	for _, n := range []int{1, 511, 32 << 10, gzipChunk - 1, gzipChunk, gzipChunk + 1, gzipChunk + gzipDict/2, 3*gzipChunk + 7} {
+		in := append(randBytes(uint64(n), n/2), text[:n-n/2]...)
+		var got bytes.Buffer
+		if err := chunkedGzip(context.Background(), &got, bytes.NewReader(in), int64(len(in)), tasks); err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.ReadAll(mustGzipReader(t, got.Bytes()))
+		if err != nil || !bytes.Equal(out, in) {
+			t.Fatalf("%d bytes: does not decompress to the input (%v)", n, err)
+		}
+		if n <= gzipChunk {
+			var want bytes.Buffer
+			zw, _ := stdgzip.NewWriterLevel(&want, 6)
+			zw.Write(in)
+			zw.Close()
+			if !bytes.Equal(got.Bytes(), want.Bytes()) {
+				t.Errorf("%d bytes: differs from compress/gzip level 6", n)
+			}
+		}
+		var again bytes.Buffer
+		if err := chunkedGzip(context.Background(), &again, bytes.NewReader(in), int64(len(in)), tasks); err != nil || !bytes.Equal(again.Bytes(), got.Bytes()) {
+			t.Errorf("%d bytes: not deterministic (%v)", n, err)
+		}
+	}
+}
+
+func mustGzipReader(t *testing.T, b []byte) io.Reader {
+	r, err := stdgzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Multistream(false)
+	return r
 }

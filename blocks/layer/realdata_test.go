@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -18,6 +19,14 @@ func TestRealLayerFigures(t *testing.T) {
 	if testing.Short() || list == "" {
 		t.Skip("set BLOCKFILE_REAL_TARS to tar files to measure")
 	}
+	minBlock := int64(16 << 10) // blocks/image.DefaultMinBlockSize
+	if v := os.Getenv("BLOCKFILE_REAL_MIN"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		minBlock = n
+	}
 	for _, p := range filepath.SplitList(list) {
 		for _, c := range compressions {
 			f, err := os.Open(p)
@@ -28,7 +37,7 @@ func TestRealLayerFigures(t *testing.T) {
 			ms := newDirStore(t)
 			start := time.Now()
 			std, blk := newHashWriter(), newHashWriter()
-			res, err := Split(context.Background(), f, std, blk, SplitOptions{Compression: c, MinBlockSize: 16 << 10, Members: ms, TempDir: t.TempDir()})
+			res, err := Split(context.Background(), f, std, blk, SplitOptions{Compression: c, MinBlockSize: minBlock, Members: ms, TempDir: t.TempDir()})
 			d := time.Since(start)
 			f.Close()
 			if err != nil {

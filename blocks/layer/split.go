@@ -109,7 +109,19 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 		},
 	}
 	sp.wr.sp = sp
-	var workers sync.WaitGroup
+	var workers, deflaters sync.WaitGroup
+	if c == blocks.Gzip {
+		sp.chunks = make(chan *chunkTask, memberWorkers)
+		for range memberWorkers {
+			deflaters.Add(1)
+			go func() {
+				defer deflaters.Done()
+				for t := range sp.chunks {
+					t.run()
+				}
+			}()
+		}
+	}
 	for range memberWorkers {
 		k, err := newCompressor(c)
 		if err != nil {
@@ -132,6 +144,10 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 	close(sp.jobs)
 	<-sp.wdone
 	workers.Wait()
+	if sp.chunks != nil {
+		close(sp.chunks)
+		deflaters.Wait()
+	}
 	sp.cleanup()
 	if sp.wr.err != nil && (err == nil || errors.Is(err, errWriterFailed)) {
 		err = sp.wr.err
@@ -186,6 +202,7 @@ type splitter struct {
 
 	queue  chan segment    // to the writer, in layer order
 	jobs   chan *memberJob // to the workers
+	chunks chan *chunkTask // pieces of gzip members, to the deflaters
 	wr     *layerWriter
 	wdone  chan struct{}
 	pushMu sync.Mutex // Push and RecordMember are called one at a time
@@ -601,15 +618,19 @@ func (sp *splitter) makeMember(k *compressor, j *memberJob, buf []byte) error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	mw := newDigestWriter(out)
-	zw := k.begin(mw)
-	if _, err := io.CopyBuffer(zw, io.LimitReader(j.spool, j.raw.Size), buf); err != nil {
-		return fmt.Errorf("compress: %w", err)
-	}
-	if _, err := zw.Write(make([]byte, j.pad)); err != nil {
-		return fmt.Errorf("compress: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("compress: %w", err)
+	data := io.MultiReader(io.LimitReader(j.spool, j.raw.Size), bytes.NewReader(make([]byte, j.pad)))
+	if sp.chunks != nil {
+		if err := chunkedGzip(sp.ctx, mw, data, j.raw.Size+j.pad, sp.chunks); err != nil {
+			return fmt.Errorf("compress: %w", err)
+		}
+	} else {
+		zw := k.begin(mw)
+		if _, err := io.CopyBuffer(zw, data, buf); err != nil {
+			return fmt.Errorf("compress: %w", err)
+		}
+		if err := zw.Close(); err != nil {
+			return fmt.Errorf("compress: %w", err)
+		}
 	}
 	d := memberDesc(sp.c, j.raw, mw.digest(), mw.n)
 	if _, err := out.Seek(0, io.SeekStart); err != nil {
