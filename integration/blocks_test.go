@@ -49,11 +49,11 @@ func rootDigest(t testing.TB, ref string) digest.Digest {
 // and oci with the identical manifest digest, with the source config (and so
 // its diff_ids) unchanged.
 //
-// Not covered here, because buildkitd does not produce them from a
-// Dockerfile on this machine: xattrs (busybox has no setfattr) and opaque
-// dirs (BuildKit's differ writes a whiteout per removed file instead of
-// .wh..wh..opq). Both are covered by the blocks/image unit tests, whose tars
-// carry SCHILY.xattr records and an opaque-dir marker.
+// xattrs and opaque dirs are in blocks_xattr_test.go: BuildKit's layer
+// writer (containerd's archive.ChangeWriter) keeps only security.capability
+// among xattrs and never writes .wh..wh..opq (its overlay differ emits one
+// whiteout per removed file), so user.* xattrs and opaque markers there come
+// from GNU tar layers that buildkitd builds FROM and carries through.
 func TestBlocksRoundTripRichImage(t *testing.T) {
 	harness.RequireIntegration(t)
 	env := harness.Get(t)
