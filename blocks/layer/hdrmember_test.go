@@ -2,6 +2,7 @@ package layer
 
 import (
 	"bytes"
+	"compress/flate"
 	stdgzip "compress/gzip"
 	"context"
 	"encoding/hex"
@@ -85,10 +86,14 @@ func TestMemberGzipHeader(t *testing.T) {
 // decompresses to the input, and the bytes do not depend on scheduling.
 func TestChunkedGzip(t *testing.T) {
 	tasks := make(chan *chunkTask, 2)
-	for range 2 {
+	for i := range 2 {
 		go func() {
+			var plain *flate.Writer // one deflater reuses a writer, the other does not
+			if i == 0 {
+				plain, _ = flate.NewWriter(io.Discard, gzipLevel)
+			}
 			for tk := range tasks {
-				tk.run()
+				tk.run(plain)
 			}
 		}()
 	}

@@ -154,7 +154,7 @@ func FuzzHydrateBlockedLayer(f *testing.F) {
 	ms := newMemStore()
 	var members []ocispec.Descriptor
 	wants := map[blocks.Compression]ocispec.Descriptor{}
-	tarb := makeTar(f, symlink("lib", "/etc"), reg("app/a.jar", randBytes(50, 6000)), reg("app/b.txt", []byte("b")), reg("c.bin", randBytes(51, 5000)))
+	tarb := makeTar(f, symlink("lib", "/etc"), reg("app/a.jar", randBytes(50, 6000)), reg("app/b.txt", []byte("b")), reg("c.bin", randBytes(51, 5000)), reg("d.bin", randBytes(52, 4500)))
 	for _, c := range compressions {
 		res, _, blk, err := splitBytes(f, tarb, SplitOptions{Compression: c, MinBlockSize: testMin, Members: ms})
 		if err != nil {
@@ -195,6 +195,7 @@ func FuzzHydrateMembers(f *testing.F) {
 	sep := []byte("|||")
 	f.Add(bytes.Join([][]byte{pre[:len(pre)-1024], stub, make([]byte, 1024)}, sep))
 	f.Add(bytes.Join([][]byte{stub, stub}, sep))
+	f.Add(bytes.Join([][]byte{append(append([]byte{}, stub...), stub...), pre[:1024]}, sep)) // two stubs in one member
 	f.Fuzz(func(t *testing.T, in []byte) {
 		for _, c := range compressions {
 			k, err := newCompressor(c)
