@@ -92,9 +92,11 @@ const StubPrefix = ".import."
 // stubs are never ambiguous.
 const StubMagic = "blockfile-stub/v1\n"
 
-// Stub is the document inside a `.import.` stub entry (after StubMagic, as
-// one JSON object). It says which block fills the path and carries what
-// exact reassembly needs.
+// Stub says which block fills a path and carries what exact reassembly
+// needs. It is the Go form of the document inside a `.import.` stub entry;
+// the wire form (after StubMagic) is the compact canonical JSON of
+// docs/FORMAT.md section 5, written and read by layer.EncodeStub and
+// layer.ParseStub, not these struct tags.
 type Stub struct {
 	// Block is the raw block: digest and size of the file's bytes.
 	Block Ref `json:"block"`
