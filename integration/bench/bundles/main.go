@@ -15,7 +15,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"compress/gzip"
@@ -43,7 +42,11 @@ import (
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/blocks/tree"
+	"github.com/blockfile/blockfile/integration/benchimg"
 )
+
+// minBlockSize is the export option under test (-min-block-size).
+var minBlockSize int64
 
 var variants = []string{"v1", "v2-app", "v2-dep", "v2-jre", "v2-curl"}
 
@@ -53,6 +56,7 @@ func main() {
 		benchDir = "/tmp/bench"
 	}
 	work := flag.String("work", filepath.Join(benchDir, "work-bundles"), "scratch directory (emptied first)")
+	flag.Int64Var(&minBlockSize, "min-block-size", image.DefaultMinBlockSize, "export --min-block-size, in bytes")
 	flag.Parse()
 	if err := run(context.Background(), filepath.Join(benchDir, "scenario"), *work); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -147,7 +151,7 @@ func run(ctx context.Context, scen, work string) error {
 		if err != nil {
 			return err
 		}
-		res, err := image.Export(ctx, s, src, v, image.ExportOptions{})
+		res, err := image.Export(ctx, s, src, v, image.ExportOptions{MinBlockSize: minBlockSize})
 		src.Close()
 		if err != nil {
 			return err
@@ -254,7 +258,7 @@ func run(ctx context.Context, scen, work string) error {
 	for _, r := range rows {
 		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %.3f |\n", r.name, mb(r.bundle), mb(r.plain), mb(r.save), mb(r.split), mb(r.jib), mb(r.perFile), float64(r.bundle)/float64(r.perFile))
 	}
-	fmt.Printf("\nMB = 10^6 bytes. v1 is a first install (--full); v2-* are bundles --from v1. \"jars IMPORTed\": the image config carries the %s label a Blockfile build with IMPORT of /app/libs/ and /app/app.jar records, so every jar is a block; \"no IMPORT\": only files of at least 16 KiB are blocks. v1 bundle / docker save = %.4f (no IMPORT: %.4f).\n\n", blocks.LabelImports, float64(rows[0].bundle)/float64(rows[0].save), float64(rows[0].plain)/float64(rows[0].save))
+	fmt.Printf("\nMB = 10^6 bytes. v1 is a first install (--full); v2-* are bundles --from v1. \"jars IMPORTed\": the image config carries the %s label a Blockfile build with IMPORT of /app/libs/ and /app/app.jar records, so every jar is a block; \"no IMPORT\": only files of at least %d bytes are blocks. v1 bundle / docker save = %.4f (no IMPORT: %.4f).\n\n", blocks.LabelImports, minBlockSize, float64(rows[0].bundle)/float64(rows[0].save), float64(rows[0].plain)/float64(rows[0].save))
 	fmt.Println("| operation (full v1 image) | seconds |")
 	fmt.Println("|---|---|")
 	fmt.Printf("| blockfile bundle apply --materialize=false (verify, ingest, tag) | %.2f |\n", leanTime.Seconds())
@@ -300,7 +304,7 @@ func (b *bench) layer(name string) (*layer, error) {
 	tarHash := sha256.New()
 	cw := &counter{}
 	bw := bufio.NewWriterSize(in, 1<<20)
-	werr := writeTar(io.MultiWriter(bw, tarHash, cw), dir)
+	werr := benchimg.WriteTar(context.Background(), dir, io.MultiWriter(bw, tarHash, cw))
 	if werr == nil {
 		werr = bw.Flush()
 	}
@@ -324,61 +328,6 @@ func (b *bench) layer(name string) (*layer, error) {
 	}
 	b.layers[name] = l
 	return l, nil
-}
-
-// writeTar writes dir as a layer tar: entries in lexical order, names
-// relative to dir, owners numeric, hard links stored as regular files.
-func writeTar(w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		h, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-		h.Name = filepath.ToSlash(rel)
-		if fi.IsDir() {
-			h.Name += "/"
-		}
-		h.Uname, h.Gname = "", ""
-		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
-		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(h); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-		if fi.Mode().IsRegular() {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
 }
 
 // image writes the config and manifest of an image made of layers.
