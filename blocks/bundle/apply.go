@@ -301,7 +301,9 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 	var done int64
 	buf := make([]byte, 1<<20)
 	for {
-		b, rd, err := r.Next()
+		// Raw entry bytes: the BlobWriter hashes them and batch.Add checks
+		// digest and size, so reading through a VerifyReader would hash twice.
+		b, rd, err := r.nextRaw()
 		if err == io.EOF {
 			break
 		}

@@ -172,6 +172,28 @@ func (h *Header) check() error {
 // has checked that nothing follows. A tar entry that is not the blob the
 // header lists next is an error.
 func (r *Reader) Next() (Blob, io.Reader, error) {
+	b, err := r.advance()
+	if err != nil {
+		return b, nil, err
+	}
+	return b, &named{r: store.VerifyReader(r.tr, b.Descriptor()), what: r.path}, nil
+}
+
+// nextRaw is Next without the digest check: the returned reader yields the
+// entry's bytes (size-checked by the tar reader) for a caller that hashes
+// them itself, as ingest does through the store's BlobWriter, so the bytes
+// are not hashed twice.
+func (r *Reader) nextRaw() (Blob, io.Reader, error) {
+	b, err := r.advance()
+	if err != nil {
+		return b, nil, err
+	}
+	return b, &named{r: r.tr, what: r.path}, nil
+}
+
+// advance moves to the next blob entry and checks it is the one the header
+// lists next, with its size.
+func (r *Reader) advance() (Blob, error) {
 	th, err := r.tr.Next()
 	for err == nil && th.Typeflag == tar.TypeDir && (th.Name == "blobs/" || th.Name == blobDir) {
 		r.end = r.cr.n
@@ -182,25 +204,25 @@ func (r *Reader) Next() (Blob, io.Reader, error) {
 			// Go's tar reader takes a missing end-of-archive marker for
 			// the end; a bundle must have it, or it was cut short.
 			if r.cr.n < r.end+2*512 {
-				return Blob{}, nil, fmt.Errorf("bundle %s: truncated: no end-of-archive marker after the last blob", r.path)
+				return Blob{}, fmt.Errorf("bundle %s: truncated: no end-of-archive marker after the last blob", r.path)
 			}
-			return Blob{}, nil, io.EOF
+			return Blob{}, io.EOF
 		}
 		if err != nil {
-			return Blob{}, nil, fmt.Errorf("bundle %s: after the last blob: %w", r.path, err)
+			return Blob{}, fmt.Errorf("bundle %s: after the last blob: %w", r.path, err)
 		}
-		return Blob{}, nil, fmt.Errorf("bundle %s: unexpected entry %q after the last blob", r.path, th.Name)
+		return Blob{}, fmt.Errorf("bundle %s: unexpected entry %q after the last blob", r.path, th.Name)
 	}
 	b := r.Header.Blobs[r.next]
 	if err != nil {
-		return Blob{}, nil, fmt.Errorf("bundle %s: truncated or damaged: %d of %d blobs read, next is %s: %w", r.path, r.next, len(r.Header.Blobs), b, noEOF(err))
+		return Blob{}, fmt.Errorf("bundle %s: truncated or damaged: %d of %d blobs read, next is %s: %w", r.path, r.next, len(r.Header.Blobs), b, noEOF(err))
 	}
 	if th.Name != blobName(b.Digest) || th.Typeflag != tar.TypeReg || th.Size != b.Size {
-		return Blob{}, nil, fmt.Errorf("bundle %s: entry %q (%d bytes) where blob %s was expected", r.path, th.Name, th.Size, b)
+		return Blob{}, fmt.Errorf("bundle %s: entry %q (%d bytes) where blob %s was expected", r.path, th.Name, th.Size, b)
 	}
 	r.next++
 	r.end = r.cr.n + (b.Size+511)/512*512
-	return b, &named{r: store.VerifyReader(r.tr, b.Descriptor()), what: r.path}, nil
+	return b, nil
 }
 
 // named adds the bundle path to read errors (truncation shows up here).
