@@ -148,10 +148,11 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 	}
 	meta := memFetcher{blobs: map[digest.Digest][]byte{}, next: s}
 	var done int64
+	shipped := h.Shipped()
 	report := func(n int64) {
 		done += n
 		if opts.Progress != nil {
-			opts.Progress("verify", done, h.Adds.Bytes)
+			opts.Progress("verify", done, shipped)
 		}
 	}
 	// The manifests come first (the header's order is checked); keep them.
@@ -167,13 +168,29 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		if err != nil {
 			return nil, err
 		}
+		if got.Patch != nil {
+			// A patched block set: rebuild it from its base, if the
+			// store has the base; if not, the walk reports the base.
+			if _, ok, err := blobSize(ctx, s, got.Patch.Base.Digest); err != nil {
+				return nil, err
+			} else if !ok {
+				if _, err := io.Copy(io.Discard, rd); err != nil {
+					return nil, err
+				}
+				report(got.Patch.Size)
+				continue
+			}
+			if rd, err = unpatched(ctx, s, got, rd); err != nil {
+				return nil, err
+			}
+		}
 		data, err := io.ReadAll(rd)
 		if err != nil {
 			return nil, err
 		}
 		meta.blobs[got.Digest] = data
 		held += got.Size
-		report(got.Size)
+		report(got.entry().Size)
 	}
 	if err := checkClosures(ctx, s, path, h, meta, res); err != nil {
 		return nil, err
@@ -190,11 +207,48 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		if err != nil {
 			return nil, err
 		}
+		if b.Patch != nil {
+			if rd, err = unpatched(ctx, s, b, rd); err != nil {
+				return nil, err
+			}
+		}
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
+			if b.Patch != nil {
+				err = fmt.Errorf("bundle %s: %w", path, err)
+			}
 			return nil, err
 		}
-		report(b.Size)
+		report(b.entry().Size)
 	}
+}
+
+// unpatched returns a reader of blob b rebuilt from its patch (read from
+// rd) and its base in s, verified against b's digest and size at EOF.
+func unpatched(ctx context.Context, s *store.Store, b Blob, rd io.Reader) (io.Reader, error) {
+	base, err := loadBase(ctx, s, b.Patch.Base)
+	if err != nil {
+		return nil, err
+	}
+	out, closeDec, err := unpatch(rd, b, base)
+	if err != nil {
+		return nil, err
+	}
+	return &closeAtEOF{r: store.VerifyReader(out, b.Descriptor()), close: closeDec}, nil
+}
+
+// closeAtEOF calls close once the reader returns an error or EOF.
+type closeAtEOF struct {
+	r     io.Reader
+	close func()
+}
+
+func (c *closeAtEOF) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && c.close != nil {
+		c.close()
+		c.close = nil
+	}
+	return n, err
 }
 
 // checkClosures walks every image of h, reading manifests from meta (the
@@ -238,8 +292,35 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 			}
 		}
 	}
+	// Patch bases are prerequisites too (usually blobs of the images the
+	// target had before, which the new images no longer use).
+	for _, b := range h.Blobs {
+		if b.Patch == nil {
+			continue
+		}
+		base := Blob{Digest: b.Patch.Base.Digest, Size: b.Patch.Base.Size, Kind: b.Kind, MediaType: b.MediaType}
+		if _, ok := required[base.Digest]; ok {
+			continue
+		}
+		required[base.Digest] = base
+		size, ok, err := blobSize(ctx, s, base.Digest)
+		if err != nil {
+			return err
+		}
+		if !ok || size != base.Size {
+			missing = append(missing, base)
+		}
+	}
 	if len(missing) > 0 {
-		return &MissingError{Missing: missing}
+		// A patched manifest whose base is missing could not be read; it
+		// is in the bundle, so it is not itself missing.
+		var out []Blob
+		for _, m := range missing {
+			if _, ok := shipped[m.Digest]; !ok {
+				out = append(out, m)
+			}
+		}
+		return &MissingError{Missing: out}
 	}
 	for _, b := range h.Blobs {
 		if !inClosure[b.Digest] {
@@ -299,6 +380,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 		}
 	}()
 	var done int64
+	shipped := h.Shipped()
 	buf := make([]byte, 1<<20)
 	for {
 		// Raw entry bytes: the BlobWriter hashes them and batch.Add checks
@@ -318,6 +400,19 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			res.Present.Blobs++
 			res.Present.Bytes += b.Size
 		} else {
+			if b.Patch != nil {
+				// The BlobWriter checks the rebuilt blob; a damaged patch
+				// fails to decode or to match.
+				base, err := loadBase(ctx, s, b.Patch.Base)
+				if err != nil {
+					return err
+				}
+				out, closeDec, err := unpatch(rd, b, base)
+				if err != nil {
+					return err
+				}
+				rd = &closeAtEOF{r: out, close: closeDec}
+			}
 			w, err := s.NewWriter(ctx)
 			if err != nil {
 				return err
@@ -333,9 +428,9 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			res.Ingested.Blobs++
 			res.Ingested.Bytes += b.Size
 		}
-		done += b.Size
+		done += b.entry().Size
 		if progress != nil {
-			progress("ingest", done, h.Adds.Bytes)
+			progress("ingest", done, shipped)
 		}
 	}
 	return batch.Commit(ctx)

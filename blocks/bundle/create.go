@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -32,6 +33,10 @@ type CreateOptions struct {
 	// carries everything (a first install). Requiring it keeps a forgotten
 	// --from from silently shipping gigabytes.
 	Full bool
+
+	// NoPatches ships every changed blob whole, never as a patch against a
+	// blob the target holds (see Patch).
+	NoPatches bool
 
 	// Progress, if set, is called while blobs are written.
 	Progress ProgressFunc
@@ -84,6 +89,33 @@ func Create(ctx context.Context, s *store.Store, names []string, path string, op
 	if err != nil {
 		return nil, err
 	}
+	var fetch Fetcher = s
+	if base != nil && !opts.NoPatches {
+		// The images a patch may be made against: those shipped before,
+		// or, with an inventory, any in this store the target holds.
+		view := opts.From
+		if opts.Have != nil {
+			tags, err := s.Tags(ctx)
+			if err != nil {
+				return nil, err
+			}
+			view = nil
+			for name := range tags {
+				view = append(view, name)
+			}
+			sort.Strings(view)
+		}
+		dir, err := os.MkdirTemp(filepath.Dir(path), ".bundle-patches-")
+		if err != nil {
+			return nil, fmt.Errorf("bundle create: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		files, err := addPatches(ctx, s, plan, names, view, base, dir)
+		if err != nil {
+			return nil, fmt.Errorf("bundle create: patches: %w", err)
+		}
+		fetch = patchFiles{files: files, next: s}
+	}
 	h := plan.Header()
 
 	tmp := path + ".tmp"
@@ -98,7 +130,7 @@ func Create(ctx context.Context, s *store.Store, names []string, path string, op
 			os.Remove(tmp)
 		}
 	}()
-	if err := Write(ctx, f, s, h, opts.Progress); err != nil {
+	if err := Write(ctx, f, fetch, h, opts.Progress); err != nil {
 		return nil, fmt.Errorf("bundle create %s: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -149,15 +181,17 @@ func Write(ctx context.Context, w io.Writer, f Fetcher, h *Header, progress Prog
 		}
 	}
 	var done int64
+	shipped := h.Shipped()
 	buf := make([]byte, 1<<20)
 	for _, b := range h.Blobs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: blobName(b.Digest), Size: b.Size, Mode: 0o444, ModTime: epoch}); err != nil {
+		e := b.entry()
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: blobName(e.Digest), Size: e.Size, Mode: 0o444, ModTime: epoch}); err != nil {
 			return fmt.Errorf("blob %s: %w", b.Digest, err)
 		}
-		rc, err := f.Fetch(ctx, b.Descriptor())
+		rc, err := f.Fetch(ctx, e)
 		if err != nil {
 			return fmt.Errorf("blob %s (%s): %w", b.Digest, b.Kind, err)
 		}
@@ -168,9 +202,9 @@ func Write(ctx context.Context, w io.Writer, f Fetcher, h *Header, progress Prog
 		if err != nil {
 			return fmt.Errorf("blob %s (%s): %w", b.Digest, b.Kind, err)
 		}
-		done += b.Size
+		done += e.Size
 		if progress != nil {
-			progress("write", done, h.Adds.Bytes)
+			progress("write", done, shipped)
 		}
 	}
 	if err := tw.Close(); err != nil {

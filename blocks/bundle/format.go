@@ -65,8 +65,39 @@ type Header struct {
 	// checks it against these totals.
 	Requires Totals `json:"requires"`
 
-	// Adds totals Blobs by kind.
+	// Adds totals Blobs by kind: what the bundle adds to the target store.
 	Adds Totals `json:"adds"`
+
+	// Patched counts the blobs that travel as patches and the bytes of
+	// their patches (Adds counts the blobs they rebuild).
+	Patched *Count `json:"patched,omitempty"`
+}
+
+// Shipped is the number of blob bytes in the tar: Adds.Bytes, with each
+// patched blob counted at the size of its patch.
+func (h *Header) Shipped() int64 {
+	n := h.Adds.Bytes
+	for _, b := range h.Blobs {
+		if b.Patch != nil {
+			n += b.Patch.Size - b.Size
+		}
+	}
+	return n
+}
+
+// patched counts the patched blobs of blobs and their patch bytes.
+func patched(blobs []Blob) *Count {
+	var c Count
+	for _, b := range blobs {
+		if b.Patch != nil {
+			c.Blobs++
+			c.Bytes += b.Patch.Size
+		}
+	}
+	if c.Blobs == 0 {
+		return nil
+	}
+	return &c
 }
 
 // Image is one image in a bundle.
@@ -134,6 +165,10 @@ type Blob struct {
 	Digest    digest.Digest `json:"digest"`
 	Size      int64         `json:"size"`
 	Kind      Kind          `json:"kind"`
+
+	// Patch, if set, says the blob travels as a patch against a blob the
+	// target holds (the tar entry holds the patch, not the blob).
+	Patch *Patch `json:"patch,omitempty"`
 }
 
 // Descriptor returns b as an OCI descriptor.

@@ -80,5 +80,6 @@ func (p *Plan) Header() *Header {
 		Blobs:     append([]Blob{}, p.Ship...),
 		Requires:  totals(p.Requires),
 		Adds:      totals(p.Ship),
+		Patched:   patched(p.Ship),
 	}
 }

@@ -153,6 +153,15 @@ func (h *Header) check() error {
 			return fmt.Errorf("blob %s is listed twice", b.Digest)
 		}
 		seen[b.Digest] = true
+		if b.Patch != nil {
+			if err := b.Patch.check(b); err != nil {
+				return err
+			}
+			if seen[b.Patch.Digest] {
+				return fmt.Errorf("blob %s: patch %s is listed twice", b.Digest, b.Patch.Digest)
+			}
+			seen[b.Patch.Digest] = true
+		}
 		// Indexes and manifests come first, so apply can check the
 		// prerequisites before it reads the bulk.
 		if !b.Kind.isManifest() {
@@ -164,11 +173,22 @@ func (h *Header) check() error {
 	if t := totals(h.Blobs); t.Blobs != h.Adds.Blobs || t.Bytes != h.Adds.Bytes {
 		return fmt.Errorf("adds says %d blobs, %d bytes; the blob list has %d, %d", h.Adds.Blobs, h.Adds.Bytes, t.Blobs, t.Bytes)
 	}
+	if got, want := patched(h.Blobs), h.Patched; (got == nil) != (want == nil) || got != nil && *got != *want {
+		return fmt.Errorf("patched says %v; the blob list has %v", want, got)
+	}
+	for _, b := range h.Blobs {
+		// A patch base is a blob the target already holds, never one the
+		// bundle brings (apply reads bases from the store).
+		if b.Patch != nil && seen[b.Patch.Base.Digest] {
+			return fmt.Errorf("blob %s: its patch base %s is in the bundle", b.Digest, b.Patch.Base.Digest)
+		}
+	}
 	return nil
 }
 
-// Next returns the next blob and a reader of its bytes that verifies them
-// (digest and size, at EOF). It returns io.EOF after the last blob, once it
+// Next returns the next blob and a reader of its tar entry that verifies
+// it (digest and size, at EOF): the blob's bytes, or for a patched blob
+// (Blob.Patch) the patch's. It returns io.EOF after the last blob, once it
 // has checked that nothing follows. A tar entry that is not the blob the
 // header lists next is an error.
 func (r *Reader) Next() (Blob, io.Reader, error) {
@@ -176,7 +196,7 @@ func (r *Reader) Next() (Blob, io.Reader, error) {
 	if err != nil {
 		return b, nil, err
 	}
-	return b, &named{r: store.VerifyReader(r.tr, b.Descriptor()), what: r.path}, nil
+	return b, &named{r: store.VerifyReader(r.tr, b.entry()), what: r.path}, nil
 }
 
 // nextRaw is Next without the digest check: the returned reader yields the
@@ -217,11 +237,12 @@ func (r *Reader) advance() (Blob, error) {
 	if err != nil {
 		return Blob{}, fmt.Errorf("bundle %s: truncated or damaged: %d of %d blobs read, next is %s: %w", r.path, r.next, len(r.Header.Blobs), b, noEOF(err))
 	}
-	if th.Name != blobName(b.Digest) || th.Typeflag != tar.TypeReg || th.Size != b.Size {
+	e := b.entry()
+	if th.Name != blobName(e.Digest) || th.Typeflag != tar.TypeReg || th.Size != e.Size {
 		return Blob{}, fmt.Errorf("bundle %s: entry %q (%d bytes) where blob %s was expected", r.path, th.Name, th.Size, b)
 	}
 	r.next++
-	r.end = r.cr.n + (b.Size+511)/512*512
+	r.end = r.cr.n + (e.Size+511)/512*512
 	return b, nil
 }
 

@@ -25,8 +25,14 @@ import (
 const writeBufSize = 1 << 20
 
 // DefaultMinBlockSize is the size from which a regular file becomes a block
-// even when the frontend did not record it as imported.
-const DefaultMinBlockSize = 16 << 10
+// even when the frontend did not record it as imported. Smaller files stay
+// in the layer's verbatim members, compressed together (each block is
+// compressed alone, and small ones lose the context a whole-layer gzip has);
+// an upgrade of some of them ships their members, and a bundle patches the
+// unchanged members of the layer away. 64 KiB keeps a first install of the
+// scenario in docs/BENCHMARKS.md within 0.7% of plain gzip; 16 KiB cost
+// 1.4% there for no smaller upgrade once bundles carry patches.
+const DefaultMinBlockSize = 64 << 10
 
 // ExportOptions configure Export.
 type ExportOptions struct {

@@ -48,8 +48,14 @@ func Hydrate(ctx context.Context, s *store.Store, name string, dst transport.Sin
 				total += l.Standard.Size
 			}
 		}
-		h.prog = newProgress(opts.Progress, opts.PlainProgress, total, "hydrate")
-		defer h.prog.finish()
+		p := newProgress(opts.Progress, opts.PlainProgress, total, "hydrate")
+		defer p.finish()
+		h.prog = &syncProgress{p: p}
+	}
+	// Layers first, several at a time when the sink allows it, then per
+	// manifest its config and the manifest itself.
+	if err := h.layers(ctx, img.Manifests); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("hydrate %s: %w", name, err)
 	}
 	for _, m := range img.Manifests {
 		if err := h.manifest(ctx, m); err != nil {
@@ -75,19 +81,30 @@ func Hydrate(ctx context.Context, s *store.Store, name string, dst transport.Sin
 // Materialize hydrates into the store itself every standard layer of name
 // that the store lacks (after a bundle apply, the store holds only blocked
 // layers and members), so that the standard image can be read from the
-// store directly. It returns the standard descriptor.
+// store directly. Layers are rebuilt several at a time, and each byte is
+// hashed once: members are read unhashed (store.OpenUnverified) because the
+// layer written is checked against its digest, and the layer is written
+// into the store without hashing it again (store.WriteVerified). It returns
+// the standard descriptor.
 func Materialize(ctx context.Context, s *store.Store, name string) (ocispec.Descriptor, error) {
 	return Hydrate(ctx, s, name, storeSink{s}, HydrateOptions{})
 }
 
 // storeSink is the store as a Sink: blobs go in verified; there is nothing
 // to commit (the image is already tagged) and nothing to undo (the blobs
-// written are valid content).
+// written are valid content). The store takes concurrent pushes.
 type storeSink struct{ s *store.Store }
 
 func (t storeSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
 	return t.s.Push(ctx, desc, r)
 }
+
+// WriteVerified stores what layer.Hydrate writes, which it checks against
+// desc, without hashing it again (see verifiedWriter).
+func (t storeSink) WriteVerified(ctx context.Context, desc ocispec.Descriptor, write func(io.Writer) error) error {
+	return t.s.WriteVerified(ctx, desc, write)
+}
+func (t storeSink) ConcurrentPush() bool { return true }
 func (t storeSink) Exists(ctx context.Context, desc ocispec.Descriptor) (bool, error) {
 	return t.s.Exists(ctx, desc.Digest)
 }
@@ -97,15 +114,12 @@ func (t storeSink) Abort() error                                     { return ni
 type hydrator struct {
 	s    *store.Store
 	dst  transport.Sink
-	prog *progress
+	prog *syncProgress
 }
 
+// manifest writes the config and the manifest of m (its layers are
+// written before, by layers).
 func (h *hydrator) manifest(ctx context.Context, m *Manifest) error {
-	for i, l := range m.Layers {
-		if err := h.layer(ctx, l); err != nil {
-			return fmt.Errorf("manifest %s layer %d (%s): %w", m.Descriptor.Digest, i, l.Standard.Digest, err)
-		}
-	}
 	if err := h.copyBlob(ctx, m.Manifest.Config); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -131,6 +145,19 @@ func (h *hydrator) layer(ctx context.Context, l Layer) error {
 		return fmt.Errorf("blocked layer: %w", err)
 	}
 	defer blocked.Close()
+	if vw, ok := h.dst.(verifiedWriter); ok {
+		// The store: layer.Hydrate writes straight into the temp file,
+		// which is renamed only if the layer matched its digest.
+		var herr error
+		werr := vw.WriteVerified(ctx, plain(l.Standard), func(w io.Writer) error {
+			herr = layer.Hydrate(ctx, blocked, h.prog.writer(w), l.Members, h.s, plain(l.Standard))
+			return herr
+		})
+		if herr != nil {
+			return herr
+		}
+		return werr
+	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {

@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -34,14 +35,26 @@ type StubEntry struct {
 	Stub blocks.Stub
 }
 
+// MemberOpener is an optional interface of a MemberFetcher (*store.Store
+// has it): OpenUnverified opens a member checking its size but without
+// hashing it. Hydrate then reads members that way, because the whole output
+// is checked against the wanted layer digest, which covers every member byte
+// it holds: each byte is hashed once instead of twice. Only if that check (or
+// anything else) fails does Hydrate read the members it used again with
+// Fetch, so that the error names a corrupt member as a verifying read would.
+type MemberOpener interface {
+	OpenUnverified(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+}
+
 // Hydrate reads a blocked layer and writes the standard layer to w: verbatim
 // members are copied as they are, each stub member is replaced by the header
 // member rebuilt from the stub and the block member fetched from fetch. It
 // trusts nothing it reads: the framing is parsed member by member, every
 // entry name is checked (absolute, "..", through a symlink of the layer),
 // stubs are validated, a stub naming a member that is not in members fails
-// (ErrNotListed), fetched members are verified by digest and size, and the
-// output is checked against want at the end (ErrMismatch). On error, what was
+// (ErrNotListed), fetched members are verified by size and, through fetch or
+// (with a MemberOpener) through the output digest, by digest, and the output
+// is checked against want at the end (ErrMismatch). On error, what was
 // written to w is garbage: write to a temp file and rename on success.
 func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocispec.Descriptor, fetch MemberFetcher, want ocispec.Descriptor) error {
 	if err := want.Digest.Validate(); err != nil {
@@ -51,12 +64,21 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 	for _, m := range members {
 		listed[m.Digest] = m
 	}
+	var open openFunc
+	if fetch != nil {
+		open = fetch.Fetch
+	}
+	// Members read without their own hash, in first-use order, to re-check
+	// with Fetch if the hydrate fails.
+	var unchecked []usedMember
+	var seen map[digest.Digest]bool
+	opener, _ := fetch.(MemberOpener)
+	if opener != nil {
+		open = opener.OpenUnverified
+		seen = make(map[digest.Digest]bool)
+	}
 	out := newOutWriter(w, want.Size)
-	defer func() {
-		if out != nil {
-			out.digest()
-		}
-	}()
+	defer out.finish()
 	buf := make([]byte, copyBufSize)
 	err := walk(ctx, blocked, want.MediaType, out, func(c blocks.Compression, e StubEntry) error {
 		m, ok := listed[e.Stub.Member.Digest]
@@ -71,30 +93,66 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 		if err := WriteHeaderMember(out, c, e.Stub.Header); err != nil {
 			return err
 		}
-		return copyMember(ctx, out, fetch, m, e.StubPath, buf)
+		if seen != nil && !seen[m.Digest] {
+			seen[m.Digest] = true
+			unchecked = append(unchecked, usedMember{m, e.StubPath})
+		}
+		return copyMember(ctx, out, open, m, e.StubPath, buf)
 	})
+	if err == nil {
+		var got digest.Digest
+		if got, err = out.finish(); err == nil && (out.n != want.Size || got != want.Digest) {
+			err = fmt.Errorf("produced %s (%d bytes), want %d bytes: %w", got, out.n, want.Size, ErrMismatch)
+		}
+	}
+	if err != nil && len(unchecked) > 0 && ctx.Err() == nil {
+		// A member read unhashed may be why: name it, as a verifying read
+		// would have when it reached that member.
+		if merr := recheckMembers(ctx, fetch, unchecked, buf); merr != nil {
+			err = merr
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("hydrate layer %s: %w", want.Digest, err)
-	}
-	got := out.digest()
-	n := out.n
-	out = nil
-	if n != want.Size || got != want.Digest {
-		return fmt.Errorf("hydrate layer %s: produced %s (%d bytes), want %d bytes: %w", want.Digest, got, n, want.Size, ErrMismatch)
 	}
 	return nil
 }
 
-// copyMember copies a block member to out. Its bytes are verified twice
-// without hashing them again here: fetch must verify digest and size (the
-// MemberFetcher contract; the store's Fetch does), and the whole output is
-// checked against the wanted layer digest, which no wrong byte survives. The
-// size is checked here so that an error names the member.
-func copyMember(ctx context.Context, out io.Writer, fetch MemberFetcher, m ocispec.Descriptor, stubPath string, buf []byte) error {
-	if fetch == nil {
+type openFunc func(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+
+// usedMember is a member copied into the output, and the first stub that
+// named it.
+type usedMember struct {
+	desc     ocispec.Descriptor
+	stubPath string
+}
+
+// recheckMembers reads the members again with the verifying fetch, in the
+// order they were used, and returns the error of the first bad one.
+func recheckMembers(ctx context.Context, fetch MemberFetcher, used []usedMember, buf []byte) error {
+	for _, u := range used {
+		// Plain reads into buf: io.Discard's ReadFrom would use 8 KiB ones.
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err := copyMember(ctx, struct{ io.Writer }{io.Discard}, fetch.Fetch, u.desc, u.stubPath, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyMember copies a block member to out. Its bytes are verified without
+// hashing them here: open either verifies digest and size (the MemberFetcher
+// contract; the store's Fetch does) or checks the size (a MemberOpener), and
+// the whole output is checked against the wanted layer digest, which no
+// wrong byte survives. The size is checked here too so that an error names
+// the member.
+func copyMember(ctx context.Context, out io.Writer, open openFunc, m ocispec.Descriptor, stubPath string, buf []byte) error {
+	if open == nil {
 		return fmt.Errorf("stub %s: member %s: no fetcher", stubPath, m.Digest)
 	}
-	rc, err := fetch.Fetch(ctx, m)
+	rc, err := open(ctx, m)
 	if err != nil {
 		return fmt.Errorf("stub %s: fetch member %s: %w", stubPath, m.Digest, err)
 	}
@@ -123,31 +181,53 @@ func ReadStubs(ctx context.Context, blocked io.Reader) ([]StubEntry, error) {
 	return stubs, nil
 }
 
-// outWriter writes to w, counts, and refuses to write more than max bytes so
-// a bad layer fails as soon as it overflows. It hashes what was written on a
-// second goroutine: hydrate's cost is hashing (the fetcher verifies members,
-// the output is checked against the wanted digest), and on two cores the two
-// hashes then run side by side.
+// outWriter counts what Hydrate writes, refuses more than max bytes so a bad
+// layer fails as soon as it overflows, and hands the bytes to a pipeline of
+// two goroutines: one writes them to w, the next hashes them. Hydrating a
+// layer of small files is mostly the walk (decompressing and parsing the
+// blocked layer), so the walk only copies bytes into chunks and the output
+// write and the hash run beside it, and beside each other. An error of w is
+// returned by a later Write, and by finish.
 type outWriter struct {
-	w    io.Writer
-	n    int64
-	max  int64
-	h    hash.Hash
-	work chan []byte
-	free chan []byte
-	done chan struct{}
+	w     io.Writer
+	n     int64
+	max   int64
+	h     hash.Hash
+	write chan []byte // chunks to write to w, in order
+	hash  chan []byte // chunks written, to hash, in order
+	free  chan []byte
+	done  chan struct{}
+	werr  atomic.Pointer[error] // first error of w
+	sum   digest.Digest
 }
 
-const hashChunk = 256 << 10
+const (
+	outChunk  = 256 << 10
+	outChunks = 8 // bounds memory: at most 2 MiB in flight
+)
 
 func newOutWriter(w io.Writer, max int64) *outWriter {
-	o := &outWriter{w: w, max: max, h: sha256.New(), work: make(chan []byte, 4), free: make(chan []byte, 4), done: make(chan struct{})}
-	for range 4 {
-		o.free <- make([]byte, hashChunk)
+	o := &outWriter{w: w, max: max, h: sha256.New(),
+		write: make(chan []byte, outChunks), hash: make(chan []byte, outChunks),
+		free: make(chan []byte, outChunks), done: make(chan struct{})}
+	for range outChunks {
+		o.free <- make([]byte, outChunk)
 	}
 	go func() {
+		defer close(o.hash)
+		for b := range o.write {
+			if o.werr.Load() == nil {
+				if _, err := o.w.Write(b); err != nil {
+					e := err
+					o.werr.Store(&e)
+				}
+			}
+			o.hash <- b
+		}
+	}()
+	go func() {
 		defer close(o.done)
-		for b := range o.work {
+		for b := range o.hash {
 			o.h.Write(b)
 			o.free <- b[:cap(b)]
 		}
@@ -156,26 +236,64 @@ func newOutWriter(w io.Writer, max int64) *outWriter {
 }
 
 func (o *outWriter) Write(p []byte) (int, error) {
+	if err := o.werr.Load(); err != nil {
+		return 0, *err
+	}
 	if o.n+int64(len(p)) > o.max {
 		return 0, fmt.Errorf("output exceeds the wanted %d bytes: %w", o.max, ErrMismatch)
 	}
-	n, err := o.w.Write(p)
-	o.n += int64(n)
-	for q := p[:n]; len(q) > 0; {
+	o.n += int64(len(p))
+	for q := p; len(q) > 0; {
 		b := <-o.free
 		k := copy(b, q)
-		o.work <- b[:k]
+		o.write <- b[:k]
 		q = q[k:]
 	}
-	return n, err
+	return len(p), nil
 }
 
-// digest waits for the hasher and returns the digest of what was written.
-// It must be called exactly once.
-func (o *outWriter) digest() digest.Digest {
-	close(o.work)
-	<-o.done
-	return digest.NewDigest(digest.SHA256, o.h)
+// ReadFrom reads r into the pipeline's chunks directly (io.Copy uses it), so
+// that member bytes are not copied once more through a copy buffer.
+func (o *outWriter) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for {
+		if err := o.werr.Load(); err != nil {
+			return total, *err
+		}
+		b := <-o.free
+		n, err := io.ReadFull(r, b)
+		if n > 0 {
+			if o.n+int64(n) > o.max {
+				o.free <- b
+				return total, fmt.Errorf("output exceeds the wanted %d bytes: %w", o.max, ErrMismatch)
+			}
+			o.n += int64(n)
+			total += int64(n)
+			o.write <- b[:n]
+		} else {
+			o.free <- b
+		}
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return total, nil
+		case err != nil:
+			return total, err
+		}
+	}
+}
+
+// finish waits for the pipeline and returns the digest of what was written,
+// or the first error of w. Later calls return the same.
+func (o *outWriter) finish() (digest.Digest, error) {
+	if o.sum == "" {
+		close(o.write)
+		<-o.done
+		o.sum = digest.NewDigest(digest.SHA256, o.h)
+	}
+	if err := o.werr.Load(); err != nil {
+		return "", fmt.Errorf("write layer: %w", *err)
+	}
+	return o.sum, nil
 }
 
 // sniff returns the compression of a layer from its first bytes.

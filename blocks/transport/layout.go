@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -77,7 +78,8 @@ type layoutSink struct {
 	work  string // where blobs go: dir, or a sibling temp dir while dir does not exist
 	fresh bool
 	ref   string
-	added []string // blobs created in an existing dir, removed again on Abort
+	mu    sync.Mutex // guards added: Push may run on several goroutines
+	added []string   // blobs created in an existing dir, removed again on Abort
 	done  bool
 }
 
@@ -152,7 +154,9 @@ func (s *layoutSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Rea
 		return fmt.Errorf("oci:%s: %w", s.dir, err)
 	}
 	if created && !s.fresh {
+		s.mu.Lock()
 		s.added = append(s.added, p)
+		s.mu.Unlock()
 	}
 	return nil
 }
@@ -243,6 +247,8 @@ func (s *layoutSink) Abort() error {
 	if s.fresh {
 		return os.RemoveAll(s.work)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var errs []error
 	for _, p := range s.added {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {

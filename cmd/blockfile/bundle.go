@@ -28,12 +28,13 @@ list of blobs it must already hold. See docs/BUNDLES.md.`,
 
 func newBundleCreateCmd() *cobra.Command {
 	var (
-		from     []string
-		have     string
-		full     bool
-		out      string
-		asJSON   bool
-		progress string
+		from      []string
+		have      string
+		full      bool
+		out       string
+		asJSON    bool
+		progress  string
+		noPatches bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create [flags] (--from NAME... | --have FILE | --full) NAME... -o FILE",
@@ -42,7 +43,9 @@ func newBundleCreateCmd() *cobra.Command {
 site already has: the images it was given before (--from, repeatable or
 comma-separated), or an inventory brought back from it (--have, made there by
 'blockfile inventory'). --full makes a bundle for a first install, carrying
-everything. Blobs shared by several images travel once.`,
+everything. Blobs shared by several images travel once. A changed blocked
+layer, block set or config travels as a patch against the blob the site holds
+where that is smaller (--no-patches: always whole).`,
 		Args: minArgs(1),
 	}
 	openStore := storeFlag(cmd)
@@ -52,6 +55,7 @@ everything. Blobs shared by several images travel once.`,
 	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	cmd.Flags().BoolVar(&noPatches, "no-patches", false, "ship changed blobs whole, never as patches against what the site holds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		n := 0
 		for _, set := range []bool{len(from) > 0, have != "", full} {
@@ -69,7 +73,7 @@ everything. Blobs shared by several images travel once.`,
 		if err != nil {
 			return err
 		}
-		opts := bundle.CreateOptions{From: from, Full: full}
+		opts := bundle.CreateOptions{From: from, Full: full, NoPatches: noPatches}
 		if have != "" {
 			f, err := os.Open(have)
 			if err != nil {
@@ -219,6 +223,15 @@ func printHeader(w io.Writer, h *bundle.Header) {
 			c.Bytes += h.Adds.Kinds[kind].Bytes
 		}
 		fmt.Fprintf(w, "  %-15s %6d  %s\n", k.label, c.Blobs, sizeString(c.Bytes))
+	}
+	if p := h.Patched; p != nil {
+		var whole int64
+		for _, b := range h.Blobs {
+			if b.Patch != nil {
+				whole += b.Size
+			}
+		}
+		fmt.Fprintf(w, "  %d of them travel as patches: %s for %s\n", p.Blobs, sizeString(p.Bytes), sizeString(whole))
 	}
 	r := h.Requires
 	fmt.Fprintf(w, "requires %d blobs (%s) in the target store\n", r.Blobs, sizeString(r.Bytes))

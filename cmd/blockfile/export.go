@@ -38,7 +38,7 @@ file of at least --min-block-size bytes.`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
-	cmd.Flags().StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks (e.g. 16KiB, 1MiB, 4096)")
+	cmd.Flags().StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks (e.g. 64KiB, 1MiB, 4096)")
 	cmd.Flags().StringVar(&compression, "compression", "gzip", "layer compression: gzip or zstd")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
