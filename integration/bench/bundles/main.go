@@ -165,7 +165,7 @@ func run(ctx context.Context, scen, work string) error {
 
 	// 3. Bundles, and the baselines on the same trees.
 	type row struct {
-		name                                     string
+		name                                            string
 		bundle, whole, plain, save, split, jib, perFile int64
 	}
 	var rows []row
