@@ -173,7 +173,7 @@ func writeRootfs(t testing.TB, dir string) {
 	putFile(t, filepath.Join(root, "app/empty"), nil)
 	putFile(t, filepath.Join(root, "app/exact/1024.bin"), randBytes(2, 1024))
 	putFile(t, filepath.Join(root, "app/exact/65536.bin"), randBytes(3, 65536))
-	putFile(t, filepath.Join(root, longPath), randBytes(4, 20000))
+	putFile(t, filepath.Join(root, longPath), randBytes(4, 70000))
 	putFile(t, filepath.Join(root, "app/small.txt"), []byte("small\n"))
 }
 
@@ -226,7 +226,7 @@ func richFixture(t *testing.T) *fixture {
 		putFile(t, filepath.Join(dir, "Dockerfile"), []byte(`FROM `+env.BaseImage(t)+`
 COPY rootfs/ /
 RUN mkdir -p /data/old && echo one > /data/old/f && echo keep > /data/keep
-RUN rm /data/keep && rm -rf /data/old && mkdir /data/old && echo two > /data/old/g && ln /app/libs/x.jar /app/hard.jar && ln -s libs/x.jar /app/sym.jar && mkdir /links && head -c 40000 /dev/urandom > /links/a && ln /links/a /links/b
+RUN rm /data/keep && rm -rf /data/old && mkdir /data/old && echo two > /data/old/g && ln /app/libs/x.jar /app/hard.jar && ln -s libs/x.jar /app/sym.jar && mkdir /links && head -c 70000 /dev/urandom > /links/a && ln /links/a /links/b
 RUN head -c 110000000 /dev/urandom > /big
 `))
 		const name = "example.test/blocks/rich:1"

@@ -285,7 +285,7 @@ func TestBlocksUmociUnpack(t *testing.T) {
 	if sha256Hex(data) != sha256Hex(jarBytes) {
 		t.Errorf("app/libs/x.jar: sha256 %s, want %s", sha256Hex(data), sha256Hex(jarBytes))
 	}
-	if data, err := os.ReadFile(filepath.Join(rootfs, longPath)); err != nil || sha256Hex(data) != sha256Hex(randBytes(4, 20000)) {
+	if data, err := os.ReadFile(filepath.Join(rootfs, longPath)); err != nil || sha256Hex(data) != sha256Hex(randBytes(4, 70000)) {
 		t.Errorf("%s: %v", longPath, err)
 	}
 	if st, err := os.Stat(filepath.Join(rootfs, "big")); err != nil || st.Size() != 110000000 {
@@ -665,9 +665,10 @@ func TestBlocksMinBlockSizeFlag(t *testing.T) {
 	bin := env.BlockfileBin(t)
 	f := smallFixture(t)
 	for size, want := range map[string]int{
-		"1MiB":  0, // nothing that large
-		"64KiB": 2, // x.jar (300 KiB) and exact/65536.bin
-		"20000": 3, // and the 20000-byte long-name file
+		"1MiB":   0, // nothing that large
+		"128KiB": 1, // x.jar (300 KiB)
+		"65537":  2, // and the 70000-byte long-name file
+		"64KiB":  3, // and exact/65536.bin
 	} {
 		res := bfExport(t, bin, filepath.Join(t.TempDir(), "store"), "oci-archive:"+f.archive, "s", "--min-block-size", size)
 		if res.Blocks != want {

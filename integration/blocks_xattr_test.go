@@ -216,7 +216,7 @@ const capNetBindService = "0100000200040000000000000000000000000000"
 
 // TestBlocksXattrRun: an image whose last layer buildkitd wrote from a RUN
 // that set security.capability (the xattr BuildKit's differ carries into a
-// layer) on a 40000-byte file that becomes a block and on a small file. The
+// layer) on a 70000-byte file that becomes a block and on a small file. The
 // source layer really carries SCHILY.xattr.security.capability for both;
 // export + hydrate gives the identical manifest digest; the hydrated layer
 // still carries the records, and umoci unpack sets the xattr on the files.
@@ -227,7 +227,7 @@ func TestBlocksXattrRun(t *testing.T) {
 
 	dir := t.TempDir()
 	xaSetxattrBin(t, env, dir)
-	bigData := randBytes(31, 40000)
+	bigData := randBytes(31, 70000)
 	putFile(t, filepath.Join(dir, "rootfs/x/big.bin"), bigData)
 	putFile(t, filepath.Join(dir, "rootfs/x/small.txt"), []byte("small\n"))
 	// user.* is set too, to log what BuildKit does with it (it drops it).
@@ -288,7 +288,7 @@ RUN setxattr security.capability 0x`+capNetBindService+` /x/big.bin /x/small.txt
 	}
 }
 
-// TestBlocksXattrBaseLayer: user.* xattrs on a 40000-byte file (a block), a
+// TestBlocksXattrBaseLayer: user.* xattrs on a 70000-byte file (a block), a
 // small file and a directory, in a layer written by GNU tar and pushed with
 // skopeo; buildkitd builds FROM that image (adding a RUN layer) and carries
 // the layer into its output. The source layer really carries the
@@ -300,7 +300,7 @@ func TestBlocksXattrBaseLayer(t *testing.T) {
 	env := harness.Get(t)
 	bin := env.BlockfileBin(t)
 
-	bigData := randBytes(32, 40000)
+	bigData := randBytes(32, 70000)
 	lay := t.TempDir()
 	putFile(t, filepath.Join(lay, "xa/big.bin"), bigData)
 	putFile(t, filepath.Join(lay, "xa/small.txt"), []byte("small\n"))
@@ -360,7 +360,7 @@ RUN cat /xa/small.txt > /xa-seen
 }
 
 // TestBlocksOpaqueDir: an image whose second GNU tar layer makes /data
-// opaque (".wh..wh..opq") over a first layer holding a 40000-byte block
+// opaque (".wh..wh..opq") over a first layer holding a 70000-byte block
 // file, a small file and a subdirectory, pushed with skopeo. buildkitd builds
 // FROM it (its RUN sees the opaque dir applied) and adds a layer that removes
 // and re-creates another dir, which BuildKit writes as per-file whiteouts.
@@ -374,7 +374,7 @@ func TestBlocksOpaqueDir(t *testing.T) {
 	bin := env.BlockfileBin(t)
 	reg := env.Registry(t)
 
-	bigData := randBytes(33, 40000)
+	bigData := randBytes(33, 70000)
 	lower, upper := t.TempDir(), t.TempDir()
 	putFile(t, filepath.Join(lower, "data/big.bin"), bigData)
 	putFile(t, filepath.Join(lower, "data/b.txt"), []byte("b\n"))
