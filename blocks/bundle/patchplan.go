@@ -97,8 +97,10 @@ func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []strin
 		}
 		for _, m := range img.Manifests {
 			for i, l := range m.Layers {
+				// A layer without blocks is one compressed stream, which a
+				// change scrambles from the first changed byte: no patch.
 				k, ok := ship[l.Blocked.Digest]
-				if !ok {
+				if !ok || !l.HasBlocks() {
 					continue
 				}
 				bl := pt.pick(m, i, l)

@@ -150,3 +150,62 @@ func TestHydrateUnverifiedMembers(t *testing.T) {
 		})
 	}
 }
+
+// Verbatim members larger than the gzip reader's buffer and flush size are
+// copied out exactly as they are consumed (gzipSource releases and compacts
+// what it recorded), around stub members; a byte changed inside such a
+// member fails the hydrate.
+func TestHydrateLargeVerbatimMembers(t *testing.T) {
+	ctx := context.Background()
+	jar := randBytes(60, 100000)
+	tarb := makeTar(t,
+		reg("big/one.bin", randBytes(61, 3<<20)), // incompressible, verbatim
+		reg("app/a.jar", jar),
+		reg("big/two.txt", bytes.Repeat([]byte("compressible text line\n"), 200000)),
+		reg("app/b.jar", randBytes(62, 70000)),
+		reg("big/three.bin", randBytes(63, 600000)),
+	)
+	for _, comp := range compressions {
+		t.Run(string(comp), func(t *testing.T) {
+			ms := newMemStore()
+			res, std, blk, err := splitBytes(t, tarb, SplitOptions{Compression: comp, Members: ms,
+				IsImported: func(name string) bool { return strings.HasSuffix(name, ".jar") }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Blocks) != 2 || len(blk) < 3<<20 {
+				t.Fatalf("%d blocks, blocked layer of %d bytes; want 2 blocks and the big files verbatim", len(res.Blocks), len(blk))
+			}
+			var out bytes.Buffer
+			if err := Hydrate(ctx, bytes.NewReader(blk), &out, memberDescs(res), ms, res.Standard); err != nil || !bytes.Equal(out.Bytes(), std) {
+				t.Fatalf("hydrate: %v", err)
+			}
+			stubs, err := ReadStubs(ctx, bytes.NewReader(blk))
+			if err != nil || len(stubs) != 2 || stubs[0].Path != "app/a.jar" || stubs[1].Path != "app/b.jar" {
+				t.Fatalf("ReadStubs: %v %+v", err, stubs)
+			}
+			// A reader handing out a few bytes at a time changes nothing.
+			out.Reset()
+			if err := Hydrate(ctx, iotestHalf{bytes.NewReader(blk)}, &out, memberDescs(res), ms, res.Standard); err != nil || !bytes.Equal(out.Bytes(), std) {
+				t.Fatalf("hydrate from a slow reader: %v", err)
+			}
+			for _, at := range []int{len(blk) / 3, len(blk) / 2, len(blk) - 2000} {
+				bad := bytes.Clone(blk)
+				bad[at] ^= 0x01
+				if err := Hydrate(ctx, bytes.NewReader(bad), io.Discard, memberDescs(res), ms, res.Standard); err == nil {
+					t.Errorf("a byte changed at %d of %d: hydrate succeeded", at, len(blk))
+				}
+			}
+		})
+	}
+}
+
+// iotestHalf reads at most half of what is asked (and at least one byte).
+type iotestHalf struct{ r io.Reader }
+
+func (h iotestHalf) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:(len(p)+1)/2]
+	}
+	return h.r.Read(p)
+}
