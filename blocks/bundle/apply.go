@@ -225,11 +225,7 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 // unpatched returns a reader of blob b rebuilt from its patch (read from
 // rd) and its base in s, verified against b's digest and size at EOF.
 func unpatched(ctx context.Context, s *store.Store, b Blob, rd io.Reader) (io.Reader, error) {
-	base, err := loadBase(ctx, s, b.Patch.Base)
-	if err != nil {
-		return nil, err
-	}
-	out, closeDec, err := unpatch(rd, b, base)
+	out, closeDec, err := openPatched(ctx, s, b, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -403,11 +399,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			if b.Patch != nil {
 				// The BlobWriter checks the rebuilt blob; a damaged patch
 				// fails to decode or to match.
-				base, err := loadBase(ctx, s, b.Patch.Base)
-				if err != nil {
-					return err
-				}
-				out, closeDec, err := unpatch(rd, b, base)
+				out, closeDec, err := openPatched(ctx, s, b, rd)
 				if err != nil {
 					return err
 				}

@@ -81,8 +81,8 @@ func (b Blob) entry() ocispec.Descriptor {
 
 // checkPatch validates a patch read from a header.
 func (p *Patch) check(b Blob) error {
-	if p.Encoding != PatchZstdDict {
-		return fmt.Errorf("blob %s: patch encoding %q: this blockfile reads %q", b.Digest, p.Encoding, PatchZstdDict)
+	if p.Encoding != PatchZstdDict && p.Encoding != PatchZstdGzipMembers {
+		return fmt.Errorf("blob %s: patch encoding %q: this blockfile reads %q and %q", b.Digest, p.Encoding, PatchZstdDict, PatchZstdGzipMembers)
 	}
 	for _, d := range []digest.Digest{p.Digest, p.Base.Digest} {
 		if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
@@ -116,6 +116,21 @@ func loadBase(ctx context.Context, s *store.Store, ref BlobRef) ([]byte, error) 
 		return nil, fmt.Errorf("patch base %s: %d bytes, want %d", ref.Digest, w.Len(), ref.Size)
 	}
 	return w.Bytes(), nil
+}
+
+// openPatched returns a reader of blob b rebuilt from its patch (read from
+// r) and its base, read from s and verified. The reader yields at most
+// b.Size+1 bytes; callers verify digest and size. close releases what the
+// decoder holds (call it when done, also after an error).
+func openPatched(ctx context.Context, s *store.Store, b Blob, r io.Reader) (io.Reader, func(), error) {
+	base, err := loadBase(ctx, s, b.Patch.Base)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b.Patch.Encoding == PatchZstdGzipMembers {
+		return unpatchMembers(r, b, base)
+	}
+	return unpatch(r, b, base)
 }
 
 // unpatch returns a reader of the blob b rebuilt from its patch (read from

@@ -102,6 +102,9 @@ func TestPatchShipsOnlyWhatChanged(t *testing.T) {
 	if layer == nil || layer.Patch == nil {
 		t.Fatalf("the changed blocked layer is not patched: %+v", layer)
 	}
+	if layer.Patch.Encoding != PatchZstdGzipMembers {
+		t.Errorf("the gzip blocked layer travels as a %s patch, want %s", layer.Patch.Encoding, PatchZstdGzipMembers)
+	}
 	t.Logf("blocked layer %d bytes travels as a %d-byte patch; bundle %d bytes, %d without patches",
 		layer.Size, layer.Patch.Size, fileSize(t, p), fileSize(t, wholePath))
 	if layer.Patch.Size*4 > layer.Size {

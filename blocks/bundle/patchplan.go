@@ -1,8 +1,10 @@
 package bundle
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -271,11 +273,12 @@ func (pt *patcher) try(ctx context.Context, b Blob, base Blob) (*Patch, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc, err := pt.s.Fetch(ctx, b.Descriptor())
+	src, err := pt.s.Fetch(ctx, b.Descriptor())
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", b.Digest, err)
 	}
-	defer rc.Close()
+	defer src.Close()
+	var rc io.ReadCloser = src
 	f, err := os.CreateTemp(pt.dir, "patch-*")
 	if err != nil {
 		return nil, err
@@ -289,8 +292,28 @@ func (pt *patcher) try(ctx context.Context, b Blob, base Blob) (*Patch, error) {
 	}()
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(f, h)}
-	if err := makePatch(cw, rc, b.Size, dict); err != nil {
-		return nil, fmt.Errorf("blob %s: patch against %s: %w", b.Digest, base.Digest, err)
+	enc := PatchZstdDict
+	if b.Kind == KindBlockedLayer && b.MediaType == ocispec.MediaTypeImageLayerGzip {
+		// Describe the layer member by member, uncompressed; see
+		// PatchZstdGzipMembers. Blobs and bases are at most
+		// maxPatchTarget and maxPatchBase bytes (64 MiB).
+		blob, err := io.ReadAll(io.LimitReader(rc, b.Size+1))
+		if err != nil {
+			return nil, fmt.Errorf("blob %s: %w", b.Digest, err)
+		}
+		err = makeMemberPatch(cw, blob, dict, pt.dir)
+		if err == nil {
+			enc = PatchZstdGzipMembers
+		} else if !errors.Is(err, errNoMemberPatch) {
+			return nil, fmt.Errorf("blob %s: patch against %s: %w", b.Digest, base.Digest, err)
+		} else {
+			rc = io.NopCloser(bytes.NewReader(blob))
+		}
+	}
+	if enc == PatchZstdDict {
+		if err := makePatch(cw, rc, b.Size, dict); err != nil {
+			return nil, fmt.Errorf("blob %s: patch against %s: %w", b.Digest, base.Digest, err)
+		}
 	}
 	if cw.n+patchOverhead >= b.Size {
 		return nil, nil
@@ -308,5 +331,5 @@ func (pt *patcher) try(ctx context.Context, b Blob, base Blob) (*Patch, error) {
 	}
 	keep = true
 	pt.files[d] = path
-	return &Patch{Encoding: PatchZstdDict, Base: ref, Digest: d, Size: cw.n}, nil
+	return &Patch{Encoding: enc, Base: ref, Digest: d, Size: cw.n}, nil
 }

@@ -82,15 +82,16 @@ func (h *hydrator) layers(ctx context.Context, ms []*Manifest) error {
 	return ctx.Err()
 }
 
-// cost estimates the work of hydrating a layer, in copied bytes: every
-// output byte is hashed and written, and every byte of a blocked layer is
-// also decompressed and parsed (to check entry names and read stubs), which
-// costs about 30 times as much per compressed byte (measured on a layer of
-// small files: 6 MB blocked took as long as 180 MB copied).
+// cost estimates the work of hydrating a layer, in output bytes: every
+// output byte is read, hashed and written, and every byte of a blocked layer
+// is also decompressed and parsed (to check entry names and read stubs),
+// which costs about 12 times as much per compressed byte (fitted on the
+// bench image: a layer of small files, 15 MB blocked and 47 MB out, took
+// 0.29 s; a 91 MB layer with 1 MB blocked, 0.14 s).
 func (j layerJob) cost() int64 {
 	c := j.layer.Standard.Size
 	if j.layer.HasBlocks() {
-		c += 30 * j.layer.Blocked.Size
+		c += 12 * j.layer.Blocked.Size
 	}
 	return c
 }

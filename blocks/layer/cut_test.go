@@ -3,6 +3,7 @@ package layer
 import (
 	"bytes"
 	stdgzip "compress/gzip"
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -76,4 +77,64 @@ func TestVerbatimCutsFollowNames(t *testing.T) {
 		t.Errorf("%d of %d members differ after changing one file, want 1", differ, len(ma))
 	}
 	t.Logf("%d members, %d bytes; %d differs", len(ma), len(a), differ)
+}
+
+// TestGzipMemberRebuildsSplitMembers: every member of a blocked layer (and
+// every block member) is rebuilt byte for byte by GzipMember from its
+// uncompressed bytes in one of the forms; bundles depend on it.
+func TestGzipMemberRebuildsSplitMembers(t *testing.T) {
+	var es []entry
+	for i := range 300 {
+		es = append(es, reg(fmt.Sprintf("doc/%03d.txt", i), []byte(strings.Repeat(fmt.Sprintf("line %d\n", i), 40+i))))
+	}
+	es = append(es,
+		reg("big/verbatim.bin", randBytes(5, 2<<20+777)),  // a verbatim member of over 1 MiB
+		reg("big/exact.bin", randBytes(6, 1<<20-512-512)), // with its header: a 1 MiB verbatim member
+		reg("lib/a.jar", randBytes(7, 3<<20+5)),           // a block of several pieces
+		reg("lib/b.jar", randBytes(8, 70000)),             // consecutive blocks: one stub member
+		reg("lib/c.jar", randBytes(9, 4<<20)),             // a block of exactly 4 pieces
+	)
+	tarb := makeTar(t, es...)
+	ms := newMemStore()
+	res, _, blk, err := splitBytes(t, tarb, SplitOptions{MinBlockSize: 3 << 20, Members: ms, IsImported: func(n string) bool { return strings.HasPrefix(n, "lib/") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, m []byte) {
+		t.Helper()
+		zr, err := stdgzip.NewReader(bytes.NewReader(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for f := MemberForm(0); f.Valid(); f++ {
+			var out bytes.Buffer
+			if err := GzipMember(&out, raw, f); err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Equal(out.Bytes(), m) {
+				return
+			}
+		}
+		t.Errorf("%s (%d bytes, %d uncompressed): no form rebuilds it", what, len(m), len(raw))
+	}
+	members := gzipMembers(t, blk)
+	if len(members) < 4 {
+		t.Fatalf("%d members in the blocked layer", len(members))
+	}
+	for i, m := range members {
+		check(fmt.Sprintf("blocked layer member %d", i), m)
+	}
+	for _, d := range memberDescs(res) {
+		rc, err := ms.Fetch(context.Background(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := io.ReadAll(rc)
+		rc.Close()
+		check("block member "+d.Digest.String(), m)
+	}
 }

@@ -79,7 +79,6 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 	}
 	out := newOutWriter(w, want.Size)
 	defer out.finish()
-	buf := make([]byte, copyBufSize)
 	err := walk(ctx, blocked, want.MediaType, out, func(c blocks.Compression, e StubEntry) error {
 		m, ok := listed[e.Stub.Member.Digest]
 		if !ok || m.Size != e.Stub.Member.Size {
@@ -97,7 +96,8 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 			seen[m.Digest] = true
 			unchecked = append(unchecked, usedMember{m, e.StubPath})
 		}
-		return copyMember(ctx, out, open, m, e.StubPath, buf)
+		// out reads the member into its chunks itself (ReadFrom): no buffer.
+		return copyMember(ctx, out, open, m, e.StubPath, nil)
 	})
 	if err == nil {
 		var got digest.Digest
@@ -108,7 +108,7 @@ func Hydrate(ctx context.Context, blocked io.Reader, w io.Writer, members []ocis
 	if err != nil && len(unchecked) > 0 && ctx.Err() == nil {
 		// A member read unhashed may be why: name it, as a verifying read
 		// would have when it reached that member.
-		if merr := recheckMembers(ctx, fetch, unchecked, buf); merr != nil {
+		if merr := recheckMembers(ctx, fetch, unchecked); merr != nil {
 			err = merr
 		}
 	}
@@ -129,7 +129,8 @@ type usedMember struct {
 
 // recheckMembers reads the members again with the verifying fetch, in the
 // order they were used, and returns the error of the first bad one.
-func recheckMembers(ctx context.Context, fetch MemberFetcher, used []usedMember, buf []byte) error {
+func recheckMembers(ctx context.Context, fetch MemberFetcher, used []usedMember) error {
+	buf := make([]byte, copyBufSize)
 	for _, u := range used {
 		// Plain reads into buf: io.Discard's ReadFrom would use 8 KiB ones.
 		if ctx.Err() != nil {

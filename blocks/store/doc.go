@@ -15,5 +15,8 @@
 // chmod 0444 + rename; a blob that is already there is not an error, so two
 // processes pushing the same blocks both succeed. Every read (Fetch, GetJSON,
 // VerifyReader) checks size and digest while streaming and fails naming the
-// digest and file.
+// digest and file. The exceptions are OpenUnverified, PushVerified and
+// WriteVerified, which check sizes only: they are for callers that check a
+// digest covering the same bytes themselves (hydrate checks the whole
+// standard layer it rebuilds), so that each byte is hashed once.
 package store
