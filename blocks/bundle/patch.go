@@ -23,9 +23,10 @@ import (
 // hundreds) and the config. Rather than shipping such a blob whole, a
 // bundle may ship a patch: the blob compressed by zstd with a blob the
 // target holds (its base) as raw dictionary, what `zstd --patch-from` does.
-// Unchanged members and JSON lines become references into the base. On the
-// scenario's curl upgrade the opt layer's blocked form (129.5 KB) travels
-// as a 31.7 KB patch and its block set (5.6 KB) as 152 bytes.
+// Unchanged members and JSON lines become references into the base: on
+// the scenario's curl upgrade the opt layer's block set (5.6 KB) travels
+// in 152 bytes. Gzip blocked layers get a finer patch, described member by
+// member on the uncompressed side (gzipmembers.go).
 //
 // The patch is a tar entry of its own, named by its own digest, so the
 // layout inside the bundle stays valid content-addressed storage; apply

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash"
 	"hash/crc32"
-	"hash/fnv"
 	"io"
 	"os"
 	"strings"
@@ -30,17 +29,6 @@ import (
 // verbatimCap is the uncompressed size after which a verbatim member ends at
 // the next entry boundary, so that no member of a blocked layer is large.
 const verbatimCap = 1 << 20
-
-// A verbatim member that holds at least verbatimMin bytes ends before an
-// entry whose name is a cut point: one name in verbatimCutEvery. Measured on
-// the scenario of docs/BENCHMARKS.md (64 KiB blocks): 16 KiB and 1 in 4
-// keep a first install within 0.75% of plain gzip while the curl upgrade
-// ships 54 KiB more than its changed files; 1 in 8 saves 0.1% on the first
-// install but ships 70 KiB more, and 64 KiB and 1 in 16, 180 KiB more.
-const (
-	verbatimMin      = 16 << 10
-	verbatimCutEvery = 4
-)
 
 const copyBufSize = 1 << 20
 
@@ -400,25 +388,12 @@ func (sp *splitter) closeVerbatim() error {
 	return sp.sendVerbatim()
 }
 
-// boundary is called at the entry boundary before the non-block entry
-// name: a verbatim member past the cap ends, and so does one past
-// verbatimMin when name is a cut point (cutPoint).
-func (sp *splitter) boundary(name string) error {
-	if sp.vn >= verbatimCap || sp.vn >= verbatimMin && cutPoint(name) {
+// boundary is called at an entry boundary: a verbatim member past the cap ends.
+func (sp *splitter) boundary() error {
+	if sp.vn >= verbatimCap {
 		return sp.closeVerbatim()
 	}
 	return nil
-}
-
-// cutPoint reports whether a verbatim member may start at the entry name.
-// It depends on the name alone, so the members of a run of small files
-// start at the same entries in two versions of a layer wherever the run
-// did not change, and an upgrade changes only the members holding what
-// changed (which a bundle then ships, and patches the rest away).
-func cutPoint(name string) bool {
-	h := fnv.New32a()
-	h.Write([]byte(name))
-	return h.Sum32()%verbatimCutEvery == 0
 }
 
 func (sp *splitter) run() error {
@@ -477,7 +452,7 @@ func (sp *splitter) run() error {
 			}
 		} else {
 			if hrec != nil {
-				if err := sp.boundary(hdr.Name); err != nil {
+				if err := sp.boundary(); err != nil {
 					return err
 				}
 				if err := sp.verbatim(hrec); err != nil {
@@ -590,7 +565,7 @@ func (sp *splitter) block(tr *tar.Reader, hdr *tar.Header, hrec []byte, pad int6
 		ok = err == nil
 	}
 	if !ok {
-		if err := sp.boundary(hdr.Name); err != nil {
+		if err := sp.boundary(); err != nil {
 			return false, err
 		}
 		if err := sp.verbatim(hrec); err != nil {
