@@ -26,7 +26,8 @@ import (
 // an unchanged file costs nothing and a changed header a few bytes. The
 // target deflates the described members again (layer.GzipMember) and checks
 // the whole blob against its digest, as for every patch. On the scenario's
-// JRE upgrade the blocked layer travels in 27 KB instead of 318 KB.
+// JRE upgrade the blocked layer (2.2 MB) travels in 30 KB, where a
+// zstd-dict patch of its compressed bytes takes 318 KB.
 //
 // The description, inside the zstd frame, is a sequence of records:
 //
