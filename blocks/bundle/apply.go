@@ -215,6 +215,12 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
 			if b.Patch != nil {
 				err = fmt.Errorf("bundle %s: %w", path, err)
+				if b.Patch.Encoding == PatchZstdGzipMembers && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
+					// The patch itself was intact (or zstd would have
+					// failed): the deflate of this build differs from the
+					// one that made the layer.
+					err = fmt.Errorf("%w (the layer's members were deflated again here and came out different: a bundle made with --no-patches carries them as they are)", err)
+				}
 			}
 			return nil, err
 		}

@@ -12,8 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // docsLayers is an image whose second layer holds many small text files
@@ -218,5 +220,55 @@ func entryOffset(t *testing.T, data []byte, name string) int64 {
 		if h.Name == name {
 			return cr.n
 		}
+	}
+}
+
+// TestPatchZstdLayers: zstd blocked layers cannot be described member by
+// member; they travel as zstd-dict patches of their compressed bytes, and
+// apply still rebuilds the exact image.
+func TestPatchZstdLayers(t *testing.T) {
+	ctx := context.Background()
+	src, site := openStore(t), openStore(t)
+	dir := t.TempDir()
+	exportZstd := func(name, version string) *image.ExportResult {
+		ld := t.TempDir()
+		writeLayout(t, ld, docsLayers(version))
+		s, err := transport.ParseSource(ctx, "oci:"+ld)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		res, err := image.Export(ctx, src, s, name, image.ExportOptions{MinBlockSize: 4096, Compression: blocks.Zstd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	exportZstd("z:v1", "v1")
+	v2 := exportZstd("z:v2", "v2")
+	full, up := filepath.Join(dir, "v1.bundle"), filepath.Join(dir, "v2.bundle")
+	if _, err := Create(ctx, src, []string{"z:v1"}, full, CreateOptions{Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := Create(ctx, src, []string{"z:v2"}, up, CreateOptions{From: []string{"z:v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range h.Blobs {
+		if b.Patch != nil && b.Patch.Encoding != PatchZstdDict {
+			t.Errorf("%s travels as a %s patch; zstd layers and manifests take %s", b, b.Patch.Encoding, PatchZstdDict)
+		}
+	}
+	if h.Patched == nil {
+		t.Error("no blob of the zstd upgrade travels as a patch")
+	}
+	for _, p := range []string{full, up} {
+		if _, err := Apply(ctx, site, p, ApplyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := image.Inspect(ctx, site, "z:v2")
+	if err != nil || info.Standard.Digest != v2.Standard.Digest {
+		t.Fatalf("applied z:v2: %v %v, want %s", info, err, v2.Standard.Digest)
 	}
 }
