@@ -183,6 +183,23 @@ func TestBundleUpgrade(t *testing.T) {
 	}
 	bfMust(t, bin, "verify", "--store", site)
 
+	// The changed blocked layer and block set travel as patches against
+	// v1's; without patches the same upgrade is bigger and applies to the
+	// same image.
+	if h.Patched == nil {
+		t.Errorf("the upgrade carries no patch: %+v", h.Blobs)
+	}
+	whole := filepath.Join(dir, "v2-whole.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--no-patches", "--from", b.v1.Name, b.v2.Name, "-o", whole)
+	if hw := bundleHeader(t, bin, whole); hw.Patched != nil || hw.Shipped() <= h.Shipped() {
+		t.Errorf("--no-patches bundle: patched %+v, %d blob bytes; with patches %d", hw.Patched, hw.Shipped(), h.Shipped())
+	}
+	site2 := filepath.Join(dir, "site2")
+	applyJSON(t, bin, site2, full, "--materialize=false")
+	if res := applyJSON(t, bin, site2, whole); res.Images[0].Standard.Digest != b.v2.Standard.Digest {
+		t.Errorf("--no-patches bundle applied to %s, want %s", res.Images[0].Standard.Digest, b.v2.Standard.Digest)
+	}
+
 	// containerd imports the written v2 archive and runs it.
 	_, ctr := env.Containerd(t)
 	archive := strings.TrimPrefix(bundle.OutputFor("oci-archive:"+filepath.Join(dir, "out-{name}.tar"), b.v2.Name), "oci-archive:")
@@ -206,6 +223,11 @@ func TestBundleUpgrade(t *testing.T) {
 	c, _ := os.ReadFile(viaHave)
 	if string(a) != string(c) {
 		t.Errorf("--have %s and --from %s make different bundles (%d vs %d bytes)", inv, b.v1.Name, len(c), len(a))
+		for _, p := range []string{up, viaHave} {
+			for _, bl := range bundleHeader(t, bin, p).Blobs {
+				t.Logf("%s: %s %+v", filepath.Base(p), bl, bl.Patch)
+			}
+		}
 	}
 	ifi, _ := os.Stat(inv)
 	t.Logf("inventory of the site: %d bytes", ifi.Size())

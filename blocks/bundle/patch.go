@@ -46,7 +46,7 @@ const (
 	maxPatchBase   = 64 << 20
 	maxPatchTarget = 64 << 20
 	maxPatchWindow = 256 << 20 // a frame's window covers base + blob
-	minPatchTarget = 1 << 10   // below this a patch cannot save much
+	minPatchTarget = 512       // below this a patch cannot save much
 )
 
 // Patch says that a blob travels as a patch against a blob the target

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
@@ -270,5 +272,40 @@ func TestPatchZstdLayers(t *testing.T) {
 	info, err := image.Inspect(ctx, site, "z:v2")
 	if err != nil || info.Standard.Digest != v2.Standard.Digest {
 		t.Fatalf("applied z:v2: %v %v, want %s", info, err, v2.Standard.Digest)
+	}
+}
+
+// TestPatchFromAndHaveAgree: with an inventory, patch bases are looked for
+// in every image of the source store, also ones the site lacks (here one
+// that shares more layers with v2 than v1 does); only blobs the inventory
+// lists may be bases, so the bundle is byte for byte the one --from makes.
+func TestPatchFromAndHaveAgree(t *testing.T) {
+	ctx := context.Background()
+	f := newPatchFixture(t)
+	export(t, f.src, "docs:other", append(docsLayers("v2"), map[string][]byte{"extra/file": []byte("x")}))
+	var ds []digest.Digest
+	if err := f.site.Walk(ctx, func(d digest.Digest, _ int64) error { ds = append(ds, d); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := NewInventory(ds, DefaultPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hf, from := f.upgrade(t, "from.bundle", CreateOptions{From: []string{"docs:v1"}})
+	_, have := f.upgrade(t, "have.bundle", CreateOptions{Have: inv})
+	a, _ := os.ReadFile(from)
+	b, _ := os.ReadFile(have)
+	if !bytes.Equal(a, b) {
+		t.Errorf("--from and --have bundles differ (%d and %d bytes)", len(a), len(b))
+	}
+	var cfg bool
+	for _, bl := range hf.Blobs {
+		cfg = cfg || bl.Kind == KindConfig && bl.Patch != nil
+	}
+	if !cfg {
+		t.Error("the config does not travel as a patch against v1's")
+	}
+	if _, err := Apply(ctx, f.site, have, ApplyOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -123,7 +123,7 @@ func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []strin
 			}
 			cfg := m.Manifest.Config
 			if k, ok := ship[cfg.Digest]; ok {
-				if bm := pt.closest(m); bm != nil && pt.usable[bm.Manifest.Config.Digest] {
+				if bm := pt.closest(m); bm != nil {
 					c := bm.Manifest.Config
 					if err := use(k, Blob{MediaType: c.MediaType, Digest: c.Digest, Size: c.Size, Kind: KindConfig}); err != nil {
 						return nil, err
@@ -249,13 +249,15 @@ func (pt *patcher) pick(m *image.Manifest, i int, l image.Layer) *baseLayer {
 	return best
 }
 
-// closest returns the held manifest that shares the most layers with m
-// (at least one; lowest config digest on a tie), or nil.
+// closest returns the manifest with a config the target holds that shares
+// the most layers with m (at least one; lowest config digest on a tie), or
+// nil. (With an inventory the view holds every image of the source store,
+// also ones the target lacks: only what the target holds may be a base.)
 func (pt *patcher) closest(m *image.Manifest) *image.Manifest {
 	var best *image.Manifest
 	bn := 0
 	for _, c := range pt.mans {
-		if c.Manifest.Config.Digest == m.Manifest.Config.Digest {
+		if c.Manifest.Config.Digest == m.Manifest.Config.Digest || !pt.usable[c.Manifest.Config.Digest] {
 			continue
 		}
 		n := pt.shared(m, c)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path"
@@ -87,10 +88,20 @@ func writeLayout(t *testing.T, dir string, layers []map[string][]byte) {
 		zw.Close()
 		descs = append(descs, blob(ocispec.MediaTypeImageLayerGzip, zb.Bytes()))
 	}
+	// A history entry per layer, as builders write, makes the config the
+	// size of a real one (over a KiB), big enough to travel as a patch.
+	var history []ocispec.History
+	for i := range diffIDs {
+		history = append(history, ocispec.History{
+			CreatedBy: fmt.Sprintf("COPY layer-%d/ / # buildkit: copies the files of layer %d into the image root, keeping owners and modes", i, i),
+			Comment:   "buildkit.dockerfile.v0",
+		})
+	}
 	cfg, _ := json.Marshal(ocispec.Image{
 		Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
-		Config:   ocispec.ImageConfig{Cmd: []string{"/bin/true"}},
+		Config:   ocispec.ImageConfig{Cmd: []string{"/bin/true"}, Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64", "LANG=C.UTF-8"}},
+		History:  history,
 	})
 	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: blob(ocispec.MediaTypeImageConfig, cfg), Layers: descs}
 	m.SchemaVersion = 2
