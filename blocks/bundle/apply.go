@@ -196,21 +196,33 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		return nil, err
 	}
 	buf := make([]byte, 1<<20)
+	// Blobs shipped whole are hashed by pipe while the next bytes are read.
+	pipe := newHashPipe(path)
+	defer pipe.close()
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		b, rd, err := r.Next()
+		b, rd, err := r.nextRaw()
 		if err == io.EOF {
+			if err := pipe.close(); err != nil {
+				return nil, err
+			}
 			return h, nil
 		}
 		if err != nil {
 			return nil, err
 		}
-		if b.Patch != nil {
-			if rd, err = unpatched(ctx, s, b, rd); err != nil {
+		if b.Patch == nil {
+			if err := pipe.blob(b, rd); err != nil {
 				return nil, err
 			}
+			report(b.Size)
+			continue
+		}
+		rd = store.VerifyReader(rd, b.entry())
+		if rd, err = unpatched(ctx, s, b, rd); err != nil {
+			return nil, err
 		}
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
 			if b.Patch != nil {

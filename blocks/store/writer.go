@@ -26,6 +26,7 @@ type BlobWriter struct {
 	f    *os.File
 	alg  digest.Algorithm
 	h    hash.Hash
+	ah   *asyncHash // hashing on another goroutine, once the blob is large
 	n    int64
 	done bool
 }
@@ -49,7 +50,14 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("write %s: blob writer is closed", w.f.Name())
 	}
 	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
+	if w.ah == nil && n >= asyncMin {
+		w.ah = newAsyncHash(w.h)
+	}
+	if w.ah != nil {
+		w.ah.write(p[:n])
+	} else {
+		w.h.Write(p[:n])
+	}
 	w.n += int64(n)
 	if err != nil {
 		return n, fmt.Errorf("write %s: %w", w.f.Name(), err)
@@ -61,7 +69,19 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 func (w *BlobWriter) Size() int64 { return w.n }
 
 // Digest is the digest of the bytes written so far.
-func (w *BlobWriter) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
+func (w *BlobWriter) Digest() digest.Digest {
+	w.syncHash()
+	return digest.NewDigest(w.alg, w.h)
+}
+
+// syncHash waits for the asynchronous hashing, if any, to catch up; later
+// writes hash inline.
+func (w *BlobWriter) syncHash() {
+	if w.ah != nil {
+		w.ah.wait()
+		w.ah = nil
+	}
+}
 
 // Commit syncs the blob, makes it read-only and renames it into blobs/. If the
 // blob is already present the new copy is discarded (same content, by name).
@@ -116,6 +136,7 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 
 // Close discards the blob unless it was committed. It is safe to call twice.
 func (w *BlobWriter) Close() error {
+	w.syncHash()
 	if w.done {
 		return nil
 	}
