@@ -1,12 +1,12 @@
 package layer
 
 import (
-	"compress/flate"
-	stdgzip "compress/gzip"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"io"
+
+	"github.com/blockfile/blockfile/blocks/internal/deflate"
 )
 
 // MemberForm is one of the ways Split deflates a gzip member (docs/FORMAT.md
@@ -39,11 +39,11 @@ func (f MemberForm) Valid() bool { return f < numForms }
 func GzipMember(w io.Writer, raw []byte, f MemberForm) error {
 	switch f {
 	case FormOneStream:
-		zw, err := stdgzip.NewWriterLevel(w, gzipLevel)
+		zw, err := newGzipStream()
 		if err != nil {
 			return err
 		}
-		zw.OS = gzipFixedHeader[9]
+		zw.Reset(w)
 		if _, err := zw.Write(raw); err != nil {
 			return err
 		}
@@ -57,7 +57,7 @@ func GzipMember(w io.Writer, raw []byte, f MemberForm) error {
 	}
 	var dict []byte
 	piece := func(data []byte, last bool) error {
-		fw, err := flate.NewWriterDict(w, gzipLevel, dict)
+		fw, err := deflate.NewWriterDict(w, gzipLevel, dict)
 		if err != nil {
 			return err
 		}

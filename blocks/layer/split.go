@@ -3,7 +3,6 @@ package layer
 import (
 	"bufio"
 	"bytes"
-	"compress/flate"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -24,6 +23,7 @@ import (
 	"github.com/vbatts/tar-split/archive/tar"
 
 	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/internal/deflate"
 )
 
 // verbatimCap is the uncompressed size after which a verbatim member ends at
@@ -121,7 +121,7 @@ func Split(ctx context.Context, tarStream io.Reader, std, blocked io.Writer, opt
 			deflaters.Add(1)
 			go func() {
 				defer deflaters.Done()
-				plain, _ := flate.NewWriter(io.Discard, gzipLevel) // the level is valid
+				plain, _ := deflate.NewWriter(io.Discard, gzipLevel) // the level is valid
 				for t := range sp.chunks {
 					t.run(plain)
 				}
