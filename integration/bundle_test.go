@@ -389,14 +389,14 @@ func TestBundleApplySIGKILL(t *testing.T) {
 		}},
 		{"while writing an output", atLine("hydrate:")},
 	}
-	for i, p := range points {
-		site := filepath.Join(dir, fmt.Sprintf("site%d", i))
-		outs := filepath.Join(dir, fmt.Sprintf("out%d", i))
-		output := "oci-archive:" + filepath.Join(outs, "{name}.tar")
-		if err := os.MkdirAll(outs, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin, "bundle", "apply", "--store", site, "--progress", "plain", "--output", output, full)
+	type point = struct {
+		what string
+		when func(line string, since time.Duration) bool
+	}
+	// killAndRerun applies file to site with the output, kills it at p,
+	// checks the store verifies, and re-runs it to the end.
+	killAndRerun := func(site, file, output string, p point, want []*image.ExportResult) {
+		cmd := exec.Command(bin, "bundle", "apply", "--store", site, "--progress", "plain", "--output", output, file)
 		stderr, err := cmd.StderrPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -418,25 +418,48 @@ func TestBundleApplySIGKILL(t *testing.T) {
 		for sc.Scan() {
 		}
 		err = cmd.Wait()
-		t.Logf("killed %s: %v after %s", p.what, err, time.Since(start).Round(time.Millisecond))
+		t.Logf("%s: killed %s: %v after %s", filepath.Base(file), p.what, err, time.Since(start).Round(time.Millisecond))
 		if err == nil && strings.HasPrefix(p.what, "at") {
-			t.Errorf("killed %s: apply was not killed", p.what)
+			t.Errorf("%s: killed %s: apply was not killed", filepath.Base(file), p.what)
 		}
 		// Whatever happened, the store verifies: every blob is complete,
 		// and standard layers not rebuilt yet (killed between tag and
 		// materialize) are hydratable, not missing.
 		checkVerifyAfterKill(t, bin, site, hydrated, p.what)
 		// And a re-run completes.
-		res := applyJSON(t, bin, site, full, "--output", output)
-		for j, want := range []*image.ExportResult{b.v1, b.v2, b.other} {
-			if res.Images[j].Name != want.Name || res.Images[j].Standard.Digest != want.Standard.Digest {
-				t.Errorf("killed %s, re-run: image %d is %s %s, want %s %s", p.what, j, res.Images[j].Name, res.Images[j].Standard.Digest, want.Name, want.Standard.Digest)
+		res := applyJSON(t, bin, site, file, "--output", output)
+		for j, w := range want {
+			if res.Images[j].Name != w.Name || res.Images[j].Standard.Digest != w.Standard.Digest {
+				t.Errorf("%s: killed %s, re-run: image %d is %s %s, want %s %s", filepath.Base(file), p.what, j, res.Images[j].Name, res.Images[j].Standard.Digest, w.Name, w.Standard.Digest)
 			}
 		}
 		bfMust(t, bin, "verify", "--store", site)
-		if again := applyJSON(t, bin, site, full); again.Ingested.Blobs != 0 {
-			t.Errorf("killed %s: a third run ingested %d blobs", p.what, again.Ingested.Blobs)
+		if again := applyJSON(t, bin, site, file); again.Ingested.Blobs != 0 {
+			t.Errorf("%s: killed %s: a third run ingested %d blobs", filepath.Base(file), p.what, again.Ingested.Blobs)
 		}
+	}
+	for i, p := range points {
+		site := filepath.Join(dir, fmt.Sprintf("site%d", i))
+		outs := filepath.Join(dir, fmt.Sprintf("out%d", i))
+		if err := os.MkdirAll(outs, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		killAndRerun(site, full, "oci-archive:"+filepath.Join(outs, "{name}.tar"), p, []*image.ExportResult{b.v1, b.v2, b.other})
+	}
+
+	// An upgrade whose blocked layer, block set and config travel as
+	// patches, killed while it is checked and ingested: the same holds.
+	v1 := filepath.Join(dir, "v1.bundle")
+	up := filepath.Join(dir, "up.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", v1)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
+	if h := bundleHeader(t, bin, up); h.Patched == nil {
+		t.Fatalf("the upgrade carries no patch")
+	}
+	for i, p := range points[2:5] {
+		site := filepath.Join(dir, fmt.Sprintf("up-site%d", i))
+		applyJSON(t, bin, site, v1)
+		killAndRerun(site, up, "oci:"+filepath.Join(dir, fmt.Sprintf("up-out%d", i)), p, []*image.ExportResult{b.v2})
 	}
 }
 
