@@ -26,23 +26,9 @@ import (
 // naming the digest and the file) on reading past desc.Size or on reaching
 // EOF before it.
 func (s *Store) OpenUnverified(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
-	p, err := s.blobPath(desc.Digest)
+	f, p, err := s.openBlob(desc)
 	if err != nil {
 		return nil, err
-	}
-	if desc.Size < 0 {
-		return nil, fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, ErrInvalid)
-	}
-	f, err := os.Open(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("blob %s (%s): %w", desc.Digest, p, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if fi, err := f.Stat(); err == nil && fi.Size() != desc.Size {
-		f.Close()
-		return nil, fmt.Errorf("blob %s (%s): file is %d bytes, declared %d: %w", desc.Digest, p, fi.Size(), desc.Size, ErrSizeMismatch)
 	}
 	return &sizedReader{r: ctxReader{ctx, f}, f: f, desc: desc, path: p}, nil
 }
