@@ -48,9 +48,8 @@ func Hydrate(ctx context.Context, s *store.Store, name string, dst transport.Sin
 				total += l.Standard.Size
 			}
 		}
-		p := newProgress(opts.Progress, opts.PlainProgress, total, "hydrate")
-		defer p.finish()
-		h.prog = &syncProgress{p: p}
+		h.prog = newProgress(opts.Progress, opts.PlainProgress, total, "hydrate")
+		defer h.prog.finish()
 	}
 	// Layers first, several at a time when the sink allows it, then per
 	// manifest its config and the manifest itself.
@@ -114,7 +113,7 @@ func (t storeSink) Abort() error                                     { return ni
 type hydrator struct {
 	s    *store.Store
 	dst  transport.Sink
-	prog *syncProgress
+	prog *progress
 }
 
 // manifest writes the config and the manifest of m (its layers are

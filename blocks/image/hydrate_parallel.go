@@ -6,7 +6,6 @@ import (
 	"io"
 	"runtime"
 	"sort"
-	"sync"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -101,58 +100,4 @@ func (h *hydrator) layerJob(ctx context.Context, j layerJob) error {
 		return fmt.Errorf("manifest %s layer %d (%s): %w", j.manifest, j.index, j.layer.Standard.Digest, err)
 	}
 	return nil
-}
-
-// syncProgress is a progress that several layer writers may update at
-// once. A nil *syncProgress is quiet.
-type syncProgress struct {
-	mu sync.Mutex
-	p  *progress
-}
-
-func (s *syncProgress) add(n int64) {
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	s.p.add(n)
-	s.mu.Unlock()
-}
-
-// reader counts what is read from r.
-func (s *syncProgress) reader(r io.Reader) io.Reader {
-	if s == nil {
-		return r
-	}
-	return syncProgressReader{r: r, p: s}
-}
-
-// writer counts what is written to w.
-func (s *syncProgress) writer(w io.Writer) io.Writer {
-	if s == nil {
-		return w
-	}
-	return syncProgressWriter{w: w, p: s}
-}
-
-type syncProgressWriter struct {
-	w io.Writer
-	p *syncProgress
-}
-
-func (w syncProgressWriter) Write(b []byte) (int, error) {
-	n, err := w.w.Write(b)
-	w.p.add(int64(n))
-	return n, err
-}
-
-type syncProgressReader struct {
-	r io.Reader
-	p *syncProgress
-}
-
-func (r syncProgressReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	r.p.add(int64(n))
-	return n, err
 }

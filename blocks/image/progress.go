@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -12,8 +13,10 @@ import (
 	"github.com/blockfile/blockfile/blocks/transport"
 )
 
-// progress reports layer bytes processed. A nil *progress is quiet.
+// progress reports layer bytes processed. A nil *progress is quiet. It is
+// safe for concurrent use (hydrate writes several layers at once).
 type progress struct {
+	mu    sync.Mutex
 	bar   *progressbar.ProgressBar
 	plain io.Writer
 	what  string
@@ -90,6 +93,8 @@ func (p *progress) add(n int64) {
 	if p == nil || n <= 0 {
 		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.done += n
 	if p.bar != nil {
 		_ = p.bar.Add64(n)
@@ -116,6 +121,25 @@ func (p *progress) reader(r io.Reader) io.Reader {
 		return r
 	}
 	return progressReader{r: r, p: p}
+}
+
+// writer counts what is written to w.
+func (p *progress) writer(w io.Writer) io.Writer {
+	if p == nil {
+		return w
+	}
+	return progressWriter{w: w, p: p}
+}
+
+type progressWriter struct {
+	w io.Writer
+	p *progress
+}
+
+func (w progressWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.p.add(int64(n))
+	return n, err
 }
 
 type progressReader struct {
