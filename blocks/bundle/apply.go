@@ -196,26 +196,29 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		return nil, err
 	}
 	buf := make([]byte, 1<<20)
-	// Blobs shipped whole are hashed by pipe while the next bytes are read.
-	pipe := newHashPipe(path)
-	defer pipe.close()
+	// Blobs shipped whole are hashed on a second core while the next bytes
+	// are read.
+	dg := store.NewDigester()
+	defer dg.Close()
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		b, rd, err := r.nextRaw()
 		if err == io.EOF {
-			if err := pipe.close(); err != nil {
-				return nil, err
-			}
 			return h, nil
 		}
 		if err != nil {
 			return nil, err
 		}
 		if b.Patch == nil {
-			if err := pipe.blob(b, rd); err != nil {
+			// The tar reader has checked the entry's size.
+			dg.Reset()
+			if _, err := io.CopyBuffer(dg, rd, buf); err != nil {
 				return nil, err
+			}
+			if got := dg.Digest(); got != b.Digest {
+				return nil, fmt.Errorf("bundle %s: blob %s: content hashes to %s: %w", path, b, got, store.ErrDigestMismatch)
 			}
 			report(b.Size)
 			continue

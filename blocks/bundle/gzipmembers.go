@@ -173,14 +173,14 @@ func unpatchMembers(r io.Reader, b Blob, base []byte) (io.Reader, func(), error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("blob %s: patch base %s: %w", b.Digest, b.Patch.Base.Digest, err)
 	}
-	desc, closeDec, err := unpatch(r, Blob{Digest: b.Digest, Size: maxPatchWindow, Patch: b.Patch}, memberDict(spans))
+	dec, err := dictDecoder(r, b, memberDict(spans))
 	if err != nil {
 		return nil, nil, err
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		err := rebuildMembers(pw, bufio.NewReader(desc), spans, base, b.Size)
-		closeDec()
+		err := rebuildMembers(pw, bufio.NewReader(dec), spans, base, b.Size)
+		dec.Close()
 		pw.CloseWithError(err)
 	}()
 	stop := func() { pr.CloseWithError(errors.New("stopped")) }

@@ -139,17 +139,27 @@ func openPatched(ctx context.Context, s *store.Store, b Blob, r io.Reader) (io.R
 // downstream sees a blob that is too long); callers verify digest and size.
 // close releases the decoder.
 func unpatch(r io.Reader, b Blob, base []byte) (rd io.Reader, close func(), err error) {
+	dec, err := dictDecoder(r, b, base)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &patchErr{r: io.LimitReader(dec, b.Size+1), b: b}, dec.Close, nil
+}
+
+// dictDecoder decodes the zstd patch of b read from r with dict as raw
+// content dictionary, within the patch limits.
+func dictDecoder(r io.Reader, b Blob, dict []byte) (*zstd.Decoder, error) {
 	dec, err := zstd.NewReader(r,
-		zstd.WithDecoderDictRaw(0, base),
+		zstd.WithDecoderDictRaw(0, dict),
 		zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderMaxWindow(maxPatchWindow),
 		zstd.WithDecoderMaxMemory(maxPatchWindow),
 		zstd.IgnoreChecksum(false),
 	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("blob %s: patch: %w", b.Digest, err)
+		return nil, fmt.Errorf("blob %s: patch: %w", b.Digest, err)
 	}
-	return &patchErr{r: io.LimitReader(dec, b.Size+1), b: b}, dec.Close, nil
+	return dec, nil
 }
 
 // patchErr names the blob in decoding errors.

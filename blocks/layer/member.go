@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-
-	"github.com/blockfile/blockfile/blocks/internal/deflate"
 )
 
 // MemberForm is one of the ways Split deflates a gzip member (docs/FORMAT.md
@@ -56,18 +54,16 @@ func GzipMember(w io.Writer, raw []byte, f MemberForm) error {
 		return err
 	}
 	var dict []byte
+	// Each piece is deflated by the code Split's deflaters run (chunkTask),
+	// here one after the other.
 	piece := func(data []byte, last bool) error {
-		fw, err := deflate.NewWriterDict(w, gzipLevel, dict)
-		if err != nil {
-			return err
+		t := &chunkTask{dict: dict, data: data, last: last, done: make(chan struct{})}
+		t.run(nil)
+		if t.err != nil {
+			return t.err
 		}
-		if _, err := fw.Write(data); err != nil {
-			return err
-		}
-		if last {
-			return fw.Close()
-		}
-		return fw.Flush()
+		_, err := w.Write(t.out.Bytes())
+		return err
 	}
 	rest := raw
 	for {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,8 +24,7 @@ type BlobWriter struct {
 	s    *Store
 	f    *os.File
 	alg  digest.Algorithm
-	h    hash.Hash
-	ah   *asyncHash // hashing on another goroutine, once the blob is large
+	h    *Digester // hashes on another goroutine once the blob is large
 	n    int64
 	done bool
 }
@@ -41,7 +39,7 @@ func (s *Store) newWriter(alg digest.Algorithm) (*BlobWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store %s: new blob: %w", s.root, err)
 	}
-	return &BlobWriter{s: s, f: f, alg: alg, h: alg.Hash()}, nil
+	return &BlobWriter{s: s, f: f, alg: alg, h: newDigester(alg.Hash())}, nil
 }
 
 // Write appends p to the blob.
@@ -50,14 +48,7 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("write %s: blob writer is closed", w.f.Name())
 	}
 	n, err := w.f.Write(p)
-	if w.ah == nil && n >= asyncMin {
-		w.ah = newAsyncHash(w.h)
-	}
-	if w.ah != nil {
-		w.ah.write(p[:n])
-	} else {
-		w.h.Write(p[:n])
-	}
+	w.h.Write(p[:n])
 	w.n += int64(n)
 	if err != nil {
 		return n, fmt.Errorf("write %s: %w", w.f.Name(), err)
@@ -70,17 +61,8 @@ func (w *BlobWriter) Size() int64 { return w.n }
 
 // Digest is the digest of the bytes written so far.
 func (w *BlobWriter) Digest() digest.Digest {
-	w.syncHash()
-	return digest.NewDigest(w.alg, w.h)
-}
-
-// syncHash waits for the asynchronous hashing, if any, to catch up; later
-// writes hash inline.
-func (w *BlobWriter) syncHash() {
-	if w.ah != nil {
-		w.ah.wait()
-		w.ah = nil
-	}
+	w.h.sync()
+	return digest.NewDigest(w.alg, w.h.h)
 }
 
 // Commit syncs the blob, makes it read-only and renames it into blobs/. If the
@@ -136,7 +118,7 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 
 // Close discards the blob unless it was committed. It is safe to call twice.
 func (w *BlobWriter) Close() error {
-	w.syncHash()
+	w.h.Close()
 	if w.done {
 		return nil
 	}

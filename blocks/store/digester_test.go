@@ -11,11 +11,11 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// TestBlobWriterAsyncHash: a large blob written in uneven pieces (small
+// TestBlobWriterDigestsOnAnotherGoroutine: a large blob written in uneven pieces (small
 // ones hashed inline, then large ones on the hashing goroutine, then small
 // ones again) gets exactly the sha256 of its bytes, and a wrong digest is
 // refused, as with inline hashing.
-func TestBlobWriterAsyncHash(t *testing.T) {
+func TestBlobWriterDigestsOnAnotherGoroutine(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	data := make([]byte, 7<<20+13)
@@ -23,7 +23,7 @@ func TestBlobWriterAsyncHash(t *testing.T) {
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
-	pieces := []int{100, 4096, asyncMin - 1, asyncMin, 3 << 20, 7, 1 << 20}
+	pieces := []int{100, 4096, digestAsyncMin - 1, digestAsyncMin, 3 << 20, 7, 1 << 20}
 	w, err := s.NewWriter(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -72,5 +72,28 @@ func TestBlobWriterAsyncHash(t *testing.T) {
 	w3.Write(data[:2<<20])
 	if err := w3.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDigesterReset: one Digester reused for several blobs (as a bundle's
+// check pass does), small and large, gives each its own sha256.
+func TestDigesterReset(t *testing.T) {
+	d := NewDigester()
+	defer d.Close()
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{0, 10, digestAsyncMin, 3<<20 + 1, 100} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(r.Uint32())
+		}
+		d.Reset()
+		for rest := data; len(rest) > 0; {
+			k := min(len(rest), 1<<20)
+			d.Write(rest[:k])
+			rest = rest[k:]
+		}
+		if got, want := d.Digest(), digest.FromBytes(data); got != want {
+			t.Errorf("%d bytes: %s, want %s", n, got, want)
+		}
 	}
 }
