@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // ApplyOptions say where apply writes the images besides the store.
@@ -37,6 +38,10 @@ type ApplyOptions struct {
 	// each output.
 	HydrateProgress io.Writer
 	PlainProgress   bool
+
+	// Registry says how docker:// outputs are reached (credentials, TLS,
+	// hosts.toml); the zero value is the default.
+	Registry transport.Registry
 }
 
 // ApplyResult says what apply did.

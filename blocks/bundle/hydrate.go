@@ -26,7 +26,7 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 	var outs []string
 	for _, o := range opts.Outputs {
 		out := OutputFor(o, im.Name)
-		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name))
+		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name), transport.WithRegistry(opts.Registry))
 		if err != nil {
 			return outs, fmt.Errorf("image %s: output %s: %w", im.Name, out, err)
 		}

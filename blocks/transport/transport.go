@@ -42,22 +42,36 @@ type Sink interface {
 	Abort() error
 }
 
-// SinkOption configures ParseSink.
-type SinkOption func(*sinkConfig)
+// Option configures ParseSource and ParseSink.
+type Option func(*config)
 
-type sinkConfig struct {
+// SinkOption configures ParseSink; every Option is one.
+type SinkOption = Option
+
+type config struct {
 	defaultName string
+	registry    Registry
+}
+
+// WithRegistry sets how docker:// references are reached (credentials,
+// TLS, plain HTTP, hosts.toml); the zero Registry is the default.
+func WithRegistry(r Registry) Option {
+	return func(c *config) { c.registry = r }
 }
 
 // WithDefaultName names the image at a file destination (oci:, oci-archive:)
 // whose reference has no REF part, so that `ctr images import` and
 // `docker load` give the loaded image that name.
 func WithDefaultName(name string) SinkOption {
-	return func(c *sinkConfig) { c.defaultName = name }
+	return func(c *config) { c.defaultName = name }
 }
 
 // ParseSource opens oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF.
-func ParseSource(ctx context.Context, ref string) (Source, error) {
+func ParseSource(ctx context.Context, ref string, opts ...Option) (Source, error) {
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
 	kind, rest, err := splitTransport(ref)
 	if err != nil {
 		return nil, err
@@ -70,14 +84,14 @@ func ParseSource(ctx context.Context, ref string) (Source, error) {
 		file, name := splitPathRef(rest)
 		return openArchiveSource(ctx, file, name)
 	default:
-		return openRemoteSource(ctx, rest)
+		return openRemoteSource(ctx, cfg.registry, rest)
 	}
 }
 
 // ParseSink opens oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF for
 // writing.
 func ParseSink(ctx context.Context, ref string, opts ...SinkOption) (Sink, error) {
-	var cfg sinkConfig
+	var cfg config
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -99,7 +113,7 @@ func ParseSink(ctx context.Context, ref string, opts ...SinkOption) (Sink, error
 		}
 		return newArchiveSink(file, name)
 	default:
-		return newRemoteSink(ctx, rest)
+		return newRemoteSink(ctx, cfg.registry, rest)
 	}
 }
 

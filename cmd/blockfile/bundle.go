@@ -163,6 +163,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		Args: exactArgs(1),
 	}
 	openStore := storeFlag(cmd)
+	reg := registryFlags(cmd)
 	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write each image (repeatable)")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
@@ -179,6 +180,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		prog, done := progressFunc(pw, plain)
 		res, err := bundle.Apply(cmd.Context(), s, args[0], bundle.ApplyOptions{
 			Outputs: outputs, Progress: prog, HydrateProgress: pw, PlainProgress: plain, NoMaterialize: !materialize,
+			Registry: *reg,
 		})
 		done()
 		if err != nil {

@@ -38,6 +38,7 @@ file of at least --min-block-size bytes.`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
+	reg := registryFlags(cmd)
 	cmd.Flags().StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks (e.g. 64KiB, 1MiB, 4096)")
 	cmd.Flags().StringVar(&compression, "compression", "gzip", "layer compression: gzip or zstd")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
@@ -62,7 +63,7 @@ file of at least --min-block-size bytes.`,
 		// On Ctrl-C, cancel so the destination is aborted and temp files removed.
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		src, err := transport.ParseSource(ctx, args[0])
+		src, err := transport.ParseSource(ctx, args[0], transport.WithRegistry(*reg))
 		if err != nil {
 			return err
 		}

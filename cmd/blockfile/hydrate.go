@@ -29,6 +29,7 @@ manifest digest of the standard image. On any error DEST is left absent.`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
+	reg := registryFlags(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -43,7 +44,7 @@ manifest digest of the standard image. On any error DEST is left absent.`,
 		// On Ctrl-C, cancel so the destination is aborted and temp files removed.
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		dst, err := transport.ParseSink(ctx, args[1], transport.WithDefaultName(args[0]))
+		dst, err := transport.ParseSink(ctx, args[1], transport.WithDefaultName(args[0]), transport.WithRegistry(*reg))
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // Exit codes that scripts can rely on.
@@ -48,7 +50,14 @@ func main() {
 	if err == nil {
 		os.Exit(exitOK)
 	}
-	fmt.Fprintln(os.Stderr, "blockfile:", err)
+	// A registry refusing access is said once, with what to do, not as
+	// the HTTP exchange that led to it.
+	var ae *transport.AuthError
+	if errors.As(err, &ae) {
+		fmt.Fprintln(os.Stderr, "blockfile:", ae)
+	} else {
+		fmt.Fprintln(os.Stderr, "blockfile:", err)
+	}
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		os.Exit(exitUsage)
