@@ -47,20 +47,22 @@ const DefaultHostsDir = "/etc/containerd/certs.d"
 type Endpoint struct {
 	Host    string         // host[:port] connected to
 	Mirror  bool           // a mirror from hosts.toml, not the registry named in the reference
+	Resolve bool           // may resolve tags (hosts.toml capability "resolve"); else digests only
 	Ref     name.Reference // the reference, rewritten to Host
 	Options []remote.Option
 }
 
 // Remote parses ref (host[:port]/repo[:tag|@digest], a "docker://" prefix
 // accepted) and returns it with the go-containerregistry options that carry
-// r's credentials and transport. It is the registry's own endpoint (the
-// hosts.toml "server"), the one to push to; PullEndpoints adds mirrors.
+// r's credentials and transport. It is the first host of hosts.toml that
+// may push (the registry itself unless configured otherwise); PullEndpoints
+// gives the mirrors too.
 func (r Registry) Remote(ctx context.Context, ref string) (name.Reference, []remote.Option, error) {
 	eps, err := r.endpoints(ctx, ref, false)
 	if err != nil {
 		return nil, nil, err
 	}
-	e := eps[len(eps)-1]
+	e := eps[0]
 	return e.Ref, e.Options, nil
 }
 
@@ -82,17 +84,25 @@ func (r Registry) endpoints(ctx context.Context, ref string, pull bool) ([]Endpo
 	if err != nil {
 		return nil, fmt.Errorf("docker://%s: %w", ref, err)
 	}
+	// containerd's order: the [host] entries of hosts.toml, then server;
+	// each operation uses the hosts whose capabilities allow it, in order.
+	want := docker.HostCapabilityPush
+	if pull {
+		want = docker.HostCapabilityPull
+	}
 	var out []Endpoint
-	for i, h := range hosts {
-		server := i == len(hosts)-1
-		if !server && (!pull || !h.Capabilities.Has(docker.HostCapabilityPull)) {
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		if !h.Capabilities.Has(want) || seen[h.Scheme+"://"+h.Host] {
 			continue
 		}
+		seen[h.Scheme+"://"+h.Host] = true
 		if h.Path != "/v2" {
 			return nil, fmt.Errorf("docker://%s: %s: host %s://%s%s: only the standard /v2 path is supported", ref, r.hostsFile(reqHost), h.Scheme, h.Host, h.Path)
 		}
 		host := h.Host
-		if server && (host == reqHost || (reqHost == name.DefaultRegistry && host == "registry-1.docker.io")) {
+		own := host == reqHost || (reqHost == name.DefaultRegistry && host == "registry-1.docker.io")
+		if own {
 			host = reqHost // let go-containerregistry map docker.io itself
 		}
 		plain := r.PlainHTTP || h.Scheme == "http" || isLoopbackHost(host)
@@ -113,9 +123,10 @@ func (r Registry) endpoints(ctx context.Context, ref string, pull bool) ([]Endpo
 		}
 		tr := r.roundTripper(h, plain)
 		out = append(out, Endpoint{
-			Host:   host,
-			Mirror: !server,
-			Ref:    nr,
+			Host:    host,
+			Mirror:  !own,
+			Resolve: h.Capabilities.Has(docker.HostCapabilityResolve),
+			Ref:     nr,
 			Options: []remote.Option{
 				remote.WithContext(ctx),
 				remote.WithAuthFromKeychain(r.keychain()),
@@ -123,6 +134,9 @@ func (r Registry) endpoints(ctx context.Context, ref string, pull bool) ([]Endpo
 				remote.WithTransport(tr),
 			},
 		})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("docker://%s: %s: no host may %s", ref, r.hostsFile(reqHost), map[bool]string{true: "pull", false: "push"}[pull])
 	}
 	return out, nil
 }
@@ -252,7 +266,17 @@ func (r Registry) authFile() (string, bool) {
 	if f := os.Getenv("REGISTRY_AUTH_FILE"); f != "" {
 		return f, true
 	}
-	return filepath.Join(dockerconfig.Dir(), dockerconfig.ConfigFileName), false
+	// $DOCKER_CONFIG is read here, not through the docker/cli package,
+	// which caches it for the life of the process.
+	dir := os.Getenv("DOCKER_CONFIG")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = "/"
+		}
+		dir = filepath.Join(home, ".docker")
+	}
+	return filepath.Join(dir, dockerconfig.ConfigFileName), false
 }
 
 func (r Registry) keychain() authn.Keychain { return fileKeychain{r} }

@@ -61,36 +61,49 @@ func openRemoteSource(ctx context.Context, reg Registry, ref string) (*remoteSou
 	return &remoteSource{reg: reg, ref: r, eps: eps}, nil
 }
 
-// try runs f against each endpoint, the current one first, until one
-// succeeds; it returns the first error (the most preferred host's) when all
-// fail, explained if it is an authentication failure.
+// try runs f against each endpoint, the one that last succeeded first,
+// until one succeeds. When all fail it returns the registry's own error
+// (explained if it is an authentication failure), the mirrors' being
+// secondary.
 func (s *remoteSource) try(f func(e Endpoint) error) error {
 	s.mu.Lock()
 	cur := s.cur
 	s.mu.Unlock()
-	var first error
+	var errs []error
+	var server error
 	for i := range s.eps {
 		j := (cur + i) % len(s.eps)
-		err := f(s.eps[j])
+		e := s.eps[j]
+		err := f(e)
 		if err == nil {
 			s.mu.Lock()
 			s.cur = j
 			s.mu.Unlock()
 			return nil
 		}
-		if s.eps[j].Mirror {
-			err = fmt.Errorf("mirror %s: %w", s.eps[j].Host, err)
-		}
-		if first == nil {
-			first = s.reg.Explain(s.eps[j].Ref, err)
+		err = s.reg.Explain(e.Ref, err)
+		if e.Mirror {
+			errs = append(errs, fmt.Errorf("mirror %s: %w", e.Host, err))
+		} else {
+			server = err
 		}
 	}
-	return first
+	if server == nil {
+		return errors.Join(errs...)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w (mirrors failed too: %v)", server, errors.Join(errs...))
+	}
+	return server
 }
 
 func (s *remoteSource) Resolve(ctx context.Context) (ocispec.Descriptor, error) {
 	var d *v1.Descriptor
+	_, byDigest := s.ref.(name.Digest)
 	err := s.try(func(e Endpoint) error {
+		if !e.Resolve && !byDigest {
+			return fmt.Errorf("host %s may not resolve tags (hosts.toml capabilities)", e.Host)
+		}
 		var err error
 		d, err = remote.Head(e.Ref, append(e.Options, remote.WithContext(ctx))...)
 		return err
