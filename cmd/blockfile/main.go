@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/blockfile/blockfile/blocks"
 )
 
 // Exit codes that scripts can rely on.
@@ -48,7 +50,8 @@ func main() {
 	if err == nil {
 		os.Exit(exitOK)
 	}
-	fmt.Fprintln(os.Stderr, "blockfile:", err)
+	// Errors name images, paths and tags from outside: no raw escapes.
+	fmt.Fprintln(os.Stderr, "blockfile:", blocks.Sanitize(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		os.Exit(exitUsage)
