@@ -256,7 +256,7 @@ func copyStore(t testing.TB, src string) string {
 // openStoreT opens a store directory in-process.
 func openStoreT(t testing.TB, dir string) *store.Store {
 	t.Helper()
-	s, err := store.Open(dir)
+	s, err := store.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -202,7 +202,11 @@ func TestBundleUpgrade(t *testing.T) {
 
 	// containerd imports the written v2 archive and runs it.
 	_, ctr := env.Containerd(t)
-	archive := strings.TrimPrefix(bundle.OutputFor("oci-archive:"+filepath.Join(dir, "out-{name}.tar"), b.v2.Name), "oci-archive:")
+	archiveOut, err := bundle.OutputFor("oci-archive:"+filepath.Join(dir, "out-{name}.tar"), b.v2.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := strings.TrimPrefix(archiveOut, "oci-archive:")
 	cmdOut(t, ctr("images", "import", archive))
 	t.Cleanup(func() { _ = ctr("images", "rm", b.v2.Name).Run() })
 	out := cmdOut(t, ctr("run", "--rm", b.v2.Name, "bundle-upgrade-run", "sha256sum", "/app/libs/netty.jar", "/app/app.jar"))
@@ -246,7 +250,7 @@ func TestBundleMissingBase(t *testing.T) {
 
 	// A fresh store lacks all of v1.
 	empty := filepath.Join(dir, "empty")
-	bfMust(t, bin, "inventory", "--store", empty, "-o", filepath.Join(dir, "inv")) // creates the store
+	openStoreT(t, empty) // creates the store (read verbs such as inventory do not)
 	before := storeListing(t, empty)
 	r := bfRun(t, bin, "bundle", "apply", "--store", empty, "--progress", "none", up)
 	if r.code != 1 || !strings.Contains(r.stderr, "lacks") {

@@ -151,6 +151,15 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 			}
 		}
 	}
+	// Every output is expanded for every image now, so a name that would
+	// leave the output directory fails before anything is written.
+	for _, im := range h.Images {
+		for _, o := range opts.Outputs {
+			if _, err := OutputFor(o, im.Name); err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", path, err)
+			}
+		}
+	}
 	meta := memFetcher{blobs: map[digest.Digest][]byte{}, next: s}
 	var done int64
 	shipped := h.Shipped()

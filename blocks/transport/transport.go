@@ -12,6 +12,7 @@ import (
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -195,7 +196,8 @@ func selectRoot(idx ocispec.Index, ref, where string) (ocispec.Descriptor, error
 	var names []string
 	for _, m := range idx.Manifests {
 		if n := m.Annotations[ocispec.AnnotationRefName]; n != "" {
-			names = append(names, n)
+			// Names read from a file are printed quoted if need be.
+			names = append(names, blocks.Quote(n))
 		}
 	}
 	sort.Strings(names)
@@ -224,14 +226,14 @@ func selectRoot(idx ocispec.Index, ref, where string) (ocispec.Descriptor, error
 	}
 	switch len(found) {
 	case 0:
-		return ocispec.Descriptor{}, fmt.Errorf("%s: no image named %q (names: %s)", where, ref, strings.Join(names, ", "))
+		return ocispec.Descriptor{}, fmt.Errorf("%s: no image named %s (names: %s)", where, blocks.Quote(ref), strings.Join(names, ", "))
 	case 1:
 		return rootDescriptor(found[0], where)
 	default:
 		if allSame(found) {
 			return rootDescriptor(found[0], where)
 		}
-		return ocispec.Descriptor{}, fmt.Errorf("%s: %d different images are named %q", where, len(found), ref)
+		return ocispec.Descriptor{}, fmt.Errorf("%s: %d different images are named %s", where, len(found), blocks.Quote(ref))
 	}
 }
 

@@ -44,7 +44,7 @@ The Dockerfile may start with a "# syntax=" line naming the frontend image; it i
 ignored here, since the frontend runs in-process.`,
 		Args: exactArgs(1),
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "buildkitd address (default $BUILDKIT_HOST, else "+defaultBuildkitAddr+")")
 	f.StringVarP(&file, "file", "f", "", "the Dockerfile (default CONTEXT/Dockerfile)")

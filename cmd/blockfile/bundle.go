@@ -11,6 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/bundle"
 )
 
@@ -104,7 +105,7 @@ where that is smaller (--no-patches: always whole).`,
 			return err
 		}
 		w := cmd.OutOrStdout()
-		fmt.Fprintf(w, "wrote %s (%s)\n", out, sizeString(fi.Size()))
+		fmt.Fprintf(w, "wrote %s (%s)\n", blocks.Quote(out), sizeString(fi.Size()))
 		printHeader(w, h)
 		return nil
 	}
@@ -133,7 +134,7 @@ with every blob added and required.`,
 		}
 		w := cmd.OutOrStdout()
 		if fi, err := os.Stat(args[0]); err == nil {
-			fmt.Fprintf(w, "bundle %s (%s), format version %d\n", args[0], sizeString(fi.Size()), h.Version)
+			fmt.Fprintf(w, "bundle %s (%s), format version %d\n", blocks.Quote(args[0]), sizeString(fi.Size()), h.Version)
 		}
 		printHeader(w, h)
 		return nil
@@ -162,7 +163,7 @@ replaced by the image name; with several images in the bundle every output
 must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		Args: exactArgs(1),
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	reg := registryFlags(cmd)
 	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write each image (repeatable)")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
@@ -191,11 +192,11 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		}
 		w := cmd.OutOrStdout()
 		fmt.Fprintf(w, "applied %s in %s: %d blobs ingested (%s), %d already present, %d prerequisites found\n",
-			args[0], res.Duration.Round(time.Millisecond), res.Ingested.Blobs, sizeString(res.Ingested.Bytes), res.Present.Blobs, res.Required.Blobs)
+			blocks.Quote(args[0]), res.Duration.Round(time.Millisecond), res.Ingested.Blobs, sizeString(res.Ingested.Bytes), res.Present.Blobs, res.Required.Blobs)
 		for _, im := range res.Images {
 			fmt.Fprintf(w, "  %s  %s\n", im.Name, im.Standard.Digest)
 			for _, o := range im.Outputs {
-				fmt.Fprintf(w, "    -> %s\n", o)
+				fmt.Fprintf(w, "    -> %s\n", blocks.Quote(o))
 			}
 		}
 		return nil
@@ -207,7 +208,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 func printHeader(w io.Writer, h *bundle.Header) {
 	fmt.Fprintf(w, "images (%d):\n", len(h.Images))
 	for _, im := range h.Images {
-		fmt.Fprintf(w, "  %s  %s  %s\n", im.Name, im.Standard.Digest, strings.Join(im.Platforms, ","))
+		fmt.Fprintf(w, "  %s  %s  %s\n", blocks.Quote(im.Name), im.Standard.Digest, blocks.Sanitize(strings.Join(im.Platforms, ",")))
 	}
 	fmt.Fprintf(w, "adds %d blobs, %s:\n", h.Adds.Blobs, sizeString(h.Adds.Bytes))
 	for _, k := range []struct {

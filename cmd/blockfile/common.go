@@ -19,15 +19,27 @@ func isCobraUsage(err error) bool {
 		strings.HasPrefix(s, "unknown shorthand flag")
 }
 
-// storeFlag adds --store to cmd and returns a function that opens it.
+// storeFlag adds --store to cmd and returns a function that opens it. The
+// store must exist: a verb that only reads or changes a store fails with "no
+// store at DIR" instead of creating an empty one where a --store was mistyped.
 func storeFlag(cmd *cobra.Command) func() (*store.Store, error) {
+	return addStoreFlag(cmd, store.Open)
+}
+
+// createStoreFlag is storeFlag for the verbs that add images or blocks
+// (export, build, block add, bundle apply): the store is created if missing.
+func createStoreFlag(cmd *cobra.Command) func() (*store.Store, error) {
+	return addStoreFlag(cmd, store.Create)
+}
+
+func addStoreFlag(cmd *cobra.Command, open func(string) (*store.Store, error)) func() (*store.Store, error) {
 	var dir string
 	cmd.Flags().StringVar(&dir, "store", "", "store directory (default $BLOCKFILE_STORE, else a per-user data directory)")
 	return func() (*store.Store, error) {
 		if dir == "" {
 			dir = store.DefaultRoot()
 		}
-		return store.Open(dir)
+		return open(dir)
 	}
 }
 

@@ -37,7 +37,7 @@ Block files are the files the frontend recorded as imported and every regular
 file of at least --min-block-size bytes.`,
 		Args: exactArgs(2),
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	reg := registryFlags(cmd)
 	cmd.Flags().StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks (e.g. 64KiB, 1MiB, 4096)")
 	cmd.Flags().StringVar(&compression, "compression", "gzip", "layer compression: gzip or zstd")
@@ -85,7 +85,7 @@ file of at least --min-block-size bytes.`,
 					l.Standard.Digest.Encoded()[:12], sizeString(l.Standard.Size), sizeString(l.Blocked.Size), l.Blocks, sizeString(l.BlockBytes))
 			}
 		}
-		fmt.Fprintf(out, "%s: %d block files (%s), %d new members (%s), %d reused\n", res.Name,
+		fmt.Fprintf(out, "%s: %d block files (%s), %d new members (%s), %d reused\n", blocks.Quote(res.Name),
 			res.Blocks, sizeString(res.BlockBytes), res.NewMembers, sizeString(res.NewMemberBytes), res.ReusedMembers)
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -83,10 +84,10 @@ store is in progress: blobs not yet tagged would be removed.`,
 			fmt.Fprintf(w, "%s block record %s\n", verb, d)
 		}
 		for _, p := range res.TempFiles {
-			fmt.Fprintf(w, "%s stale temp file %s\n", verb, p)
+			fmt.Fprintf(w, "%s stale temp file %s\n", verb, blocks.Quote(p))
 		}
 		for _, p := range res.MemberRecords {
-			fmt.Fprintf(w, "%s member record %s\n", verb, p)
+			fmt.Fprintf(w, "%s member record %s\n", verb, blocks.Quote(p))
 		}
 		freed := "freed"
 		if dryRun {
@@ -102,7 +103,7 @@ func mediaTypeNote(d ocispec.Descriptor) string {
 	if d.MediaType == "" {
 		return ""
 	}
-	return "  (" + d.MediaType + ")"
+	return "  (" + blocks.Quote(d.MediaType) + ")"
 }
 
 func emptyIfNil[T any](s []T) []T {

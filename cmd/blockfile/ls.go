@@ -10,6 +10,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -70,9 +71,9 @@ Blocks added with 'blockfile block add' are listed by 'blockfile block ls'.`,
 				std = string(e.Standard.Digest)
 			}
 			if e.Error != "" {
-				size = "? (" + e.Error + ")"
+				size = "? (" + blocks.Sanitize(e.Error) + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name, e.Kind, std, size)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", blocks.Quote(e.Name), e.Kind, std, size)
 		}
 		return tw.Flush()
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/transport"
 )
 
@@ -51,13 +52,13 @@ func main() {
 		os.Exit(exitOK)
 	}
 	// A registry refusing access is said once, with what to do, not as
-	// the HTTP exchange that led to it.
+	// the HTTP exchange that led to it. Errors name images, paths and tags
+	// from outside: no raw escapes.
 	var ae *transport.AuthError
 	if errors.As(err, &ae) {
-		fmt.Fprintln(os.Stderr, "blockfile:", ae)
-	} else {
-		fmt.Fprintln(os.Stderr, "blockfile:", err)
+		err = ae
 	}
+	fmt.Fprintln(os.Stderr, "blockfile:", blocks.Sanitize(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		os.Exit(exitUsage)
