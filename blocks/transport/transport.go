@@ -15,6 +15,10 @@ import (
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
+// ErrBadReference is returned (wrapped) for an image reference whose
+// transport is unknown or whose location is empty: a usage error.
+var ErrBadReference = errors.New("bad image reference")
+
 // Source reads one image (a manifest or an index and everything below it).
 type Source interface {
 	// Resolve returns the root manifest or index (media type, digest, size).
@@ -112,10 +116,10 @@ func splitTransport(ref string) (kind, rest string, err error) {
 	case strings.HasPrefix(ref, "docker://"):
 		kind, rest = "docker", strings.TrimPrefix(ref, "docker://")
 	default:
-		return "", "", fmt.Errorf("image reference %q: want oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF", ref)
+		return "", "", fmt.Errorf("image reference %q: want oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF: %w", ref, ErrBadReference)
 	}
 	if rest == "" {
-		return "", "", fmt.Errorf("image reference %q: empty location", ref)
+		return "", "", fmt.Errorf("image reference %q: empty location: %w", ref, ErrBadReference)
 	}
 	return kind, rest, nil
 }

@@ -76,8 +76,12 @@ not run), 2 on a usage error.`,
 			}{verr == nil, s.Root(), blobs, size, problems, hydratable}); err != nil {
 				return err
 			}
+			if verr != nil {
+				return reportedError{verr, exitFailed} // the problems are in the JSON above
+			}
+			return nil
 		} else if verr == nil {
-			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, humanBytes(size), s.Root())
+			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, sizeString(size), s.Root())
 			if len(hydratable) > 0 {
 				fmt.Fprintf(w, "; %d standard layer(s) absent but hydratable", len(hydratable))
 			}
