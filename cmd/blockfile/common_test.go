@@ -116,7 +116,7 @@ func TestJSONErrors(t *testing.T) {
 		args []string
 		code int
 	}{
-		{[]string{"export", "--json", "--store", dir, "ftp://x/y", "n"}, exitUsage},     // unknown transport
+		{[]string{"export", "--json", "--store", dir, "ftp://x/y", "n"}, exitUsage},       // unknown transport
 		{[]string{"hydrate", "--json", "--store", dir, "nosuch", "-o", "foo"}, exitUsage}, // unknown transport
 		{[]string{"ls", "--json", "--store", dir, "--nosuchflag"}, exitUsage},
 		{[]string{"hydrate", "--json", "--store", dir, "nosuch", "oci:" + dir + "/out"}, exitFailed},
