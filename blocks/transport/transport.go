@@ -60,7 +60,8 @@ func WithDefaultName(name string) SinkOption {
 	return func(c *sinkConfig) { c.defaultName = name }
 }
 
-// ParseSource opens oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF.
+// ParseSource opens oci:DIR[:REF], oci-archive:FILE[:REF],
+// docker-archive:FILE[:REF|:@N] (docker save output) or docker://REF.
 func ParseSource(ctx context.Context, ref string) (Source, error) {
 	kind, rest, err := splitTransport(ref)
 	if err != nil {
@@ -73,6 +74,9 @@ func ParseSource(ctx context.Context, ref string) (Source, error) {
 	case "oci-archive":
 		file, name := splitPathRef(rest)
 		return openArchiveSource(ctx, file, name)
+	case "docker-archive":
+		file, name := splitPathRef(rest)
+		return openDockerArchiveSource(ctx, file, name)
 	default:
 		return openRemoteSource(ctx, rest)
 	}
@@ -90,6 +94,8 @@ func ParseSink(ctx context.Context, ref string, opts ...SinkOption) (Sink, error
 		return nil, err
 	}
 	switch kind {
+	case "docker-archive":
+		return nil, fmt.Errorf("image reference %q: docker-archive: is a source only; write oci-archive:FILE (docker load reads it): %w", ref, ErrBadReference)
 	case "oci":
 		dir, name := splitPathRef(rest)
 		if name == "" {
@@ -113,10 +119,12 @@ func splitTransport(ref string) (kind, rest string, err error) {
 		kind, rest = "oci", strings.TrimPrefix(ref, "oci:")
 	case strings.HasPrefix(ref, "oci-archive:"):
 		kind, rest = "oci-archive", strings.TrimPrefix(ref, "oci-archive:")
+	case strings.HasPrefix(ref, "docker-archive:"):
+		kind, rest = "docker-archive", strings.TrimPrefix(ref, "docker-archive:")
 	case strings.HasPrefix(ref, "docker://"):
 		kind, rest = "docker", strings.TrimPrefix(ref, "docker://")
 	default:
-		return "", "", fmt.Errorf("image reference %q: want oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF: %w", ref, ErrBadReference)
+		return "", "", fmt.Errorf("image reference %q: want oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF] (sources) or docker://REF: %w", ref, ErrBadReference)
 	}
 	if rest == "" {
 		return "", "", fmt.Errorf("image reference %q: empty location: %w", ref, ErrBadReference)

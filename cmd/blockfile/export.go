@@ -26,8 +26,8 @@ func newExportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export [flags] SRC NAME",
 		Short: "Store an image as a standard image with block-framed layers plus its blocked form",
-		Long: `Export reads the image SRC (oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF)
-and writes into the store, under NAME, the standard image (the same config and
+		Long: `Export reads the image SRC (oci-archive:FILE[:REF], oci:DIR[:REF], docker://REF, or
+docker-archive:FILE[:REF|:@N], what docker save writes) and writes into the store, under NAME, the standard image (the same config and
 uncompressed layers, with block-framed compression) and its blocked form: layers
 whose block files are replaced by .import. stubs, and the blocks themselves.
 Block files are the files the frontend recorded as imported and every regular
