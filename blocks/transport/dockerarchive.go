@@ -207,7 +207,9 @@ func (d *dockerArchiveSource) layer(p string, diffID digest.Digest) (ocispec.Des
 	return desc, nil
 }
 
-func (d *dockerArchiveSource) Resolve(context.Context) (ocispec.Descriptor, error) { return d.root, nil }
+func (d *dockerArchiveSource) Resolve(context.Context) (ocispec.Descriptor, error) {
+	return d.root, nil
+}
 
 func (d *dockerArchiveSource) Fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
 	var r io.Reader
