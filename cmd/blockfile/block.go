@@ -262,7 +262,7 @@ and dropped by 'blockfile gc --blocks' unless an image uses them.`,
 			if !r.Present {
 				missing = "  MISSING"
 			}
-			fmt.Fprintf(w, "%s  %-4s  %10s%s\n", r.Digest, r.Kind, humanBytes(r.Size), missing)
+			fmt.Fprintf(w, "%s  %-4s  %10s%s\n", r.Digest, r.Kind, sizeString(r.Size), missing)
 		}
 		return nil
 	}
