@@ -47,6 +47,9 @@ type ExportOptions struct {
 	PlainProgress bool
 	// TempDir holds Split's spool files. Empty means the system default.
 	TempDir string
+	// NoReferrers skips copying the referrers (signatures, attestations,
+	// SBOMs) of the source's manifests; see docs/SIGNING.md.
+	NoReferrers bool
 }
 
 // ExportResult describes what Export wrote into the store.
@@ -66,6 +69,23 @@ type ExportResult struct {
 	NewMembers     int   `json:"newMembers"`
 	NewMemberBytes int64 `json:"newMemberBytes"`
 	ReusedMembers  int   `json:"reusedMembers"`
+	// Referrers are the signatures, attestations and SBOMs copied from the
+	// source and recorded for the standard image (store.AddReferrer): those
+	// of every source manifest or index whose digest export kept.
+	Referrers []store.Referrer `json:"referrers,omitempty"`
+	// DroppedReferrers are source manifests that had referrers but whose
+	// digest export changed (it re-framed their layers): a signature of the
+	// source digest does not verify for the standard one, so they are not
+	// kept. Sign the standard digest (docs/SIGNING.md).
+	DroppedReferrers []DroppedReferrers `json:"droppedReferrers,omitempty"`
+}
+
+// DroppedReferrers says that the referrers of a source manifest were not
+// kept because export gave it another digest.
+type DroppedReferrers struct {
+	Source   digest.Digest `json:"source"`
+	Standard digest.Digest `json:"standard"`
+	Count    int           `json:"count"`
 }
 
 // ManifestResult is one exported image manifest (one platform).
@@ -125,6 +145,9 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 
 	var stdEntries, extra []ocispec.Descriptor
 	var standard ocispec.Descriptor
+	// subjects pairs each source manifest or index with what export wrote
+	// for it, for the referrers (renamed ones lose theirs).
+	var subjects [][2]digest.Digest
 	switch {
 	case transport.IsManifest(root.MediaType):
 		pm, err := e.exportManifest(ctx, root)
@@ -132,6 +155,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 			return nil, err
 		}
 		standard = plain(pm.std)
+		subjects = append(subjects, [2]digest.Digest{root.Digest, standard.Digest})
 		stdEntries = []ocispec.Descriptor{pm.std}
 		extra = append(extra, pm.entries...)
 	case transport.IsIndex(root.MediaType):
@@ -150,6 +174,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 				if err := e.copyTree(ctx, entry); err != nil {
 					return nil, err
 				}
+				subjects = append(subjects, [2]digest.Digest{entry.Digest, entry.Digest})
 				stdEntries = append(stdEntries, entry)
 				continue
 			}
@@ -163,6 +188,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 				toOCI = true
 			}
 			renamed[entry.Digest] = std.Digest
+			subjects = append(subjects, [2]digest.Digest{entry.Digest, std.Digest})
 			stdEntries = append(stdEntries, std)
 			extra = append(extra, pm.entries...)
 		}
@@ -189,6 +215,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 		if standard, err = s.PutJSON(ctx, mt, stdIdx); err != nil {
 			return nil, fmt.Errorf("export: store standard index: %w", err)
 		}
+		subjects = append([][2]digest.Digest{{root.Digest, standard.Digest}}, subjects...)
 	default:
 		return nil, fmt.Errorf("export: root %s has media type %q, want an image manifest or index", root.Digest, root.MediaType)
 	}
@@ -209,6 +236,11 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 	}
 	if err := s.Tag(ctx, name, idxDesc); err != nil {
 		return nil, fmt.Errorf("export: tag %s: %w", name, err)
+	}
+	if rs, ok := src.(transport.ReferrerSource); ok && !opts.NoReferrers {
+		if err := e.copyReferrers(ctx, rs, subjects); err != nil {
+			return nil, err
+		}
 	}
 	e.res.Standard, e.res.Index = standard, idxDesc
 	e.res.NewMembers, e.res.NewMemberBytes = e.members.newMembers, e.members.newBytes
@@ -665,4 +697,60 @@ func cloneMap(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// maxReferrerDepth bounds referrers of referrers (a signature of an SBOM of
+// an image is depth 2).
+const maxReferrerDepth = 3
+
+// copyReferrers copies into the store, and records, the referrers of each
+// source manifest or index that export kept under the same digest (and
+// their referrers in turn). A signature covers a digest: those of a
+// manifest export re-framed are reported in DroppedReferrers instead.
+func (e *exporter) copyReferrers(ctx context.Context, src transport.ReferrerSource, subjects [][2]digest.Digest) error {
+	type item struct {
+		subject digest.Digest
+		depth   int
+	}
+	var queue []item
+	seen := map[digest.Digest]bool{}
+	for _, p := range subjects {
+		if seen[p[0]] {
+			continue
+		}
+		seen[p[0]] = true
+		if p[0] == p[1] {
+			queue = append(queue, item{p[0], 1})
+			continue
+		}
+		refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: p[0]})
+		if err != nil {
+			return fmt.Errorf("export: %w (--no-referrers skips them)", err)
+		}
+		if len(refs) > 0 {
+			e.res.DroppedReferrers = append(e.res.DroppedReferrers, DroppedReferrers{Source: p[0], Standard: p[1], Count: len(refs)})
+		}
+	}
+	for len(queue) > 0 {
+		it := queue[0]
+		queue = queue[1:]
+		refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: it.subject})
+		if err != nil {
+			return fmt.Errorf("export: %w (--no-referrers skips them)", err)
+		}
+		for _, r := range refs {
+			if err := e.copyTree(ctx, plain(r)); err != nil {
+				return fmt.Errorf("export: referrer %s of %s: %w", r.Digest, it.subject, err)
+			}
+			if err := e.s.AddReferrer(ctx, it.subject, r); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			e.res.Referrers = append(e.res.Referrers, store.Referrer{Subject: it.subject, Descriptor: r})
+			if !seen[r.Digest] && it.depth < maxReferrerDepth {
+				seen[r.Digest] = true
+				queue = append(queue, item{r.Digest, it.depth + 1})
+			}
+		}
+	}
+	return nil
 }

@@ -97,21 +97,24 @@ func (s *Store) AddReferrer(ctx context.Context, subject digest.Digest, ref ocis
 	} else if !ok {
 		return fmt.Errorf("referrer %s: subject %s (%s): %w", ref.Digest, subject, s.BlobPath(subject), ErrNotFound)
 	}
-	kids, err := s.Reachable(ctx, rec)
-	if err != nil {
-		return fmt.Errorf("referrer %s of %s: %w", ref.Digest, subject, err)
-	}
-	for d, k := range kids {
-		if k.Data != nil && digest.FromBytes(k.Data) == d {
-			continue
+	// Everything the referrer names must be here, except its subject
+	// (already checked), which the walk does not enter: a standard image
+	// may hold only its blocked form (hydratable layers).
+	err = s.walkGraph(ctx, []ocispec.Descriptor{rec}, func(d ocispec.Descriptor, _ *ocispec.Descriptor) (bool, error) {
+		if d.Digest == subject || (d.Data != nil && digest.FromBytes(d.Data) == d.Digest) {
+			return false, nil
 		}
-		ok, err := s.Exists(ctx, d)
+		ok, err := s.Exists(ctx, d.Digest)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if !ok {
-			return fmt.Errorf("referrer %s of %s: blob %s (%s): %w", ref.Digest, subject, d, s.BlobPath(d), ErrNotFound)
+			return false, fmt.Errorf("referrer %s of %s: blob %s (%s): %w", ref.Digest, subject, d.Digest, s.BlobPath(d.Digest), ErrNotFound)
 		}
+		return true, nil
+	}, nil)
+	if err != nil {
+		return err
 	}
 	existing, err := s.Referrers(ctx, subject)
 	if err != nil {
@@ -286,12 +289,16 @@ func (s *Store) keepReferrers(ctx context.Context, live map[digest.Digest]ocispe
 			if err != nil {
 				return nil, err
 			}
-			more, err := s.Reachable(ctx, refs...)
+			// Stop at what is live already (the subject, shared blobs).
+			err = s.walkGraph(ctx, refs, func(d ocispec.Descriptor, _ *ocispec.Descriptor) (bool, error) {
+				if _, ok := live[d.Digest]; ok {
+					return false, nil
+				}
+				live[d.Digest] = d
+				return true, nil
+			}, nil)
 			if err != nil {
 				return nil, fmt.Errorf("referrers of %s: %w", subj, err)
-			}
-			for d, desc := range more {
-				live[d] = desc
 			}
 		}
 	}
