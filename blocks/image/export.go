@@ -69,6 +69,10 @@ type ExportResult struct {
 	NewMembers     int   `json:"newMembers"`
 	NewMemberBytes int64 `json:"newMemberBytes"`
 	ReusedMembers  int   `json:"reusedMembers"`
+	// Attestations are BuildKit's attestation manifests of the source index
+	// (provenance, SBOMs), kept in the standard index and re-pointed to the
+	// standard manifests.
+	Attestations []AttestationResult `json:"attestations,omitempty"`
 	// Referrers are the signatures, attestations and SBOMs copied from the
 	// source and recorded for the standard image (store.AddReferrer): those
 	// of every source manifest or index whose digest export kept.
@@ -164,6 +168,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 			return nil, err
 		}
 		renamed := map[digest.Digest]digest.Digest{}
+		renamedDesc := map[digest.Digest]ocispec.Descriptor{}
 		toOCI := false
 		for _, entry := range idx.Manifests {
 			image, err := e.isImageManifest(ctx, entry)
@@ -188,19 +193,40 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 				toOCI = true
 			}
 			renamed[entry.Digest] = std.Digest
+			renamedDesc[entry.Digest] = plain(std)
 			subjects = append(subjects, [2]digest.Digest{entry.Digest, std.Digest})
 			stdEntries = append(stdEntries, std)
 			extra = append(extra, pm.entries...)
 		}
 		// BuildKit attestations name the image they describe in an index
-		// annotation; point it at the standard manifest (the attestation
-		// manifest itself is kept as it was).
+		// annotation, in their in-toto subjects and (oci-artifact) in a
+		// subject field; point all of them at the standard manifest (see
+		// attest.go).
 		for i, entry := range stdEntries {
-			if ref := entry.Annotations[annotationReferenceDigest]; ref != "" {
-				if nd, ok := renamed[digest.Digest(ref)]; ok {
-					a := cloneMap(entry.Annotations)
-					a[annotationReferenceDigest] = nd.String()
-					stdEntries[i].Annotations = a
+			ref := entry.Annotations[annotationReferenceDigest]
+			if ref == "" {
+				continue
+			}
+			to, ok := renamedDesc[digest.Digest(ref)]
+			if !ok {
+				continue
+			}
+			a := cloneMap(entry.Annotations)
+			a[annotationReferenceDigest] = to.Digest.String()
+			nd, n, err := e.repointAttestation(ctx, entry, digest.Digest(ref), to)
+			if err != nil {
+				return nil, fmt.Errorf("export: %w", err)
+			}
+			stdEntries[i] = nd
+			stdEntries[i].Annotations = a
+			if entry.Annotations[annotationReferenceType] == attestationReferenceType {
+				e.res.Attestations = append(e.res.Attestations, AttestationResult{Source: entry.Digest, Standard: plain(nd), Subject: to.Digest, Statements: n})
+			}
+			if nd.Digest != entry.Digest {
+				for j := range subjects {
+					if subjects[j][0] == entry.Digest {
+						subjects[j][1] = nd.Digest
+					}
 				}
 			}
 		}
