@@ -2,13 +2,19 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/integration/harness"
 )
 
@@ -155,4 +161,156 @@ func TestSignaturesSurviveBundle(t *testing.T) {
 	if r := bfRun(t, bin, "verify", "--store", site); r.code != 0 {
 		t.Fatalf("site store verify after gc: %s%s", r.stdout, r.stderr)
 	}
+}
+
+// TestBuildKitProvenanceSurvivesBundle: buildkitd builds with a provenance
+// attestation; export keeps BuildKit's attestation manifest in the standard
+// index, re-pointed to the standard manifest (index annotation and in-toto
+// subject), a bundle carries it, and apply with --output docker:// pushes it
+// to a second registry where it describes the image that is there.
+func TestBuildKitProvenanceSurvivesBundle(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	regB := env.ExtraRegistry(t, "site")
+	dir := t.TempDir()
+	writeRootfs(t, dir)
+	putFile(t, filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nCOPY rootfs/ /\n"))
+	const name = "example.test/sig/prov:1"
+	archive := buildOCIArchive(t, env, dir, name, "--opt", "attest:provenance=mode=min")
+
+	// What BuildKit wrote: an index with the image and its attestation.
+	srcIdx, srcAtt, srcStmt := provenanceOf(t, "oci-archive:"+archive+":"+name)
+	var srcImage digest.Digest
+	for _, m := range srcIdx.Manifests {
+		if m.Annotations["vnd.docker.reference.type"] == "" {
+			srcImage = m.Digest
+		}
+	}
+	if srcAtt.Annotations["vnd.docker.reference.digest"] != srcImage.String() || srcStmt.Subject[0].Digest["sha256"] != srcImage.Encoded() {
+		t.Fatalf("fixture: BuildKit's attestation does not describe its image %s: %+v %+v", srcImage, srcAtt, srcStmt.Subject)
+	}
+
+	ciStore := filepath.Join(t.TempDir(), "ci")
+	res := bfExport(t, bin, ciStore, "oci-archive:"+archive+":"+name, "sig/prov:1")
+	if len(res.Manifests) != 1 || len(res.Attestations) != 1 {
+		t.Fatalf("export: %d manifests, attestations %+v; want one of each", len(res.Manifests), res.Attestations)
+	}
+	std := res.Manifests[0].Standard.Digest
+	if std == srcImage {
+		t.Fatal("fixture: export did not change the manifest digest; re-pointing would be untested")
+	}
+	if a := res.Attestations[0]; a.Source != srcAtt.Digest || a.Subject != std || a.Statements != 1 {
+		t.Fatalf("export attestation %+v, want %s re-pointed to %s", a, srcAtt.Digest, std)
+	}
+
+	bundleFile := filepath.Join(t.TempDir(), "prov.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", ciStore, "--progress", "none", "--full", "-o", bundleFile, "sig/prov:1")
+	site := filepath.Join(t.TempDir(), "site")
+	target := regB + "/sig/prov:1"
+	applied := applyJSON(t, bin, site, bundleFile, "--output", "docker://"+target)
+	if applied.Images[0].Standard.Digest != res.Standard.Digest {
+		t.Fatalf("apply wrote %s, export made %s", applied.Images[0].Standard.Digest, res.Standard.Digest)
+	}
+
+	// At the site registry: the attestation names the manifest that is
+	// there, and says what BuildKit said.
+	idx, att, stmt := provenanceOf(t, "docker://"+target)
+	var siteImage digest.Digest
+	for _, m := range idx.Manifests {
+		if m.Annotations["vnd.docker.reference.type"] == "" {
+			siteImage = m.Digest
+		}
+	}
+	if siteImage != std {
+		t.Fatalf("site registry image %s, want the standard manifest %s", siteImage, std)
+	}
+	if att.Annotations["vnd.docker.reference.digest"] != std.String() {
+		t.Errorf("site attestation entry names %s, want %s", att.Annotations["vnd.docker.reference.digest"], std)
+	}
+	if len(stmt.Subject) != 1 || stmt.Subject[0].Digest["sha256"] != std.Encoded() || stmt.Subject[0].Name != srcStmt.Subject[0].Name {
+		t.Errorf("site provenance subject %+v, want %s named %s", stmt.Subject, std, srcStmt.Subject[0].Name)
+	}
+	if stmt.PredicateType != srcStmt.PredicateType || !bytes.Equal(compactJSON(t, stmt.Predicate), compactJSON(t, srcStmt.Predicate)) {
+		t.Errorf("site provenance predicate differs from BuildKit's:\n%s\nvs\n%s", stmt.Predicate, srcStmt.Predicate)
+	}
+	if !strings.HasPrefix(stmt.PredicateType, "https://slsa.dev/provenance/") {
+		t.Errorf("predicate type %q is not SLSA provenance", stmt.PredicateType)
+	}
+}
+
+// inTotoStatement is the part of an in-toto statement the tests check.
+type inTotoStatement struct {
+	PredicateType string `json:"predicateType"`
+	Subject       []struct {
+		Name   string            `json:"name"`
+		Digest map[string]string `json:"digest"`
+	} `json:"subject"`
+	Predicate json.RawMessage `json:"predicate"`
+}
+
+// provenanceOf reads the image index at ref (through blockfile's own
+// transport, which verifies every digest), its attestation manifest entry and
+// the provenance statement in it.
+func provenanceOf(t *testing.T, ref string) (ocispec.Index, ocispec.Descriptor, inTotoStatement) {
+	t.Helper()
+	ctx := ctxT(t)
+	src, err := transport.ParseSource(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	read := func(d ocispec.Descriptor, v any) {
+		t.Helper()
+		rc, err := src.Fetch(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatalf("%s %s: %v", ref, d.Digest, err)
+		}
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s %s: %v", ref, d.Digest, err)
+		}
+	}
+	root, err := src.Resolve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if root.MediaType != ocispec.MediaTypeImageIndex {
+		t.Fatalf("%s is a %s, want an image index", ref, root.MediaType)
+	}
+	var idx ocispec.Index
+	read(root, &idx)
+	var att *ocispec.Descriptor
+	for i, m := range idx.Manifests {
+		if m.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+			att = &idx.Manifests[i]
+		}
+	}
+	if att == nil || len(idx.Manifests) != 2 {
+		t.Fatalf("%s: index %+v, want an image and its attestation manifest", ref, idx.Manifests)
+	}
+	var m ocispec.Manifest
+	read(*att, &m)
+	for _, l := range m.Layers {
+		if strings.HasPrefix(l.Annotations["in-toto.io/predicate-type"], "https://slsa.dev/provenance/") {
+			var st inTotoStatement
+			read(l, &st)
+			return idx, *att, st
+		}
+	}
+	t.Fatalf("%s: attestation manifest %s has no provenance layer: %+v", ref, att.Digest, m.Layers)
+	return idx, *att, inTotoStatement{}
+}
+
+func compactJSON(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
