@@ -6,6 +6,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/blockfile/blockfile/blocks"
@@ -22,6 +23,7 @@ func newExportCmd() *cobra.Command {
 		compression string
 		asJSON      bool
 		progress    string
+		noRefs      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "export [flags] SRC NAME",
@@ -40,6 +42,7 @@ file of at least --min-block-size bytes.`,
 	cmd.Flags().StringVar(&compression, "compression", "gzip", "layer compression: gzip or zstd")
 	addJSONFlag(cmd, &asJSON, "")
 	addProgressFlag(cmd, &progress)
+	cmd.Flags().BoolVar(&noRefs, "no-referrers", false, "do not copy the signatures, attestations and SBOMs that refer to the source's manifests (docs/SIGNING.md)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		size, err := units.Parse(minSize)
 		if err != nil {
@@ -66,10 +69,14 @@ file of at least --min-block-size bytes.`,
 		}
 		defer src.Close()
 		res, err := image.Export(ctx, s, src, args[1], image.ExportOptions{
-			Compression: c, MinBlockSize: size, Progress: pw, PlainProgress: plain,
+			Compression: c, MinBlockSize: size, Progress: pw, PlainProgress: plain, NoReferrers: noRefs,
 		})
 		if err != nil {
 			return err
+		}
+		for _, d := range res.DroppedReferrers {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d signature(s)/attestation(s) of %s not kept: export re-framed it as %s; sign %s (docs/SIGNING.md)\n",
+				d.Count, d.Source, d.Standard, d.Standard)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
@@ -84,7 +91,21 @@ file of at least --min-block-size bytes.`,
 		}
 		fmt.Fprintf(out, "%s: %d block files (%s), %d new members (%s), %d reused\n", blocks.Quote(res.Name),
 			res.Blocks, sizeString(res.BlockBytes), res.NewMembers, sizeString(res.NewMemberBytes), res.ReusedMembers)
+		for _, r := range res.Referrers {
+			fmt.Fprintf(out, "  referrer %s of %s (%s)\n", r.Descriptor.Digest, r.Subject, referrerKind(r.Descriptor))
+		}
 		return nil
 	}
 	return cmd
+}
+
+// referrerKind names what a referrer is, for the export summary.
+func referrerKind(d ocispec.Descriptor) string {
+	if t := d.Annotations[blocks.AnnotationReferrerTag]; t != "" {
+		return "cosign ." + t
+	}
+	if d.ArtifactType != "" {
+		return d.ArtifactType
+	}
+	return d.MediaType
 }
