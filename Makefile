@@ -13,7 +13,7 @@ TAG ?= $(VERSION)
 PLATFORMS ?= linux/amd64,linux/arm64
 BUILDX ?= docker buildx
 
-.PHONY: all build setup test test-unit test-integration demo frontend-image bench-blocks bench-import bench-bundles clean FORCE
+.PHONY: all build setup test test-unit test-integration demo frontend-image frontend-image-host bench-blocks bench-import bench-bundles clean FORCE
 
 all: build
 
@@ -47,12 +47,29 @@ demo: setup
 	bash scripts/demo.sh
 
 # The frontend image for $(PLATFORMS), cross-compiled on the build platform
-# (the root Dockerfile's release stage), pushed to $(REGISTRY)/blockfile-frontend:$(TAG).
+# (the root Dockerfile's release stage, golang image), pushed to
+# $(REGISTRY)/blockfile-frontend:$(TAG). BUILDX may name another builder,
+# e.g. BUILDX="docker buildx --builder ci".
 frontend-image:
 	@test -n "$(REGISTRY)" || { echo "make frontend-image: set REGISTRY=host[:port]/path" >&2; exit 2; }
 	$(BUILDX) build --platform $(PLATFORMS) --target release \
 		--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) \
 		-t $(REGISTRY)/blockfile-frontend:$(TAG) --push .
+
+# The same image without pulling a golang image: the same cross-compilation
+# (CGO_ENABLED=0 GOOS/GOARCH, -trimpath, the same ldflags) on the host into
+# bin/<os>_<arch>/, packaged by the frontend-host stage.
+frontend-image-host:
+	@test -n "$(REGISTRY)" || { echo "make frontend-image-host: set REGISTRY=host[:port]/path" >&2; exit 2; }
+	set -e; for p in $(subst $(comma), ,$(PLATFORMS)); do \
+		os=$${p%%/*}; arch=$${p#*/}; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '-s $(LDFLAGS)' \
+			-o bin/$${os}_$${arch}/blockfile-frontend ./cmd/blockfile-frontend; \
+	done
+	$(BUILDX) build --platform $(PLATFORMS) --target frontend-host \
+		-t $(REGISTRY)/blockfile-frontend:$(TAG) --push .
+
+comma := ,
 
 # Export and hydrate figures on the v1 image of ../shared/bench (run
 # ../shared/bench/make-scenario.sh as root first; BENCH defaults to /tmp/bench).

@@ -129,6 +129,7 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 		if err := os.Remove(s.BlobPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("gc: remove %s: %w", s.BlobPath(d), err)
 		}
+		s.forgetVerified(d)
 		return nil
 	})
 	if err != nil {
