@@ -178,6 +178,15 @@ func (h *Header) check() error {
 	if t := totals(h.Blobs); t.Blobs != h.Adds.Blobs || t.Bytes != h.Adds.Bytes {
 		return fmt.Errorf("adds says %d blobs, %d bytes; the blob list has %d, %d", h.Adds.Blobs, h.Adds.Bytes, t.Blobs, t.Bytes)
 	}
+	var patchedBytes int64
+	for _, b := range h.Blobs {
+		if b.Patch != nil {
+			patchedBytes += b.Size
+		}
+	}
+	if patchedBytes > MaxPatchedBytes {
+		return fmt.Errorf("%d bytes of blobs travel as patches, more than the %d a bundle may rebuild: %w", patchedBytes, int64(MaxPatchedBytes), ErrBound)
+	}
 	if got, want := patched(h.Blobs), h.Patched; (got == nil) != (want == nil) || got != nil && *got != *want {
 		return fmt.Errorf("patched says %v; the blob list has %v", want, got)
 	}
