@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -212,5 +214,67 @@ func bundleEntries(t *testing.T, bundle string) map[digest.Digest]string {
 			t.Fatal(err)
 		}
 		out[digest.NewDigestFromEncoded(digest.SHA256, hex)] = p
+	}
+}
+
+// The header entry is refused by its declared size, before it is read.
+func TestOpenRefusesOversizedHeader(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: HeaderName, Typeflag: tar.TypeReg, Size: maxHeaderSize + 1, Mode: 0o644}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Flush()
+	p := filepath.Join(t.TempDir(), "big-header.bundle")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(p); !errors.Is(err, ErrBound) || !strings.Contains(err.Error(), HeaderName) {
+		t.Fatalf("Open = %v, want ErrBound naming %s", err, HeaderName)
+	}
+}
+
+// Manifests are held in memory while apply walks the images: one larger
+// than a JSON document may be, or more than all may be, is refused from
+// the header.
+func TestHeaderRefusesOversizedManifests(t *testing.T) {
+	h := Header{MediaType: HeaderMediaType, Version: Version, Images: []Image{{Name: "app:v1", Index: ociDesc("index"), Standard: ociDesc("standard")}}}
+	h.Blobs = []Blob{{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("m"), Size: maxJSONSize + 1, Kind: KindManifest}}
+	h.Adds = totals(h.Blobs)
+	if err := h.check(); !errors.Is(err, ErrBound) || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("one manifest of %d bytes: check = %v, want ErrBound", maxJSONSize+1, err)
+	}
+	h.Blobs = nil
+	for i := range maxMetaTotal/maxJSONSize + 1 {
+		h.Blobs = append(h.Blobs, Blob{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString(fmt.Sprint(i)), Size: maxJSONSize, Kind: KindManifest})
+	}
+	h.Adds = totals(h.Blobs)
+	if err := h.check(); !errors.Is(err, ErrBound) || !strings.Contains(err.Error(), "in all") {
+		t.Fatalf("manifests over %d bytes in all: check = %v, want ErrBound", maxMetaTotal, err)
+	}
+}
+
+// An inventory's memory follows the digests it holds, not the count its
+// header announces; a count above the bound is refused.
+func TestReadInventoryBounds(t *testing.T) {
+	gz := func(s string) *bytes.Buffer {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		zw.Write([]byte(s))
+		zw.Close()
+		return &b
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := ReadInventory(gz(fmt.Sprintf("%s sha256 32 %d\n", inventoryMagic, maxInventoryLen) + strings.Repeat("a", 32) + strings.Repeat("b", 32)))
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("inventory announcing %d digests with 2: %v", maxInventoryLen, err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 8<<20 {
+		t.Errorf("reading a 2-digest inventory that announces %d allocated %d MiB", maxInventoryLen, alloc>>20)
+	}
+	if _, err := ReadInventory(gz(fmt.Sprintf("%s sha256 16 %d\n", inventoryMagic, maxInventoryLen+1))); err == nil || !strings.Contains(err.Error(), "bad prefix or count") {
+		t.Fatalf("inventory over the count bound: %v", err)
 	}
 }

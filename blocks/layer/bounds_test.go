@@ -3,15 +3,19 @@ package layer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/blockfile/blockfile/blocks"
 )
 
 // gnuSparseHeader is the 512-byte header of an old-GNU sparse entry ('S')
@@ -104,5 +108,14 @@ func TestSplitSparseEntryMemoryBounded(t *testing.T) {
 	t.Logf("peak heap %d MiB for %d MiB of sparse data", peak>>20, physical>>20)
 	if peak > bound {
 		t.Fatalf("peak heap %d MiB splitting a layer with %d MiB of sparse data; bound %d MiB", peak>>20, physical>>20, bound>>20)
+	}
+}
+
+// A stub document is bounded (docs/FORMAT.md section 9): a larger one is
+// refused before it is parsed.
+func TestParseStubRefusesOversized(t *testing.T) {
+	big := append([]byte(blocks.StubMagic), bytes.Repeat([]byte("x"), MaxStubSize)...)
+	if _, err := ParseStub(big); !errors.Is(err, ErrBadStub) || !strings.Contains(err.Error(), "exceeds") {
+		t.Fatalf("ParseStub(%d bytes) = %v, want ErrBadStub naming the bound", len(big), err)
 	}
 }
