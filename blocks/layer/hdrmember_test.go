@@ -58,8 +58,26 @@ func TestHeaderMemberGolden(t *testing.T) {
 		{blocks.Gzip, "1f8b08000000000000ff" + "010300fcff" + "616263" + "c2412435" + "03000000"},
 		{blocks.Zstd, "28b52ffd" + "20" + "03" + "190000" + "616263"},
 	} {
-		if got := hex.EncodeToString(AppendHeaderMember(nil, tc.c, []byte("abc"))); got != tc.want {
+		m := AppendHeaderMember(nil, tc.c, []byte("abc"))
+		if got := hex.EncodeToString(m); got != tc.want {
 			t.Errorf("%s: got %s, want %s", tc.c, got, tc.want)
+		}
+		// The pinned bytes must also decompress to the input, with the
+		// standard decoders.
+		var back []byte
+		var err error
+		if tc.c == blocks.Gzip {
+			back, err = io.ReadAll(mustGzipReader(t, m))
+		} else {
+			dec, derr := zstd.NewReader(bytes.NewReader(m))
+			if derr != nil {
+				t.Fatal(derr)
+			}
+			back, err = io.ReadAll(dec)
+			dec.Close()
+		}
+		if err != nil || string(back) != "abc" {
+			t.Errorf("%s: decompresses to %q (%v), want \"abc\"", tc.c, back, err)
 		}
 	}
 }
