@@ -206,15 +206,14 @@ type BlockPushProgress struct {
 
 // BlockPushResult says what PushBlocks did.
 type BlockPushResult struct {
-	Repository string               `json:"repository"`
-	Tag        string               `json:"tag"`
-	Manifests  []TaggedManifest     `json:"manifests"` // the block manifests, first under Tag
-	Blocks     int                  `json:"blocks"`    // blocks the tag keeps, earlier pushes included
-	Uploaded   Count                `json:"uploaded"`  // blocks this run sent
-	Present    Count                `json:"present"`   // blocks the registry already had
-	Added      int                  `json:"added"`     // blocks this run added to the tag
-	Missing    []digest.Digest      `json:"missing,omitempty"`
-	Pushed     []ocispec.Descriptor `json:"-"`
+	Repository string           `json:"repository"`
+	Tag        string           `json:"tag"`
+	Manifests  []TaggedManifest `json:"manifests"` // the block manifests, first under Tag
+	Blocks     int              `json:"blocks"`    // blocks the tag keeps, earlier pushes included
+	Uploaded   Count            `json:"uploaded"`  // blocks this run sent
+	Present    Count            `json:"present"`   // blocks the registry already had
+	Added      int              `json:"added"`     // blocks this run added to the tag
+	Missing    []digest.Digest  `json:"missing,omitempty"`
 }
 
 // Count is a number of blobs and their bytes.
@@ -394,7 +393,6 @@ func PushBlocks(ctx context.Context, s *store.Store, repo name.Repository, opts 
 			return nil, fmt.Errorf("%s: read back: block %s is not referenced; another push may have replaced the tag", repo.Tag(tag), d.Digest)
 		}
 	}
-	res.Pushed = descs
 	return res, nil
 }
 
