@@ -58,16 +58,21 @@ func TestBlockPushSurvivesGC(t *testing.T) {
 	const repoPath = "team/blocks"
 	repo := reg.Addr + "/" + repoPath
 
-	first := blockPushJSON(t, bin, "--store", f.storeDir, repo, f.jarA.String(), f.jarB.String(), f.treeD.String())
+	// Two blocks per manifest: three manifests, each tagged, must all
+	// survive the collector.
+	first := blockPushJSON(t, bin, "--store", f.storeDir, "--blocks-per-manifest", "2", repo, f.jarA.String(), f.jarB.String(), f.treeD.String())
 	// jarA, jarB, the tree document and its two files (bin/java, lib/modules).
 	const want = 5
 	if first.Uploaded.Blobs != want || first.Blocks != want || first.Present.Blobs != 0 {
 		t.Fatalf("first push: %+v; want %d blocks uploaded", first, want)
 	}
-	if len(first.Manifests) != 1 || first.Manifests[0].Tag != registry.DefaultBlockTag {
-		t.Fatalf("first push: manifests %+v, want one under %q", first.Manifests, registry.DefaultBlockTag)
+	if len(first.Manifests) != 3 || first.Manifests[0].Tag != registry.DefaultBlockTag {
+		t.Fatalf("first push: manifests %+v, want three, the first under %q", first.Manifests, registry.DefaultBlockTag)
 	}
-	blocks := tagBlocks(t, reg.Addr, repoPath, registry.DefaultBlockTag)
+	var blocks []struct{ Digest digest.Digest }
+	for _, m := range first.Manifests {
+		blocks = append(blocks, tagBlocks(t, reg.Addr, repoPath, m.Tag)...)
+	}
 	if len(blocks) != want {
 		t.Fatalf("the tag names %d blocks, want %d", len(blocks), want)
 	}
@@ -103,7 +108,7 @@ func TestBlockPushSurvivesGC(t *testing.T) {
 	f.checkImage(t, build)
 
 	// A second run sends nothing and the tag keeps every block.
-	second := blockPushJSON(t, bin, "--store", f.storeDir, repo, f.jarA.String(), f.jarB.String(), f.treeD.String())
+	second := blockPushJSON(t, bin, "--store", f.storeDir, "--blocks-per-manifest", "2", repo, f.jarA.String(), f.jarB.String(), f.treeD.String())
 	if second.Uploaded.Blobs != 0 || second.Present.Blobs != want || second.Blocks != want || second.Added != 0 {
 		t.Fatalf("second push: %+v; want nothing uploaded, %d present", second, want)
 	}

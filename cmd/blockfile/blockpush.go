@@ -21,6 +21,7 @@ func newBlockPushCmd() *cobra.Command {
 		tag      string
 		jobs     int
 		progress string
+		perMan   int
 	)
 	cmd := &cobra.Command{
 		Use:   "push [--store DIR] [flags] REPO [DIGEST...]",
@@ -48,6 +49,8 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 	cmd.Flags().IntVar(&jobs, "jobs", 4, "blocks uploaded at once")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	cmd.Flags().IntVar(&perMan, "blocks-per-manifest", registry.MaxBlocksPerManifest, "blocks per block manifest (tests use a small value to exercise several)")
+	_ = cmd.Flags().MarkHidden("blocks-per-manifest")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		repoArg := strings.TrimPrefix(args[0], "docker://")
 		repo, err := name.NewRepository(repoArg)
@@ -89,7 +92,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 		for _, d := range missing {
 			fmt.Fprintf(cmd.ErrOrStderr(), "block push: %s was recorded by 'block add' but its blob is gone; skipped\n", d)
 		}
-		o := registry.BlockPushOptions{Tag: tag, Concurrency: jobs}
+		o := registry.BlockPushOptions{Tag: tag, Concurrency: jobs, BlocksPerManifest: perMan}
 		if pw != nil {
 			var last time.Time
 			o.Progress = func(p registry.BlockPushProgress) {
