@@ -452,22 +452,39 @@ func getBlockManifest(ctx context.Context, puller *remote.Puller, ref name.Tag) 
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
-	if len(d.Manifest) > maxManifestBytes {
-		return nil, fmt.Errorf("%s: manifest of %d bytes, over %d", ref, len(d.Manifest), maxManifestBytes)
-	}
-	if got := digest.FromBytes(d.Manifest); got.String() != d.Digest.String() {
-		return nil, fmt.Errorf("%s: manifest bytes hash to %s, the registry says %s", ref, got, d.Digest)
-	}
-	var m ocispec.Manifest
-	if err := json.Unmarshal(d.Manifest, &m); err != nil {
+	m, err := parseBlockManifest(d.Manifest, digest.Digest(d.Digest.String()))
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
+	return m, nil
+}
+
+// parseBlockManifest checks a block manifest read from a registry: its
+// bytes against the digest the registry gave, its size, type and every
+// block descriptor.
+func parseBlockManifest(b []byte, want digest.Digest) (*ocispec.Manifest, error) {
+	if len(b) > maxManifestBytes {
+		return nil, fmt.Errorf("manifest of %d bytes, over %d", len(b), maxManifestBytes)
+	}
+	if got := digest.FromBytes(b); got != want {
+		return nil, fmt.Errorf("manifest bytes hash to %s, the registry says %s", got, want)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("block manifest: %w", err)
+	}
 	if m.ArtifactType != ArtifactTypeBlocks {
-		return nil, fmt.Errorf("%s holds %q, not a block manifest (%s): choose another tag", ref, m.ArtifactType+string(d.MediaType), ArtifactTypeBlocks)
+		return nil, fmt.Errorf("holds %q (artifactType %q), not a block manifest (%s): choose another tag", m.MediaType, m.ArtifactType, ArtifactTypeBlocks)
+	}
+	if len(m.Layers) > MaxBlocksPerManifest {
+		return nil, fmt.Errorf("block manifest names %d blocks, over %d", len(m.Layers), MaxBlocksPerManifest)
 	}
 	for _, l := range m.Layers {
-		if err := l.Digest.Validate(); err != nil || l.Size < 0 {
-			return nil, fmt.Errorf("%s: block %q: invalid descriptor", ref, l.Digest)
+		if err := l.Digest.Validate(); err != nil || l.Digest.Algorithm() != digest.SHA256 || l.Size < 0 {
+			return nil, fmt.Errorf("block %q (size %d): invalid descriptor", l.Digest, l.Size)
+		}
+		if l.MediaType != blocks.MediaTypeBlock && l.MediaType != blocks.MediaTypeTree {
+			return nil, fmt.Errorf("block %s: media type %q is not a block", l.Digest, l.MediaType)
 		}
 	}
 	return &m, nil

@@ -218,3 +218,25 @@ func TestBlocksToPushNamedAndMissing(t *testing.T) {
 		t.Fatalf("missing blob: got %v, missing %v, %v", got, missing, err)
 	}
 }
+
+// FuzzParseBlockManifest: whatever a registry serves as a block manifest is
+// either refused or gives valid sha256 block descriptors.
+func FuzzParseBlockManifest(f *testing.F) {
+	f.Add([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.blockfile.blocks.v1","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.blockfile.block.v1","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}]}`))
+	f.Add([]byte(`{"layers":[{"digest":"sha256:zz","size":-1}]}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseBlockManifest(b, digest.FromBytes(b))
+		if err != nil {
+			return
+		}
+		for _, l := range m.Layers {
+			if l.Digest.Validate() != nil || l.Size < 0 {
+				t.Fatalf("accepted %v", l)
+			}
+		}
+		if _, err := parseBlockManifest(b, digest.FromString("other")); err == nil {
+			t.Fatal("accepted bytes whose digest differs from the registry's")
+		}
+	})
+}
