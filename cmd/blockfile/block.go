@@ -31,7 +31,7 @@ what sha256sum prints. A Dockerfile IMPORT names a block by digest:
 
 and the build reads it from the store (--build-context blocks=<store>).`,
 	}
-	cmd.AddCommand(newBlockAddCmd(), newBlockLsCmd())
+	cmd.AddCommand(newBlockAddCmd(), newBlockLsCmd(), newBlockPushCmd())
 	register(cmd)
 }
 
