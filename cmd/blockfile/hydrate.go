@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -25,7 +26,9 @@ func newHydrateCmd() *cobra.Command {
 		Long: `Hydrate reassembles the standard image of NAME from its blocked layers and
 blocks and writes it to DEST: oci-archive:FILE[:REF] (loadable by docker load and
 ctr images import), oci:DIR[:REF] or docker://REF. The result has exactly the
-manifest digest of the standard image. On any error DEST is left absent.`,
+manifest digest of the standard image. On any error DEST is left absent.
+To docker://, the signatures, attestations and SBOMs the store keeps for the
+image are pushed too (docs/SIGNING.md).`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
@@ -50,6 +53,12 @@ manifest digest of the standard image. On any error DEST is left absent.`,
 		desc, err := image.Hydrate(ctx, s, args[0], dst, image.HydrateOptions{Progress: pw, PlainProgress: plain})
 		if err != nil {
 			return err
+		}
+		if ref, ok := strings.CutPrefix(args[1], "docker://"); ok {
+			// Signatures, attestations and SBOMs the store keeps for it.
+			if _, err := image.PushReferrers(ctx, s, desc, transport.Registry{}, ref); err != nil {
+				return fmt.Errorf("hydrate %s: pushed the image, but not its signatures and attestations: %w", args[0], err)
+			}
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), map[string]any{"name": args[0], "dest": args[1], "standard": desc})
