@@ -220,10 +220,15 @@ func hashFile(ctx context.Context, p string, alg digest.Algorithm) (digest.Diges
 		return "", err
 	}
 	defer f.Close()
+	return hashReader(ctx, f, alg)
+}
+
+// hashReader streams r through alg.
+func hashReader(ctx context.Context, r io.Reader, alg digest.Algorithm) (digest.Digest, error) {
 	h := alg.Hash()
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
-	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, *bp); err != nil {
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, r}, *bp); err != nil {
 		return "", err
 	}
 	return digest.NewDigest(alg, h), nil
