@@ -69,6 +69,8 @@ type Store struct {
 	leases leases
 	// trust remembers which blob files this process has hashed (see present).
 	trust trustCache
+	// memberChecks remembers member records checked by LookupMember.
+	memberChecks memberChecks
 }
 
 // DefaultRoot is the store used when none is given: $BLOCKFILE_STORE, else
