@@ -3,9 +3,12 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/blockfile/blockfile/blocks/bundle"
 
 	"github.com/blockfile/blockfile/integration/harness"
 )
@@ -23,19 +26,20 @@ func TestRegistryPushPull(t *testing.T) {
 	px := startProxy(t, reg.addr)
 	ref1, ref2 := px.addr+"/shop/app:v1", px.addr+"/shop/app:v2"
 
-	p1 := bfPush(t, bin, b.src, b.v1.Name, ref1)
+	src := copyStore(t, b.src) // push records where blobs went
+	p1 := bfPush(t, bin, src, b.v1.Name, ref1)
 	if p1.Index.Digest != b.v1.Index.Digest || p1.Standard.Digest != b.v1.Standard.Digest {
 		t.Fatalf("push printed index %s standard %s, want %s %s", p1.Index.Digest, p1.Standard.Digest, b.v1.Index.Digest, b.v1.Standard.Digest)
 	}
 	if p1.Uploaded.Blobs == 0 || p1.Skipped.Blobs != 0 {
 		t.Errorf("first push: uploaded %d, skipped %d", p1.Uploaded.Blobs, p1.Skipped.Blobs)
 	}
-	p2 := bfPush(t, bin, b.src, b.v2.Name, ref2)
+	p2 := bfPush(t, bin, src, b.v2.Name, ref2)
 	if p2.Skipped.Blobs == 0 {
 		t.Errorf("v2 push skipped nothing v1 had uploaded")
 	}
 	// Pushing again uploads nothing.
-	if again := bfPush(t, bin, b.src, b.v1.Name, ref1); again.Uploaded.Blobs != 0 || again.Mounted.Blobs != 0 {
+	if again := bfPush(t, bin, src, b.v1.Name, ref1); again.Uploaded.Blobs != 0 || again.Mounted.Blobs != 0 {
 		t.Errorf("second push of v1 uploaded %d blobs, mounted %d", again.Uploaded.Blobs, again.Mounted.Blobs)
 	}
 
@@ -101,4 +105,227 @@ func TestRegistryPushPull(t *testing.T) {
 	if got := digest.FromBytes(data); got != b.v2.Standard.Digest {
 		t.Errorf("the --output holds manifest %s, want %s", got, b.v2.Standard.Digest)
 	}
+}
+
+// TestRegistryOldClients: a pushed tag is a normal image for clients that
+// know nothing about blocks: containerd pulls and runs it, and a BuildKit
+// build FROM it sees v2's files.
+func TestRegistryOldClients(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	b := getBundleImages(t)
+	bin := env.BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	ref := reg.addr + "/old/app:v2"
+	bfPush(t, bin, copyStore(t, b.src), b.v2.Name, ref)
+
+	_, ctr := env.Containerd(t)
+	cmdOut(t, ctr("images", "pull", "--plain-http", ref))
+	t.Cleanup(func() { _ = ctr("images", "rm", ref).Run() })
+	// containerd resolved the tag to the index and chose the linux manifest.
+	if out := cmdOut(t, ctr("images", "ls", "name=="+ref)); !strings.Contains(out, b.v2.Index.Digest.String()) {
+		t.Errorf("ctr images ls: %q, want the index %s", out, b.v2.Index.Digest)
+	}
+	out := cmdOut(t, ctr("run", "--rm", ref, "registry-old-client", "sha256sum", "/app/libs/netty.jar", "/app/app.jar"))
+	for _, want := range []string{sha256Hex(b.changedJar), sha256Hex(b.appJar)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ctr run printed %q, want %s", out, want)
+		}
+	}
+
+	// BuildKit FROM the tag: the RUN fails unless the files are v2's.
+	dir := t.TempDir()
+	putFile(t, filepath.Join(dir, "Dockerfile"), []byte("FROM "+ref+"\n"+
+		"RUN echo '"+sha256Hex(b.appJar)+"  /app/app.jar' | sha256sum -c && echo '"+sha256Hex(b.changedJar)+"  /app/libs/netty.jar' | sha256sum -c\n"))
+	buildOCIArchive(t, env, dir, "example.test/registry/from:1")
+}
+
+// TestRegistryTamperedBlob: a registry (a proxy in front of it) serving one
+// blob with a byte flipped: the pull fails naming the blob, and the store
+// and the --output are unchanged.
+func TestRegistryTamperedBlob(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	px := startProxy(t, reg.addr)
+	src := copyStore(t, b.src)
+	ref1, ref2 := px.addr+"/tamper/app:v1", px.addr+"/tamper/app:v2"
+	bfPush(t, bin, src, b.v1.Name, ref1)
+	bfPush(t, bin, src, b.v2.Name, ref2)
+
+	site := filepath.Join(t.TempDir(), "site")
+	bfPull(t, bin, site, ref1)
+	// What the upgrade downloads: every blob of v2 the site lacks.
+	cs, err := bundle.Closures(ctxT(t), openStoreT(t, b.src), []string{b.v1.Name, b.v2.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inV1 := map[digest.Digest]bool{}
+	for _, bl := range cs[0].Blobs {
+		inV1[bl.Digest] = true
+	}
+	victims := map[bundle.Kind]digest.Digest{}
+	for _, bl := range cs[1].Blobs {
+		switch bl.Kind {
+		case bundle.KindBlock, bundle.KindBlockedLayer, bundle.KindConfig:
+			if _, ok := victims[bl.Kind]; !ok && !inV1[bl.Digest] {
+				victims[bl.Kind] = bl.Digest
+			}
+		}
+	}
+	if victims[bundle.KindBlock] == "" || victims[bundle.KindBlockedLayer] == "" {
+		t.Fatalf("v2 brings no new block or blocked layer: %v", victims)
+	}
+	for kind, d := range victims {
+		before := storeListing(t, site)
+		out := filepath.Join(t.TempDir(), "v2.tar")
+		px.setTamper(d.String())
+		r := bfRun(t, bin, "pull", "--store", site, "--progress", "none", "--output", "oci-archive:"+out, ref2)
+		px.setTamper("")
+		if r.code != 1 || !strings.Contains(r.stderr, d.String()) {
+			t.Errorf("%s %s served tampered: exit %d, stderr %q; want exit 1 naming the digest", kind, d, r.code, r.stderr)
+		}
+		t.Logf("%s tampered: %s", kind, strings.TrimSpace(r.stderr))
+		if after := storeListing(t, site); after != before {
+			t.Errorf("%s tampered: the store changed:\nbefore:\n%s\nafter:\n%s", kind, before, after)
+		}
+		mustAbsent(t, out)
+	}
+	// Served intact, the same pull succeeds.
+	if r := bfPull(t, bin, site, ref2); r.Standard.Digest != b.v2.Standard.Digest {
+		t.Errorf("pull after the tampering stopped: %s, want %s", r.Standard.Digest, b.v2.Standard.Digest)
+	}
+}
+
+// TestRegistryMountAcrossRepositories: another team's image sharing blocks
+// with v1, pushed to another repository of the same registry, uploads only
+// the blobs v1's push did not: the others are mounted.
+func TestRegistryMountAcrossRepositories(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	px := startProxy(t, reg.addr)
+	src := copyStore(t, b.src)
+	bfPush(t, bin, src, b.v1.Name, px.addr+"/team-a/app:v1")
+
+	cs, err := bundle.Closures(ctxT(t), openStoreT(t, b.src), []string{b.v1.Name, b.other.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves := func(c *bundle.Closure) map[digest.Digest]int64 {
+		m := map[digest.Digest]int64{}
+		for _, bl := range c.Blobs {
+			if !bl.Kind.Metadata() || bl.Kind == bundle.KindConfig {
+				m[bl.Digest] = bl.Size
+			}
+		}
+		for _, l := range c.Hydrated {
+			m[l.Digest] = l.Size
+		}
+		return m
+	}
+	inV1, inOther := leaves(cs[0]), leaves(cs[1])
+	var wantNew, wantShared int64
+	for d, n := range inOther {
+		if _, ok := inV1[d]; ok {
+			wantShared += n
+		} else {
+			wantNew += n
+		}
+	}
+	if wantShared < wantNew/4 {
+		t.Fatalf("the images share %d bytes of blobs only (new %d): the test proves little", wantShared, wantNew)
+	}
+	px.reset()
+	res := bfPush(t, bin, src, b.other.Name, px.addr+"/team-b/other:1")
+	up := px.up.Load()
+	t.Logf("second repository: uploaded %+v, mounted %+v, skipped %+v; %d bytes sent; new %d, shared %d", res.Uploaded, res.Mounted, res.Skipped, up, wantNew, wantShared)
+	if res.Uploaded.Bytes != wantNew || res.Mounted.Bytes != wantShared {
+		t.Errorf("uploaded %d bytes and mounted %d, want %d new and %d shared", res.Uploaded.Bytes, res.Mounted.Bytes, wantNew, wantShared)
+	}
+	// On the wire: the new blobs and the manifests, nothing shared.
+	if up > wantNew+res.Manifests.Bytes+64<<10 {
+		t.Errorf("%d bytes sent for %d bytes of new blobs and %d of manifests", up, wantNew, res.Manifests.Bytes)
+	}
+	// The mounted image is complete: skopeo copies it whole.
+	if got := skopeoDigest(t, px.addr+"/team-b/other:1", true); got != b.other.Index.Digest.String() {
+		t.Errorf("skopeo copy --all: %s, want %s", got, b.other.Index.Digest)
+	}
+}
+
+// TestRegistryCIBundle: CI with an empty store pulls v1's blocked form only
+// (--materialize=false: no standard layer), gets v2, and makes the v1 -> v2
+// bundle: the same bytes as the store that built v1 makes.
+func TestRegistryCIBundle(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	src := copyStore(t, b.src)
+	bfPush(t, bin, src, b.v1.Name, reg.addr+"/ci/app:v1")
+	bfPush(t, bin, src, b.v2.Name, reg.addr+"/ci/app:v2")
+
+	ci := filepath.Join(t.TempDir(), "ci")
+	bfMust(t, bin, "pull", "--store", ci, "--progress", "none", "--materialize=false", reg.addr+"/ci/app:v1", b.v1.Name)
+	for _, l := range mustClosure(t, b.src, b.v1.Name).Hydrated {
+		mustAbsent(t, filepath.Join(ci, "blobs", "sha256", l.Digest.Encoded()))
+	}
+	bfMust(t, bin, "pull", "--store", ci, "--progress", "none", "--materialize=false", reg.addr+"/ci/app:v2", b.v2.Name)
+	bfMust(t, bin, "verify", "--store", ci)
+
+	dir := t.TempDir()
+	fromCI, fromSrc := filepath.Join(dir, "ci.bundle"), filepath.Join(dir, "src.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", ci, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", fromCI)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", fromSrc)
+	x, _ := os.ReadFile(fromCI)
+	y, _ := os.ReadFile(fromSrc)
+	if len(x) == 0 || string(x) != string(y) {
+		t.Fatalf("the CI store made a %d-byte bundle, the source store %d bytes, not the same bytes", len(x), len(y))
+	}
+}
+
+// TestRegistryGCKeepsBlocks: after the registry's garbage-collect
+// --delete-untagged, the tag still pulls to the exact digests, with skopeo
+// and with blockfile (every block is still there).
+func TestRegistryGCKeepsBlocks(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	src := copyStore(t, b.src)
+	ref := reg.addr + "/gc/app:v2"
+	bfPush(t, bin, src, b.v2.Name, ref)
+	// An untagged image beside it, so the collector has something to drop.
+	bfPush(t, bin, src, b.other.Name, reg.addr+"/gc/app@"+b.other.Index.Digest.String())
+	out := reg.gc()
+	if !strings.Contains(out, "blob eligible for deletion") && !strings.Contains(out, "manifest eligible for deletion") {
+		t.Logf("garbage-collect deleted nothing:\n%s", out)
+	}
+
+	if got := skopeoDigest(t, ref, false); got != b.v2.Standard.Digest.String() {
+		t.Errorf("after gc, skopeo copy: %s, want %s", got, b.v2.Standard.Digest)
+	}
+	if got := skopeoDigest(t, ref, true); got != b.v2.Index.Digest.String() {
+		t.Errorf("after gc, skopeo copy --all: %s, want %s", got, b.v2.Index.Digest)
+	}
+	site := filepath.Join(t.TempDir(), "site")
+	if r := bfPull(t, bin, site, ref); r.Standard.Digest != b.v2.Standard.Digest {
+		t.Errorf("after gc, pull: %s, want %s", r.Standard.Digest, b.v2.Standard.Digest)
+	}
+	bfMust(t, bin, "verify", "--store", site)
+	// The untagged image is gone: the collector did run.
+	if r := bfRun(t, bin, "pull", "--store", t.TempDir(), "--progress", "none", reg.addr+"/gc/app@"+b.other.Index.Digest.String()); r.code == 0 {
+		t.Errorf("the untagged index survived garbage-collect --delete-untagged")
+	}
+}
+
+func mustClosure(t testing.TB, storeDir, name string) *bundle.Closure {
+	t.Helper()
+	cs, err := bundle.Closures(ctxT(t), openStoreT(t, storeDir), []string{name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs[0]
 }

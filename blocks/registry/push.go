@@ -40,6 +40,21 @@ type PushOptions struct {
 	// Progress, if set, shows the bytes uploaded (PlainProgress: lines).
 	Progress      io.Writer
 	PlainProgress bool
+	// TagChildren also tags every manifest the index names (and the
+	// standard index of a multi-platform image, which only an annotation
+	// names) as ChildTag(digest). The garbage collector of distribution
+	// 2.x with --delete-untagged deletes the untagged children of a tagged
+	// index (distribution/distribution#3004), which would break the tag
+	// for every client; a tag keeps each child. Registries whose collector
+	// follows indexes (distribution 3) do not need it.
+	TagChildren bool
+}
+
+// ChildTag is the tag TagChildren gives a manifest: "sha256-<hex>.blockfile",
+// in the style of cosign's "sha256-<hex>.sig", and never the bare
+// "sha256-<hex>" that the referrers tag schema reserves.
+func ChildTag(d digest.Digest) string {
+	return d.Algorithm().String() + "-" + d.Encoded() + ".blockfile"
 }
 
 // PushResult says what Push did.
@@ -119,7 +134,7 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 	}
 
 	r := newRepo(ref, opts.Remote)
-	p := &pusher{s: s, r: r, res: res, registry: ref.Context().RegistryStr(), repoName: ref.Context().RepositoryStr()}
+	p := &pusher{s: s, r: r, res: res, registry: ref.Context().RegistryStr(), repoName: ref.Context().RepositoryStr(), tagChildren: opts.TagChildren}
 	var total int64
 	for _, l := range leaves {
 		total += l.Size
@@ -146,13 +161,14 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 }
 
 type pusher struct {
-	s        *store.Store
-	r        *repo
-	res      *PushResult
-	prog     *progress
-	registry string
-	repoName string
-	mu       sync.Mutex
+	s           *store.Store
+	r           *repo
+	res         *PushResult
+	prog        *progress
+	registry    string
+	repoName    string
+	tagChildren bool
+	mu          sync.Mutex
 }
 
 // blobs uploads the leaves, jobs at a time.
@@ -273,7 +289,11 @@ func (p *pusher) manifests(ctx context.Context, idx ocispec.Descriptor, ms []bun
 		return nil
 	}
 	for _, m := range order {
-		if err := put(p.r.repo.Digest(m.Digest.String()), m.Descriptor()); err != nil {
+		var at name.Reference = p.r.repo.Digest(m.Digest.String())
+		if p.tagChildren {
+			at = p.r.repo.Tag(ChildTag(m.Digest))
+		}
+		if err := put(at, m.Descriptor()); err != nil {
 			return err
 		}
 	}

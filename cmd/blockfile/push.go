@@ -15,9 +15,10 @@ func init() { register(newPushCmd()) }
 
 func newPushCmd() *cobra.Command {
 	var (
-		jobs     int
-		asJSON   bool
-		progress string
+		jobs        int
+		asJSON      bool
+		progress    string
+		tagChildren bool
 	)
 	cmd := &cobra.Command{
 		Use:   "push [flags] NAME REF",
@@ -33,12 +34,19 @@ repository of the same registry is mounted from there; the others are
 uploaded, --jobs at a time, each retried from the store on network errors.
 The index is pushed last, so the tag never names an incomplete image; an
 interrupted push can be re-run. Prints the index digest and the standard
-manifest digest (what 'skopeo copy' of the tag yields): pin and sign those.`,
+manifest digest (what 'skopeo copy' of the tag yields): pin and sign those.
+
+Distribution 2.x's garbage-collect --delete-untagged deletes the untagged
+manifests a tagged index names (distribution/distribution#3004), which breaks
+multi-platform images and this index alike; so push also tags each of them
+as sha256-<hex>.blockfile (--tag-children=false: not, for registries whose
+collector follows indexes, such as distribution 3).`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
 	reg := registryFlags(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs uploaded at once")
+	cmd.Flags().BoolVar(&tagChildren, "tag-children", true, "also tag each manifest the index names (sha256-<hex>.blockfile), so that garbage-collect --delete-untagged of distribution 2.x keeps them")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -60,7 +68,7 @@ manifest digest (what 'skopeo copy' of the tag yields): pin and sign those.`,
 			return usageError{err}
 		}
 		res, err := registry.Push(ctx, s, args[0], ref, registry.PushOptions{
-			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
+			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain, TagChildren: tagChildren,
 		})
 		if err != nil {
 			return err
