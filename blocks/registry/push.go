@@ -141,10 +141,10 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 	}
 	p.prog = newProgress(opts.Progress, opts.PlainProgress, total, "push "+ref.String())
 	err = p.blobs(ctx, leaves, opts.Jobs)
+	p.prog.finish()
 	if err == nil {
 		err = p.manifests(ctx, idx, manifests)
 	}
-	p.prog.finish()
 	if err != nil {
 		return nil, err
 	}
@@ -288,6 +288,7 @@ func (p *pusher) manifests(ctx context.Context, idx ocispec.Descriptor, ms []bun
 		p.res.Manifests.add(desc.Size)
 		return nil
 	}
+	p.prog.note("%d manifests, then the index", len(order))
 	for _, m := range order {
 		var at name.Reference = p.r.repo.Digest(m.Digest.String())
 		if p.tagChildren {
