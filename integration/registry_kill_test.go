@@ -129,7 +129,9 @@ func TestRegistryPushPullSIGKILL(t *testing.T) {
 		hydrated[l.Digest.String()] = true
 	}
 	pullPoints := []killPoint{killAfter(5 * time.Millisecond), killAfter(40 * time.Millisecond), killAtLine("pull "), killAfter(150 * time.Millisecond),
-		{"after the downloads", func(line string, _ time.Duration) bool { return strings.HasPrefix(line, "pull ") && strings.HasSuffix(line, " done") }},
+		{"after the downloads", func(line string, _ time.Duration) bool {
+			return strings.HasPrefix(line, "pull ") && strings.HasSuffix(line, " done")
+		}},
 		killAtLine("hydrate")}
 	kills = 0
 	dir := t.TempDir()
