@@ -284,6 +284,57 @@ func TestRegistryCIBundle(t *testing.T) {
 	if len(x) == 0 || string(x) != string(y) {
 		t.Fatalf("the CI store made a %d-byte bundle, the source store %d bytes, not the same bytes", len(x), len(y))
 	}
+
+	// The same in one step: --from docker://REF pulls the base's blocked
+	// form into an empty store.
+	ci2 := filepath.Join(t.TempDir(), "ci2")
+	bfMust(t, bin, "pull", "--store", ci2, "--progress", "none", "--materialize=false", reg.addr+"/ci/app:v2", b.v2.Name)
+	viaRef := filepath.Join(dir, "ref.bundle")
+	bfMust(t, bin, "bundle", "create", "--store", ci2, "--progress", "none", "--from", "docker://"+reg.addr+"/ci/app:v1", b.v2.Name, "-o", viaRef)
+	for _, l := range mustClosure(t, b.src, b.v1.Name).Hydrated {
+		mustAbsent(t, filepath.Join(ci2, "blobs", "sha256", l.Digest.Encoded()))
+	}
+	if z, _ := os.ReadFile(viaRef); string(z) != string(y) {
+		t.Errorf("--from docker:// made a %d-byte bundle, the source store %d bytes, not the same bytes", len(z), len(y))
+	}
+}
+
+// TestRegistryExportReadsBlockedForm: export docker:// of a tag that holds a
+// blocked form pulls it (the pushed standard digest, not a re-framed one),
+// and reads an ordinary image as before.
+func TestRegistryExportReadsBlockedForm(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	px := startProxy(t, reg.addr)
+	ref := px.addr + "/exp/app:v1"
+	bfPush(t, bin, copyStore(t, b.src), b.v1.Name, ref)
+
+	site := filepath.Join(t.TempDir(), "site")
+	px.reset()
+	r := bfMust(t, bin, "export", "--store", site, "--progress", "none", "docker://"+ref, "app:1")
+	if first, _, _ := strings.Cut(r.stdout, "\n"); first != b.v1.Standard.Digest.String() {
+		t.Errorf("export docker:// printed %q, want the pushed standard digest %s", r.stdout, b.v1.Standard.Digest)
+	}
+	bfMust(t, bin, "verify", "--store", site)
+	if got := bfHydrate(t, bin, site, "app:1", "oci:"+filepath.Join(t.TempDir(), "out")); got != b.v1.Standard.Digest.String() {
+		t.Errorf("hydrate after export docker://: %s", got)
+	}
+	// Its standard image alone (skopeo copies it without the index) is an
+	// ordinary image: export splits it, to the same standard digest, since
+	// its layers are already block-framed.
+	std := px.addr + "/exp/plain:v1"
+	cmdOut(t, execCmd("skopeo", "copy", "--insecure-policy", "--src-tls-verify=false", "--dest-tls-verify=false", "docker://"+ref, "docker://"+std))
+	res := bfExport(t, bin, filepath.Join(t.TempDir(), "plain"), "docker://"+std, "plain:1")
+	if res.Standard.Digest != b.v1.Standard.Digest {
+		t.Errorf("export of the standard image alone: %s, want %s", res.Standard.Digest, b.v1.Standard.Digest)
+	}
+	// pull does the same for an image without a blocked form.
+	pr := bfPull(t, bin, filepath.Join(t.TempDir(), "plain-pull"), std)
+	if pr.Blocked || pr.Standard.Digest != b.v1.Standard.Digest || pr.Downloaded.Bytes < pr.StandardSize {
+		t.Errorf("pull of an ordinary image: blocked %v, standard %s (want %s), %d bytes downloaded of %d", pr.Blocked, pr.Standard.Digest, b.v1.Standard.Digest, pr.Downloaded.Bytes, pr.StandardSize)
+	}
 }
 
 // TestRegistryGCKeepsBlocks: after the registry's garbage-collect
