@@ -98,7 +98,10 @@ func Pull(ctx context.Context, s *store.Store, ref name.Reference, imageName str
 	if imageName == "" {
 		imageName = DefaultName(ref)
 	}
-	r := newRepo(ref, opts.Remote)
+	r, err := newRepo(ref, opts.Remote)
+	if err != nil {
+		return nil, err
+	}
 	data, root, err := r.getManifest(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
@@ -129,7 +132,10 @@ func Pull(ctx context.Context, s *store.Store, ref name.Reference, imageName str
 // blocked form (so that export and bundle create can pull it rather than
 // read its standard image whole).
 func HasBlockedForm(ctx context.Context, ref name.Reference, opts []remote.Option) (bool, error) {
-	r := newRepo(ref, opts)
+	r, err := newRepo(ref, opts)
+	if err != nil {
+		return false, err
+	}
 	data, root, err := r.getManifest(ctx, ref)
 	if err != nil {
 		return false, err

@@ -133,7 +133,10 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 		return nil, fmt.Errorf("push %s: %w", imageName, err)
 	}
 
-	r := newRepo(ref, opts.Remote)
+	r, err := newRepo(ref, opts.Remote)
+	if err != nil {
+		return nil, err
+	}
 	p := &pusher{s: s, r: r, res: res, registry: ref.Context().RegistryStr(), repoName: ref.Context().RepositoryStr(), tagChildren: opts.TagChildren}
 	var total int64
 	for _, l := range leaves {
@@ -229,7 +232,7 @@ func (p *pusher) tryBlob(ctx context.Context, desc ocispec.Descriptor) error {
 			break
 		}
 	}
-	if err := remote.WriteLayer(p.r.repo, layer, p.r.options(ctx)...); err != nil {
+	if err := p.r.pusher.Upload(ctx, p.r.repo, layer); err != nil {
 		return err
 	}
 	if n := l.read.Load(); n > 0 {

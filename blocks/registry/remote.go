@@ -38,25 +38,34 @@ func (c *Count) add(n int64) { c.Blobs++; c.Bytes += n }
 
 // repo reads and writes one repository of a registry. The byte counter
 // counts what crosses the network in request or response bodies.
+//
+// One Puller and one Pusher serve every request of a push or pull: they
+// keep the authenticated transport (one ping and token per repository, not
+// one per blob, which made a pull of 550 blobs three times slower).
 type repo struct {
-	ref  name.Reference // as given (tag or digest)
-	repo name.Repository
-	opts []remote.Option
-	down atomic.Int64
+	ref    name.Reference // as given (tag or digest)
+	repo   name.Repository
+	puller *remote.Puller
+	pusher *remote.Pusher
+	down   atomic.Int64
 }
 
-func newRepo(ref name.Reference, opts []remote.Option) *repo {
-	return &repo{ref: ref, repo: ref.Context(), opts: opts}
-}
-
-func (r *repo) options(ctx context.Context) []remote.Option {
-	return append(append([]remote.Option(nil), r.opts...), remote.WithContext(ctx))
+func newRepo(ref name.Reference, opts []remote.Option) (*repo, error) {
+	puller, err := remote.NewPuller(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	pusher, err := remote.NewPusher(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	return &repo{ref: ref, repo: ref.Context(), puller: puller, pusher: pusher}, nil
 }
 
 // getManifest reads a manifest or index by reference, checks its size and,
 // when ref is a digest, its digest, and returns it with its descriptor.
 func (r *repo) getManifest(ctx context.Context, ref name.Reference) ([]byte, ocispec.Descriptor, error) {
-	d, err := remote.Get(ref, r.options(ctx)...)
+	d, err := r.puller.Get(ctx, ref)
 	if err != nil {
 		return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", ref, explain(err))
 	}
@@ -100,7 +109,7 @@ func (r *repo) openBlob(ctx context.Context, desc ocispec.Descriptor) (io.ReadCl
 	if desc.Size < 0 {
 		return nil, fmt.Errorf("%s: blob %s: negative size", r.repo, desc.Digest)
 	}
-	l, err := remote.Layer(r.repo.Digest(desc.Digest.String()), r.options(ctx)...)
+	l, err := r.puller.Layer(ctx, r.repo.Digest(desc.Digest.String()))
 	if err != nil {
 		return nil, fmt.Errorf("%s: blob %s: %w", r.repo, desc.Digest, explain(err))
 	}
@@ -143,7 +152,7 @@ func (c *countReader) Read(p []byte) (int, error) {
 
 // blobExists asks the registry (HEAD) whether the repository has d.
 func (r *repo) blobExists(ctx context.Context, d digest.Digest) (bool, error) {
-	l, err := remote.Layer(r.repo.Digest(d.String()), r.options(ctx)...)
+	l, err := r.puller.Layer(ctx, r.repo.Digest(d.String()))
 	if err != nil {
 		return false, err
 	}
@@ -156,7 +165,7 @@ func (r *repo) blobExists(ctx context.Context, d digest.Digest) (bool, error) {
 
 // putManifest uploads a manifest or index under ref (its digest, or the tag).
 func (r *repo) putManifest(ctx context.Context, ref name.Reference, mediaType string, data []byte) error {
-	if err := remote.Put(ref, rawManifest{data: data, mediaType: mediaType}, r.options(ctx)...); err != nil {
+	if err := r.pusher.Put(ctx, ref, rawManifest{data: data, mediaType: mediaType}); err != nil {
 		return fmt.Errorf("%s: put manifest %s: %w", ref, digest.FromBytes(data), explain(err))
 	}
 	return nil
