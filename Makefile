@@ -1,7 +1,7 @@
 # Blockfile. See README.md.
 GO ?= go
 
-.PHONY: all build test test-unit test-integration demo bench-blocks bench-import bench-bundles clean FORCE
+.PHONY: all build test test-unit test-integration demo bench-blocks bench-import bench-bundles bench-registry clean FORCE
 
 all: build
 
@@ -43,6 +43,11 @@ bench-import:
 # split, Jib and the ideal per-file bytes; apply time against extract-and-repack.
 bench-bundles:
 	$(GO) run ./integration/bench/bundles
+
+# Push and pull of v1 and each upgrade of ../shared/bench through a local
+# registry (docker-registry), bytes and times next to skopeo copy.
+bench-registry:
+	$(GO) run ./integration/bench/registry
 
 clean:
 	rm -rf bin

@@ -18,6 +18,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -32,19 +33,27 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
+	"github.com/blockfile/blockfile/blocks/tree"
 	"github.com/blockfile/blockfile/integration/benchimg"
 )
 
 var variants = []string{"v1", "v2-app", "v2-dep", "v2-jre", "v2-curl"}
 
+var withImport bool
+
 func main() {
 	scen := benchimg.DefaultScenario()
 	work := flag.String("work", filepath.Join(filepath.Dir(scen.Root), "work-registry"), "scratch directory (emptied first)")
+	flag.BoolVar(&withImport, "import", true, "label the images as a build with IMPORT of /app/libs/ and /app/app.jar records them (every jar a block); false: only files of at least 64 KiB are blocks")
 	flag.Parse()
 	if err := run(context.Background(), scen, *work); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -88,8 +97,13 @@ func startRegistry(dir string, c *counter) (string, func(), error) {
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return "", nil, err
 	}
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	defer logf.Close()
 	cmd := exec.Command("docker-registry", "serve", cfg)
-	cmd.Stderr = os.Stderr
+	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return "", nil, fmt.Errorf("docker-registry (apt-get install docker-registry): %w", err)
 	}
@@ -148,6 +162,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
+	var v1Blocks int
 	// 1. Images from the layer directories, exported into one store.
 	t0 := time.Now()
 	b, err := benchimg.NewBuilder(filepath.Join(work, "layout"))
@@ -166,6 +181,11 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		if _, _, err := b.Image(ctx, v, dirs); err != nil {
 			return err
 		}
+		if withImport {
+			if err := addImportLabel(ctx, b.Dir, v, dirs); err != nil {
+				return err
+			}
+		}
 	}
 	src, err := store.Open(filepath.Join(work, "src"))
 	if err != nil {
@@ -176,10 +196,13 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		if err != nil {
 			return err
 		}
-		_, err = image.Export(ctx, src, in, v, image.ExportOptions{})
+		er, err := image.Export(ctx, src, in, v, image.ExportOptions{})
 		in.Close()
 		if err != nil {
 			return err
+		}
+		if v == "v1" {
+			v1Blocks = er.Blocks
 		}
 	}
 	fmt.Fprintf(os.Stderr, "built and exported %d images in %s\n", len(variants), time.Since(t0).Round(time.Millisecond))
@@ -269,6 +292,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		fmt.Fprintf(os.Stderr, "%s: push %s, pull %s, skopeo %s\n", v, r.pushT.Round(time.Millisecond), r.pullT.Round(time.Millisecond), r.skopeoT.Round(time.Millisecond))
 	}
 
+	fmt.Printf("IMPORT label: %v; %d blocks in v1\n\n", withImport, v1Blocks)
 	fmt.Println("| image | push s | push MB up | pull s | pull MB down | skopeo copy s | skopeo MB down | pull/skopeo time | pull/skopeo bytes | bound | within |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -296,4 +320,94 @@ func yes(b bool) string {
 		return "yes"
 	}
 	return "**no**"
+}
+
+// addImportLabel rewrites the image tagged v in the layout at dir with the
+// dev.blockfile.imports label a build with IMPORT of /app/libs/ (a tree
+// block) and /app/app.jar records, as the bundles bench does.
+func addImportLabel(ctx context.Context, dir, v string, layerDirs []string) error {
+	m := map[string]string{}
+	for _, ld := range layerDirs {
+		if libs := filepath.Join(ld, "app", "libs"); isDir(libs) {
+			doc, _, err := tree.Build(ctx, libs, func(_ context.Context, p string) (blocks.Ref, error) {
+				data, err := os.ReadFile(p)
+				if err != nil {
+					return blocks.Ref{}, err
+				}
+				return blocks.Ref{Digest: digest.FromBytes(data), Size: int64(len(data))}, nil
+			})
+			if err != nil {
+				return err
+			}
+			m["/app/libs/"] = tree.DocRef(doc).Digest.String()
+		}
+		if data, err := os.ReadFile(filepath.Join(ld, "app", "app.jar")); err == nil {
+			m["/app/app.jar"] = digest.FromBytes(data).String()
+		}
+	}
+	label, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	if err := readJSON(filepath.Join(dir, "index.json"), &idx); err != nil {
+		return err
+	}
+	for i, e := range idx.Manifests {
+		if e.Annotations[ocispec.AnnotationRefName] != v {
+			continue
+		}
+		var man ocispec.Manifest
+		if err := readJSON(blobPath(dir, e.Digest), &man); err != nil {
+			return err
+		}
+		var cfg ocispec.Image
+		if err := readJSON(blobPath(dir, man.Config.Digest), &cfg); err != nil {
+			return err
+		}
+		if cfg.Config.Labels == nil {
+			cfg.Config.Labels = map[string]string{}
+		}
+		cfg.Config.Labels[blocks.LabelImports] = string(label)
+		if man.Config, err = putJSON(dir, man.Config.MediaType, cfg); err != nil {
+			return err
+		}
+		md, err := putJSON(dir, e.MediaType, man)
+		if err != nil {
+			return err
+		}
+		md.Annotations = e.Annotations
+		idx.Manifests[i] = md
+	}
+	data, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "index.json"), data, 0o644)
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+func blobPath(dir string, d digest.Digest) string {
+	return filepath.Join(dir, "blobs", d.Algorithm().String(), d.Encoded())
+}
+
+func readJSON(p string, v any) error {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
+}
+
+func putJSON(dir, mt string, v any) (ocispec.Descriptor, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	d := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	return d, os.WriteFile(blobPath(dir, d.Digest), data, 0o644)
 }
