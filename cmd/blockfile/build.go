@@ -71,6 +71,7 @@ ignored here, since the frontend runs in-process.`,
 		Args: exactArgs(1),
 	}
 	openStore := createStoreFlag(cmd)
+	reg := registryFlags(cmd) // for --push and -o docker://
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "buildkitd address (default $BUILDKIT_HOST, else "+defaultBuildkitAddr+")")
 	f.StringVarP(&file, "file", "f", "", "the Dockerfile (default CONTEXT/Dockerfile)")
@@ -205,7 +206,7 @@ ignored here, since the frontend runs in-process.`,
 		// Push/write the standard image: the digest just printed, byte for
 		// byte (hydrate verifies every blob on the way).
 		for _, o := range outputs {
-			dst, err := transport.ParseSink(ctx, o, transport.WithDefaultName(name))
+			dst, err := transport.ParseSink(ctx, o, transport.WithDefaultName(name), transport.WithRegistry(*reg))
 			if err != nil {
 				return err
 			}
@@ -215,6 +216,12 @@ ignored here, since the frontend runs in-process.`,
 			}
 			if d.Digest != res.Standard.Digest {
 				return fmt.Errorf("write %s to %s: wrote %s, want the standard image %s", name, o, d.Digest, res.Standard.Digest)
+			}
+			if ref, ok := strings.CutPrefix(o, "docker://"); ok {
+				// Signatures, attestations and SBOMs the store keeps for it, as hydrate does.
+				if _, err := image.PushReferrers(ctx, s, d, *reg, ref); err != nil {
+					return fmt.Errorf("write %s to %s: pushed the image, but not its signatures and attestations: %w", name, o, err)
+				}
 			}
 			if !asJSON {
 				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s to %s\n", d.Digest, o)
