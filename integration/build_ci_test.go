@@ -159,3 +159,49 @@ func TestBuildVerifiedBlockCache(t *testing.T) {
 		t.Errorf("build over a tampered block: exit %d, want 1 naming line 2 and the mismatch\n%s", r.code, r.stderr)
 	}
 }
+
+// TestBuildAuthRegistry: with --authfile, BuildKit gets the credentials
+// too (as buildx passes the docker config): the registry cache goes to a
+// registry that requires a login, and --push puts the image there.
+func TestBuildAuthRegistry(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	dir := t.TempDir()
+	htpasswd, err := exec.Command("htpasswd", "-Bbn", "ci", "pa55").Output()
+	if err != nil {
+		t.Fatalf("htpasswd: %v", err)
+	}
+	putFile(t, filepath.Join(dir, "htpasswd"), htpasswd)
+	reg := env.RegistryWith(t, harness.RegistryOptions{Name: "build-auth", Htpasswd: filepath.Join(dir, "htpasswd")})
+	t.Cleanup(func() { reg.Stop() })
+	authfile := filepath.Join(dir, "auth.json")
+	writeDockerConfig(t, authfile, reg.Addr, "ci", "pa55")
+	empty := filepath.Join(dir, "empty-docker")
+	if err := os.MkdirAll(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	anon := []string{"DOCKER_CONFIG=" + empty, "REGISTRY_AUTH_FILE="}
+
+	jar := make([]byte, 80_000)
+	rand.Read(jar)
+	putFile(t, filepath.Join(dir, "lib.jar"), jar)
+	storeDir := filepath.Join(dir, "store")
+	line := strings.TrimSpace(bfMust(t, bin, "block", "add", "--store", storeDir, "--import-to", "/app/lib.jar", filepath.Join(dir, "lib.jar")).stdout)
+	ctx := filepath.Join(dir, "ctx")
+	putFile(t, filepath.Join(ctx, "Dockerfile"), []byte("FROM scratch\n"+line+"\n"))
+	args := []string{"build", "--addr", env.BuildkitAddr(t), "--store", storeDir, "--progress", "plain", "-t", "app:v1",
+		"--cache-to", "type=registry,ref=" + reg.Addr + "/ci/cache:c,mode=max", "--push", reg.Addr + "/ci/app:v1", ctx}
+
+	// Without credentials the cache export is refused.
+	if r := bfEnv(t, anon, bin, args...); r.code != 1 {
+		t.Errorf("build to an auth registry without credentials: exit %d, want 1\n%s", r.code, r.stderr)
+	}
+	r := bfEnv(t, anon, bin, append([]string{"build", "--authfile", authfile}, args[1:]...)...)
+	if r.code != 0 {
+		t.Fatalf("build with --authfile: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, ref := range []string{"/ci/app:v1", "/ci/cache:c"} {
+		cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "--authfile", authfile, "docker://"+reg.Addr+ref))
+	}
+}

@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
 	bkclient "github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
+	"github.com/moby/buildkit/session/auth/authprovider"
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"github.com/moby/buildkit/util/progress/progressui"
@@ -141,6 +144,13 @@ ignored here, since the frontend runs in-process.`,
 		} else if a != nil {
 			opt.session = append(opt.session, a)
 		}
+		// BuildKit pulls bases and pushes/pulls registry caches with the
+		// credentials blockfile uses (--authfile, else the docker config).
+		auth, err := dockerAuthAttachable(reg.AuthFile, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		opt.session = append(opt.session, auth)
 		for _, p := range pushes {
 			outputs = append(outputs, "docker://"+strings.TrimPrefix(p, "docker://"))
 		}
@@ -442,4 +452,30 @@ func sshAttachable(vals []string) (session.Attachable, error) {
 		return nil, fmt.Errorf("--ssh: %w", err)
 	}
 	return a, nil
+}
+
+// dockerAuthAttachable gives BuildKit the registry credentials, as buildx
+// does: from authFile (--authfile, else $REGISTRY_AUTH_FILE, a docker
+// config.json), else the docker config and its credential helpers.
+func dockerAuthAttachable(authFile string, stderr io.Writer) (session.Attachable, error) {
+	if authFile == "" {
+		authFile = os.Getenv("REGISTRY_AUTH_FILE")
+	}
+	var cf *configfile.ConfigFile
+	if authFile != "" {
+		f, err := os.Open(authFile)
+		if err != nil {
+			return nil, fmt.Errorf("--authfile: %w", err)
+		}
+		defer f.Close()
+		cf = configfile.New(authFile)
+		if err := cf.LoadFromReader(f); err != nil {
+			return nil, fmt.Errorf("--authfile %s: %w", authFile, err)
+		}
+	} else {
+		cf = config.LoadDefaultConfigFile(stderr)
+	}
+	return authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
+		AuthConfigProvider: authprovider.LoadAuthConfig(cf),
+	}), nil
 }
