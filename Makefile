@@ -13,7 +13,7 @@ TAG ?= $(VERSION)
 PLATFORMS ?= linux/amd64,linux/arm64
 BUILDX ?= docker buildx
 
-.PHONY: all build setup test check vet fmt tidy race darwin fuzz test-unit test-integration demo frontend-image frontend-image-host bench-blocks bench-import bench-bundles clean FORCE
+.PHONY: all build setup test check vet fmt tidy race darwin fuzz test-unit test-integration demo frontend-image frontend-image-host bench-blocks bench-import bench-bundles bench-registry clean FORCE
 
 all: build
 

@@ -85,7 +85,7 @@ func checkServed(t *testing.T, repo name.Repository, opts []remote.Option, want 
 
 func TestPushBlocksShardsMergesAndSkips(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestPushBlocksShardsMergesAndSkips(t *testing.T) {
 
 func TestPushBlocksRefusesForeignTag(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,11 +181,11 @@ func TestPushBlocksRefusesForeignTag(t *testing.T) {
 	repo, opts := remoteFor(t, host)
 	// An ordinary image manifest under the tag.
 	cfg := ocispec.DescriptorEmptyJSON
-	if err := remote.WriteLayer(repo, &storeLayer{desc: cfg, open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("{}")), nil }}, opts...); err != nil {
+	if err := remote.WriteLayer(repo, &blockLayer{desc: cfg, open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("{}")), nil }}, opts...); err != nil {
 		t.Fatal(err)
 	}
 	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":2},"layers":[]}`, ocispec.MediaTypeImageManifest, cfg.MediaType, cfg.Digest)
-	if err := remote.Put(repo.Tag(DefaultBlockTag), rawManifest(m), opts...); err != nil {
+	if err := remote.Put(repo.Tag(DefaultBlockTag), blockManifestBytes(m), opts...); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := PushBlocks(ctx, s, repo, opts, []ocispec.Descriptor{d}, BlockPushOptions{}); err == nil || !strings.Contains(err.Error(), "not a block manifest") {
@@ -195,7 +195,7 @@ func TestPushBlocksRefusesForeignTag(t *testing.T) {
 
 func TestBlocksToPushNamedAndMissing(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
