@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/integration/harness"
 )
@@ -19,8 +20,26 @@ type buildCIResult struct {
 	Standard struct {
 		Digest digest.Digest `json:"digest"`
 	} `json:"standard"`
-	Blocks  int      `json:"blocks"`
-	Outputs []string `json:"outputs"`
+	Blocks int `json:"blocks"`
+	Pushed []struct {
+		Index    ocispec.Descriptor `json:"index"`
+		Standard ocispec.Descriptor `json:"standard"`
+	} `json:"pushed"`
+}
+
+// indexHolds reports whether the image index raw names the manifest d.
+func indexHolds(t *testing.T, raw string, d digest.Digest) bool {
+	t.Helper()
+	var idx ocispec.Index
+	if err := json.Unmarshal([]byte(raw), &idx); err != nil {
+		t.Fatalf("not an index: %v\n%s", err, raw)
+	}
+	for _, m := range idx.Manifests {
+		if m.Digest == d {
+			return true
+		}
+	}
+	return false
 }
 
 // TestBuildCIOptions: `blockfile build` passes --secret, --ssh,
@@ -66,13 +85,18 @@ RUN --mount=type=secret,id=tok,required=true --mount=type=secret,id=envtok,requi
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
 		t.Fatalf("build --json printed %q: %v", r.stdout, err)
 	}
-	if res.Blocks == 0 || len(res.Outputs) != 1 {
-		t.Errorf("build: %d blocks, outputs %v", res.Blocks, res.Outputs)
+	if res.Blocks == 0 || len(res.Pushed) != 1 || res.Pushed[0].Standard.Digest != res.Standard.Digest {
+		t.Errorf("build: %d blocks, pushed %+v; want the standard image %s pushed", res.Blocks, res.Pushed, res.Standard.Digest)
 	}
-	// The registry serves exactly the standard image that was printed.
+	// The tag is what `blockfile push` writes: an index naming the standard
+	// image that was printed (and its blocked form); plain clients pull it.
 	raw := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref))
-	if got := digest.FromString(raw); got != res.Standard.Digest {
-		t.Errorf("registry has %s at %s, build printed %s", got, ref, res.Standard.Digest)
+	if !indexHolds(t, raw, res.Standard.Digest) {
+		t.Errorf("registry tag %s does not name the standard image %s:\n%s", ref, res.Standard.Digest, raw)
+	}
+	std := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+reg+"/ci/app@"+res.Standard.Digest.String()))
+	if digest.FromString(std) != res.Standard.Digest {
+		t.Errorf("registry serves other bytes for %s", res.Standard.Digest)
 	}
 	// The cache was exported to the registry.
 	cacheRaw := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+cacheRef))

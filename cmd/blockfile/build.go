@@ -24,6 +24,7 @@ import (
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/frontend"
 	"github.com/blockfile/blockfile/internal/units"
@@ -38,7 +39,8 @@ const defaultBuildkitAddr = "unix:///run/buildkit/buildkitd.sock"
 // the standard image was also written.
 type buildResult struct {
 	*image.ExportResult
-	Outputs []string `json:"outputs,omitempty"`
+	Outputs []string               `json:"outputs,omitempty"`
+	Pushed  []*registry.PushResult `json:"pushed,omitempty"`
 }
 
 func newBuildCmd() *cobra.Command {
@@ -55,9 +57,11 @@ store as the "blocks" build context, and hands the resulting OCI image straight 
 export: the store then holds the standard image and its blocked form under NAME.
 The standard manifest digest is printed.
 
---push REF then writes the standard image (exactly the digest printed) to the
-registry, and -o DEST to any destination hydrate takes (oci-archive:FILE,
-oci:DIR, docker://REF). --secret, --ssh, --cache-from and --cache-to take the
+--push REF then pushes the image as 'blockfile push' does (one tag: an index
+of the standard image, exactly the digest printed, and its blocked form, so
+'blockfile pull' fetches only missing blocks), and -o DEST writes the standard
+image alone to any destination hydrate takes (oci-archive:FILE, oci:DIR,
+docker://REF). --secret, --ssh, --cache-from and --cache-to take the
 values docker buildx build takes and are passed to BuildKit as it does.
 
 Blocks are verified before the build uses them (BuildKit does not hash local
@@ -86,7 +90,7 @@ ignored here, since the frontend runs in-process.`,
 	f.StringArrayVar(&sshs, "ssh", nil, "an SSH agent or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]] (repeatable, as buildx)")
 	f.StringArrayVar(&cacheFrom, "cache-from", nil, "cache source: type=registry,ref=REF | type=local,src=DIR | REF (repeatable, as buildx)")
 	f.StringArrayVar(&cacheTo, "cache-to", nil, "cache destination: type=registry,ref=REF[,mode=max] | type=local,dest=DIR[,mode=max] | type=inline (repeatable, as buildx)")
-	f.StringArrayVar(&pushes, "push", nil, "push the standard image to the registry reference REF after export (repeatable)")
+	f.StringArrayVar(&pushes, "push", nil, "after export, push the image to the registry tag REF as 'blockfile push' does: the standard image and its blocked form (repeatable)")
 	addOutputsFlag(cmd, &outputs, "also write the standard image to DEST: oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF (repeatable)")
 	addProgressFlag(cmd, &progress)
 	f.StringVar(&compression, "compression", "gzip", "layer compression in the store: gzip or zstd")
@@ -152,7 +156,9 @@ ignored here, since the frontend runs in-process.`,
 		}
 		opt.session = append(opt.session, auth)
 		for _, p := range pushes {
-			outputs = append(outputs, "docker://"+strings.TrimPrefix(p, "docker://"))
+			if _, _, err := reg.Remote(cmd.Context(), p); err != nil {
+				return usageError{fmt.Errorf("--push %q: %w", p, err)}
+			}
 		}
 		if addr == "" {
 			addr = os.Getenv("BUILDKIT_HOST")
@@ -237,8 +243,30 @@ ignored here, since the frontend runs in-process.`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s to %s\n", d.Digest, o)
 			}
 		}
+		// --push: what 'blockfile push' does, so pull and site mirrors get
+		// the blocked form beside the standard image.
+		var pushed []*registry.PushResult
+		for _, p := range pushes {
+			ref, ropts, err := reg.Remote(ctx, p)
+			if err != nil {
+				return usageError{fmt.Errorf("--push %q: %w", p, err)}
+			}
+			pr, err := registry.Push(ctx, s, name, ref, registry.PushOptions{
+				Remote: ropts, Progress: pw, PlainProgress: plain, TagChildren: true,
+			})
+			if err != nil {
+				return fmt.Errorf("push %s to %s: %w", name, p, err)
+			}
+			if pr.Standard.Digest != res.Standard.Digest {
+				return fmt.Errorf("push %s to %s: pushed the standard image %s, want %s", name, p, pr.Standard.Digest, res.Standard.Digest)
+			}
+			pushed = append(pushed, pr)
+			if !asJSON {
+				fmt.Fprintf(cmd.ErrOrStderr(), "pushed %s to %s (index %s)\n", pr.Standard.Digest, pr.Ref, pr.Index.Digest)
+			}
+		}
 		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), buildResult{res, outputs})
+			return writeJSON(cmd.OutOrStdout(), buildResult{res, outputs, pushed})
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), res.Standard.Digest)
 		return nil
