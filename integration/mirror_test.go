@@ -29,8 +29,8 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The image as "only-mirror" on the mirror, "only-upstream" upstream.
-	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", noHosts, fx.name, "docker://"+mirror.Addr+"/team/app:only-mirror")
-	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", noHosts, fx.name, "docker://"+upstream.Addr+"/team/app:only-upstream")
+	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", noHosts, fx.name, "docker://"+mirror.Addr+"/team/app:only-mirror")
+	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", noHosts, fx.name, "docker://"+upstream.Addr+"/team/app:only-upstream")
 
 	certs := filepath.Join(dir, "certs.d")
 	hd := filepath.Join(certs, strings.Replace(upstream.Addr, ":", "_", 1)+"_")
@@ -39,7 +39,7 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 
 	for _, tag := range []string{"only-mirror", "only-upstream"} {
 		ref := "docker://" + upstream.Addr + "/team/app:" + tag
-		r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "plain-"+tag), "--progress", "none", "--hosts-dir", noHosts, ref, "app:1")
+		r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "plain-"+tag), "--progress", "quiet", "--hosts-dir", noHosts, ref, "app:1")
 		if (r.code == 0) != (tag == "only-upstream") {
 			t.Fatalf("export %s without hosts.toml: exit %d\n%s", ref, r.code, r.stderr)
 		}
@@ -49,8 +49,8 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 		}
 	}
 	// A push names the registry, never the pull-only mirror.
-	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", certs, fx.name, "docker://"+upstream.Addr+"/team/app:pushed")
-	if r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "m"), "--progress", "none", "--hosts-dir", noHosts, "docker://"+mirror.Addr+"/team/app:pushed", "app:1"); r.code == 0 {
+	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", certs, fx.name, "docker://"+upstream.Addr+"/team/app:pushed")
+	if r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "m"), "--progress", "quiet", "--hosts-dir", noHosts, "docker://"+mirror.Addr+"/team/app:pushed", "app:1"); r.code == 0 {
 		t.Fatal("a push through the mirror config landed on the mirror")
 	}
 	bfExport(t, bin, filepath.Join(dir, "u"), "docker://"+upstream.Addr+"/team/app:pushed", "app:1", "--hosts-dir", noHosts)

@@ -40,7 +40,8 @@ type ApplyOptions struct {
 	PlainProgress   bool
 
 	// Registry says how docker:// outputs are reached (credentials, TLS,
-	// hosts.toml); the zero value is the default.
+	// hosts.toml), for the images and for their signatures and attestations
+	// (transport.Registry.PushReferrers); the zero value is the default.
 	Registry transport.Registry
 }
 
@@ -106,6 +107,11 @@ func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) 
 		if err := s.Tag(ctx, im.Name, im.Index); err != nil {
 			return nil, fmt.Errorf("tag %s: %w", im.Name, err)
 		}
+		for _, r := range im.Referrers {
+			if err := s.AddReferrer(ctx, r.Subject, r.Descriptor); err != nil {
+				return nil, fmt.Errorf("image %s: %w", im.Name, err)
+			}
+		}
 	}
 	for _, im := range h.Images {
 		outs, err := hydrate(ctx, s, im, opts)
@@ -148,6 +154,15 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		for _, o := range opts.Outputs {
 			if !strings.Contains(o, "{name}") {
 				return nil, fmt.Errorf("output %q: the bundle holds %d images; put {name} in the output to write each", o, len(h.Images))
+			}
+		}
+	}
+	// Every output is expanded for every image now, so a name that would
+	// leave the output directory fails before anything is written.
+	for _, im := range h.Images {
+		for _, o := range opts.Outputs {
+			if _, err := OutputFor(o, im.Name); err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", path, err)
 			}
 		}
 	}
@@ -287,6 +302,9 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	for _, im := range h.Images {
 		c, err := walk(ctx, meta, im.Name, im.Index, true)
 		if err != nil {
+			return fmt.Errorf("bundle %s: %w", path, err)
+		}
+		if err := c.addReferrers(ctx, meta, im.Referrers, true); err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
 		}
 		if len(c.Missing) == 0 && (c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size) {

@@ -2,9 +2,15 @@ package bundle
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
@@ -25,7 +31,10 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 	}
 	var outs []string
 	for _, o := range opts.Outputs {
-		out := OutputFor(o, im.Name)
+		out, err := OutputFor(o, im.Name)
+		if err != nil {
+			return outs, fmt.Errorf("image %s: %w", blocks.Quote(im.Name), err)
+		}
 		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name), transport.WithRegistry(opts.Registry))
 		if err != nil {
 			return outs, fmt.Errorf("image %s: output %s: %w", im.Name, out, err)
@@ -36,6 +45,15 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 		}
 		if got.Digest != im.Standard.Digest {
 			return outs, fmt.Errorf("image %s: output %s: wrote %s, the bundle says %s", im.Name, out, got.Digest, im.Standard.Digest)
+		}
+		if ref, ok := strings.CutPrefix(out, "docker://"); ok && len(im.Referrers) > 0 {
+			refs, err := pushableReferrers(ctx, s, im.Standard, im.Referrers)
+			if err != nil {
+				return outs, fmt.Errorf("image %s: %w", im.Name, err)
+			}
+			if err := opts.Registry.PushReferrers(ctx, ref, s, refs); err != nil {
+				return outs, fmt.Errorf("image %s: output %s: signatures and attestations: %w", im.Name, out, err)
+			}
 		}
 		outs = append(outs, out)
 	}
@@ -48,16 +66,78 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 // end the path; in a REF (after the path's colon) and in docker:// it is
 // the name itself: oci-archive:/out/{name}.tar, oci:/out/layout:{name},
 // docker://registry.local/{name}.
-func OutputFor(output, name string) string {
+//
+// The name comes from a bundle: it must be a valid image reference
+// (blocks.ValidateName), and the expanded path must stay inside the
+// directory the output names before {name} (so no name, whatever it is,
+// can write beside or above it).
+func OutputFor(output, name string) (string, error) {
+	if !strings.Contains(output, "{name}") {
+		return output, nil
+	}
+	if err := blocks.ValidateName(name); err != nil {
+		return "", fmt.Errorf("output %s: %w", blocks.Quote(output), err)
+	}
 	for _, kind := range []string{"oci:", "oci-archive:"} {
-		if rest, ok := strings.CutPrefix(output, kind); ok {
-			path, ref, hasRef := strings.Cut(rest, ":")
-			out := kind + strings.ReplaceAll(path, "{name}", strings.NewReplacer("/", "_", ":", "_").Replace(name))
-			if hasRef {
-				out += ":" + strings.ReplaceAll(ref, "{name}", name)
+		rest, ok := strings.CutPrefix(output, kind)
+		if !ok {
+			continue
+		}
+		path, ref, hasRef := strings.Cut(rest, ":")
+		safe := strings.NewReplacer("/", "_", ":", "_").Replace(name)
+		expanded := strings.ReplaceAll(path, "{name}", safe)
+		if i := strings.Index(path, "{name}"); i >= 0 {
+			// The directory the user named: what precedes {name}, up to
+			// its last separator.
+			dir := filepath.Dir(path[:i] + "x")
+			if err := within(dir, expanded); err != nil {
+				return "", fmt.Errorf("output %s for image %s: %w", blocks.Quote(output), blocks.Quote(name), err)
 			}
-			return out
+		}
+		out := kind + expanded
+		if hasRef {
+			out += ":" + strings.ReplaceAll(ref, "{name}", name)
+		}
+		return out, nil
+	}
+	return strings.ReplaceAll(output, "{name}", name), nil
+}
+
+// ErrOutsideOutput: an expanded output path would leave the directory the
+// output names.
+var ErrOutsideOutput = errors.New("path leaves the output directory")
+
+// within checks that p, once cleaned, is dir or below it and not dir itself
+// with nothing added.
+func within(dir, p string) error {
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(p))
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return fmt.Errorf("%s is not inside %s: %w", blocks.Quote(p), blocks.Quote(dir), ErrOutsideOutput)
+	}
+	return nil
+}
+
+// pushableReferrers keeps the referrers whose subject a registry output
+// holds: the standard image, the manifests of a standard index, or another
+// such referrer (the blocked form is not pushed with the standard image, so
+// what refers to it is not either).
+func pushableReferrers(ctx context.Context, s *store.Store, std ocispec.Descriptor, refs []store.Referrer) ([]store.Referrer, error) {
+	pushed := map[digest.Digest]bool{std.Digest: true}
+	if std.MediaType == ocispec.MediaTypeImageIndex {
+		var idx ocispec.Index
+		if err := s.GetJSON(ctx, std, &idx); err != nil {
+			return nil, fmt.Errorf("standard index %s: %w", std.Digest, err)
+		}
+		for _, m := range idx.Manifests {
+			pushed[m.Digest] = true
 		}
 	}
-	return strings.ReplaceAll(output, "{name}", name)
+	var out []store.Referrer
+	for _, r := range refs {
+		if pushed[r.Subject] {
+			out = append(out, r)
+			pushed[r.Descriptor.Digest] = true
+		}
+	}
+	return out, nil
 }

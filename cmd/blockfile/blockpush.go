@@ -47,8 +47,8 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 	reg := registryFlags(cmd)
 	cmd.Flags().StringVar(&tag, "tag", registry.DefaultBlockTag, "tag that keeps the blocks referenced")
 	cmd.Flags().IntVar(&jobs, "jobs", 4, "blocks uploaded at once")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addJSONFlag(cmd, &asJSON, "")
+	addProgressFlag(cmd, &progress)
 	cmd.Flags().IntVar(&perMan, "blocks-per-manifest", registry.MaxBlocksPerManifest, "blocks per block manifest (tests use a small value to exercise several)")
 	_ = cmd.Flags().MarkHidden("blocks-per-manifest")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -98,7 +98,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 			o.Progress = func(p registry.BlockPushProgress) {
 				if p.Done == p.Total || time.Since(last) > time.Second {
 					last = time.Now()
-					fmt.Fprintf(pw, "block push: %d/%d blocks checked, %s uploaded\n", p.Done, p.Total, humanBytes(p.UploadedBytes))
+					fmt.Fprintf(pw, "block push: %d/%d blocks checked, %s uploaded\n", p.Done, p.Total, sizeString(p.UploadedBytes))
 				}
 			}
 		}
@@ -112,7 +112,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 		}
 		w := cmd.OutOrStdout()
 		fmt.Fprintf(w, "%s: %d blocks uploaded (%s), %d already there; the tag keeps %d blocks (%d new)\n",
-			res.Repository, res.Uploaded.Blobs, humanBytes(res.Uploaded.Bytes), res.Present.Blobs, res.Blocks, res.Added)
+			res.Repository, res.Uploaded.Blobs, sizeString(res.Uploaded.Bytes), res.Present.Blobs, res.Blocks, res.Added)
 		for _, m := range res.Manifests {
 			fmt.Fprintf(w, "  %s:%s  %s  %d blocks\n", res.Repository, m.Tag, m.Digest, m.Blocks)
 		}
