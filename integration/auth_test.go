@@ -152,6 +152,32 @@ func TestRegistryBasicAuth(t *testing.T) {
 		}
 		prev = got
 	}
+
+	// push and pull: --authfile, then $REGISTRY_AUTH_FILE.
+	checkPushPullAuth(t, bin, fx, host, anon, anon, []string{"--authfile", authfile})
+	checkPushPullAuth(t, bin, fx, host, anon, []string{"DOCKER_CONFIG=" + emptyDocker, "REGISTRY_AUTH_FILE=" + authfile}, nil)
+}
+
+// checkPushPullAuth: blockfile push and pull (the blocked form) against a
+// registry needing credentials fail with the clear message without them
+// and work with them (given as the extra arguments or environment).
+func checkPushPullAuth(t *testing.T, bin string, fx *fixture, host string, anon, credEnv, credArgs []string) {
+	t.Helper()
+	dir := t.TempDir()
+	st := copyStore(t, fx.store)
+	ref := host + "/team/blocked:v1"
+	r := bfEnv(t, anon, bin, "push", "--store", st, "--progress", "quiet", fx.name, ref)
+	checkAuthFailure(t, "push without credentials", r, host)
+	r = bfEnv(t, credEnv, bin, append(append([]string{"push", "--store", st, "--progress", "quiet"}, credArgs...), fx.name, ref)...)
+	if r.code != 0 {
+		t.Fatalf("push with credentials: exit %d\n%s", r.code, r.stderr)
+	}
+	r = bfEnv(t, anon, bin, "pull", "--store", filepath.Join(dir, "p0"), "--progress", "quiet", ref, "app:v1")
+	checkAuthFailure(t, "pull without credentials", r, host)
+	r = bfEnv(t, credEnv, bin, append(append([]string{"pull", "--store", filepath.Join(dir, "p1"), "--progress", "quiet"}, credArgs...), ref, "app:v1")...)
+	if r.code != 0 {
+		t.Fatalf("pull with credentials: exit %d\n%s", r.code, r.stderr)
+	}
 }
 
 func digestOf(b []byte) string { return "sha256:" + sha256Hex(b) }
@@ -286,4 +312,5 @@ func TestRegistryTokenAuth(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("token auth: export with --authfile: exit %d\n%s", r.code, r.stderr)
 	}
+	checkPushPullAuth(t, bin, fx, host, anon, anon, []string{"--authfile", authfile})
 }

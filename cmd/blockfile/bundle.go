@@ -106,7 +106,7 @@ layer), so CI with an empty store can make an update bundle.`,
 			}
 			res, err := registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
 			if err != nil {
-				return fmt.Errorf("--from %s: %w", f, err)
+				return fmt.Errorf("--from %s: %w", f, reg.Explain(ref, err))
 			}
 			opts.From[i] = res.Name
 		}

@@ -135,11 +135,11 @@ func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg 
 	}
 	blocked, err := registry.HasBlockedForm(ctx, ref, ropts)
 	if err != nil || !blocked {
-		return false, err
+		return false, reg.Explain(ref, err)
 	}
 	res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Progress: pw, PlainProgress: plain})
 	if err != nil {
-		return true, err
+		return true, reg.Explain(ref, err)
 	}
 	if asJSON {
 		return true, writeJSON(cmd.OutOrStdout(), res)

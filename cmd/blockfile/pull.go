@@ -95,7 +95,7 @@ the size of the standard image a plain client would have downloaded.`,
 			Export: image.ExportOptions{Compression: c, MinBlockSize: size},
 		})
 		if err != nil {
-			return err
+			return reg.Explain(ref, err)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
