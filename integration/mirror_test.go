@@ -13,7 +13,8 @@ import (
 // TestRegistryMirrorHostsToml: with a hosts.toml naming a mirror for a
 // registry, export docker://<registry>/... reads from the mirror first (an
 // image only the mirror holds is found) and falls back to the registry (an
-// image only the registry holds is found too); pushes go to the registry.
+// image only the registry holds is found too), and so does pull of a blocked
+// form; pushes go to the registry.
 func TestRegistryMirrorHostsToml(t *testing.T) {
 	harness.RequireIntegration(t)
 	env := harness.Get(t)
@@ -48,6 +49,13 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 			t.Fatalf("export %s through the mirror config: no digest", ref)
 		}
 	}
+	// pull of a blocked form that only the mirror holds.
+	bfMust(t, bin, "push", "--store", copyStore(t, fx.store), "--progress", "quiet", "--hosts-dir", noHosts, fx.name, mirror.Addr+"/team/app:blocked")
+	if r := bfRun(t, bin, "pull", "--store", filepath.Join(dir, "pull0"), "--progress", "quiet", "--hosts-dir", noHosts, upstream.Addr+"/team/app:blocked", "app:1"); r.code == 0 {
+		t.Fatal("pull of a tag only the mirror holds worked without the mirror config")
+	}
+	bfMust(t, bin, "pull", "--store", filepath.Join(dir, "pull1"), "--progress", "quiet", "--hosts-dir", certs, upstream.Addr+"/team/app:blocked", "app:1")
+
 	// A push names the registry, never the pull-only mirror.
 	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", certs, fx.name, "docker://"+upstream.Addr+"/team/app:pushed")
 	if r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "m"), "--progress", "quiet", "--hosts-dir", noHosts, "docker://"+mirror.Addr+"/team/app:pushed", "app:1"); r.code == 0 {
