@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	gname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
@@ -100,11 +102,12 @@ layer), so CI with an empty store can make an update bundle.`,
 			if !strings.HasPrefix(f, "docker://") {
 				continue
 			}
-			ref, ropts, err := reg.Remote(cmd.Context(), f)
-			if err != nil {
-				return usageError{err}
-			}
-			res, err := registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+			var res *registry.PullResult
+			err := readFrom(cmd.Context(), reg, f, func(ref gname.Reference, ropts []remote.Option) error {
+				var err error
+				res, err = registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("--from %s: %w", f, err)
 			}
