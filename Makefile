@@ -1,7 +1,19 @@
 # Blockfile. See README.md.
 GO ?= go
 
-.PHONY: all build test test-unit test-integration demo bench-blocks bench-import bench-bundles clean FORCE
+# Version stamped into both binaries (blockfile version): the tag, else the
+# commit; COMMIT is the full commit hash. A release sets VERSION=v1.2.3.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/blockfile/blockfile/internal/version.Version=$(VERSION) -X github.com/blockfile/blockfile/internal/version.Commit=$(COMMIT)
+
+# make frontend-image REGISTRY=registry.example/team [TAG=v1.2.3]
+REGISTRY ?=
+TAG ?= $(VERSION)
+PLATFORMS ?= linux/amd64,linux/arm64
+BUILDX ?= docker buildx
+
+.PHONY: all build setup test test-unit test-integration demo frontend-image bench-blocks bench-import bench-bundles clean FORCE
 
 all: build
 
@@ -9,14 +21,20 @@ all: build
 build: bin/blockfile bin/blockfile-frontend
 
 bin/blockfile: FORCE
-	$(GO) build -o $@ ./cmd/blockfile
+	$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/blockfile
 
 bin/blockfile-frontend: FORCE
-	CGO_ENABLED=0 $(GO) build -o $@ ./cmd/blockfile-frontend
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/blockfile-frontend
+
+# Installs the missing Debian packages (as root; otherwise prints the
+# apt-get command and fails with status 2). demo and test run it first.
+setup:
+	bash scripts/setup.sh
 
 # Unit tests, then integration tests against real buildkitd, registry,
 # containerd and docker buildx (started by integration/harness; needs root).
-test: test-unit test-integration
+test: setup
+	$(MAKE) test-unit test-integration
 
 test-unit:
 	$(GO) test -short ./...
@@ -25,8 +43,16 @@ test-integration:
 	$(GO) test -count=1 -timeout 60m ./integration/...
 
 # Builds examples/javaapp v1 and v2 on its own buildkitd and registry.
-demo:
+demo: setup
 	bash scripts/demo.sh
+
+# The frontend image for $(PLATFORMS), cross-compiled on the build platform
+# (the root Dockerfile's release stage), pushed to $(REGISTRY)/blockfile-frontend:$(TAG).
+frontend-image:
+	@test -n "$(REGISTRY)" || { echo "make frontend-image: set REGISTRY=host[:port]/path" >&2; exit 2; }
+	$(BUILDX) build --platform $(PLATFORMS) --target release \
+		--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) \
+		-t $(REGISTRY)/blockfile-frontend:$(TAG) --push .
 
 # Export and hydrate figures on the v1 image of ../shared/bench (run
 # ../shared/bench/make-scenario.sh as root first; BENCH defaults to /tmp/bench).

@@ -39,8 +39,9 @@ type ApplyOptions struct {
 	HydrateProgress io.Writer
 	PlainProgress   bool
 
-	// Registry is how docker:// outputs are reached when apply pushes the
-	// images' signatures and attestations (transport.Registry.PushReferrers).
+	// Registry says how docker:// outputs are reached (credentials, TLS,
+	// hosts.toml), for the images and for their signatures and attestations
+	// (transport.Registry.PushReferrers); the zero value is the default.
 	Registry transport.Registry
 }
 
@@ -153,6 +154,15 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		for _, o := range opts.Outputs {
 			if !strings.Contains(o, "{name}") {
 				return nil, fmt.Errorf("output %q: the bundle holds %d images; put {name} in the output to write each", o, len(h.Images))
+			}
+		}
+	}
+	// Every output is expanded for every image now, so a name that would
+	// leave the output directory fails before anything is written.
+	for _, im := range h.Images {
+		for _, o := range opts.Outputs {
+			if _, err := OutputFor(o, im.Name); err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", path, err)
 			}
 		}
 	}

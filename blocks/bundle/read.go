@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -130,8 +131,12 @@ func (h *Header) check() error {
 	}
 	names := map[string]bool{}
 	for _, im := range h.Images {
-		if im.Name == "" || names[im.Name] {
-			return fmt.Errorf("image name %q is empty or given twice", im.Name)
+		// The name becomes a tag and may expand {name} in an output path.
+		if err := blocks.ValidateName(im.Name); err != nil {
+			return err
+		}
+		if names[im.Name] {
+			return fmt.Errorf("image name %s is given twice", blocks.Quote(im.Name))
 		}
 		names[im.Name] = true
 		for _, d := range []ocispec.Descriptor{im.Index, im.Standard} {

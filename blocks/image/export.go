@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -117,8 +116,8 @@ type LayerResult struct {
 // docs/ARCHITECTURE.md "What the store holds"). The image index is tagged
 // last, so an interrupted export leaves only unreferenced blobs.
 func Export(ctx context.Context, s *store.Store, src transport.Source, name string, opts ExportOptions) (*ExportResult, error) {
-	if name == "" {
-		return nil, errors.New("export: empty image name")
+	if err := blocks.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("export: %w", err)
 	}
 	c := opts.Compression
 	switch c {

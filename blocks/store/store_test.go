@@ -19,7 +19,7 @@ import (
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "store"))
+	s, err := Create(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,9 +53,37 @@ func ingestEntries(t *testing.T, s *Store) []string {
 	return names
 }
 
-func TestOpenCreatesLayout(t *testing.T) {
+func TestOpenRefusesMissingStore(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "typo")
+	_, err := Open(root)
+	if !errors.Is(err, ErrNoStore) || !strings.Contains(err.Error(), "no store at "+root) {
+		t.Fatalf("Open(missing) = %v, want ErrNoStore naming %s", err, root)
+	}
+	if _, serr := os.Stat(root); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("Open created %s (%v)", root, serr)
+	}
+	// An existing directory that is not a store is not one either.
+	if _, err := Open(t.TempDir()); !errors.Is(err, ErrNoStore) {
+		t.Fatalf("Open(empty dir) = %v, want ErrNoStore", err)
+	}
+}
+
+func TestCreateRefusesNonEmptyDirectory(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "notes.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(root); !errors.Is(err, ErrNoStore) || !strings.Contains(err.Error(), "notes.txt") {
+		t.Fatalf("Create(non-empty dir) = %v, want ErrNoStore naming notes.txt", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "oci-layout")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Create wrote into a foreign directory: %v", err)
+	}
+}
+
+func TestCreateCreatesLayout(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "a", "b")
-	s, err := Open(root)
+	s, err := Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}

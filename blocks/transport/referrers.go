@@ -42,7 +42,13 @@ type ReferrerSource interface {
 // through go-containerregistry's remote.Referrers), then cosign's
 // sha256-<hex>.{sig,att,sbom} tags.
 func (s *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-	return listReferrers(ctx, s.ref.Context(), append(s.opts, remote.WithContext(ctx)), subject.Digest)
+	var out []ocispec.Descriptor
+	err := s.try(func(e Endpoint) error {
+		var err error
+		out, err = listReferrers(ctx, e.Ref.Context(), append(e.Options, remote.WithContext(ctx)), subject.Digest)
+		return err
+	})
+	return out, err
 }
 
 func listReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {

@@ -19,6 +19,7 @@ import (
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/frontend"
+	"github.com/blockfile/blockfile/internal/units"
 )
 
 func init() { register(newBuildCmd()) }
@@ -44,7 +45,7 @@ The Dockerfile may start with a "# syntax=" line naming the frontend image; it i
 ignored here, since the frontend runs in-process.`,
 		Args: exactArgs(1),
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "buildkitd address (default $BUILDKIT_HOST, else "+defaultBuildkitAddr+")")
 	f.StringVarP(&file, "file", "f", "", "the Dockerfile (default CONTEXT/Dockerfile)")
@@ -52,10 +53,10 @@ ignored here, since the frontend runs in-process.`,
 	f.StringVar(&platform, "platform", "", "target platform(s), e.g. linux/amd64")
 	f.StringVar(&target, "target", "", "the stage to build")
 	f.StringVarP(&name, "tag", "t", "", "the image name in the store (required)")
-	f.StringVar(&progress, "progress", "auto", "progress output: auto, plain, tty or quiet")
+	addProgressFlag(cmd, &progress)
 	f.StringVar(&compression, "compression", "gzip", "layer compression in the store: gzip or zstd")
-	f.StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks on export")
-	f.BoolVar(&asJSON, "json", false, "print the export result as JSON")
+	f.StringVar(&minSize, "min-block-size", units.Exact(image.DefaultMinBlockSize), "regular files of at least this size become blocks on export")
+	addJSONFlag(cmd, &asJSON, "print the export result as JSON")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if name == "" {
@@ -79,17 +80,17 @@ ignored here, since the frontend runs in-process.`,
 		if target != "" {
 			attrs["target"] = target
 		}
-		mode := progressui.DisplayMode(progress)
-		switch mode {
-		case progressui.AutoMode, progressui.PlainMode, progressui.TtyMode, progressui.QuietMode:
-		default:
-			return usageError{fmt.Errorf("--progress %q: want auto, plain, tty or quiet", progress)}
+		progress, err := checkProgress(progress)
+		if err != nil {
+			return err
 		}
+		// BuildKit's display takes the same four modes.
+		mode := progressui.DisplayMode(progress)
 		c := blocks.Compression(compression)
 		if c != blocks.Gzip && c != blocks.Zstd {
 			return usageError{fmt.Errorf("--compression %q: want gzip or zstd", compression)}
 		}
-		size, err := parseBlockSize(minSize)
+		size, err := units.Parse(minSize)
 		if err != nil {
 			return usageError{fmt.Errorf("--min-block-size: %w", err)}
 		}
@@ -133,12 +134,7 @@ ignored here, since the frontend runs in-process.`,
 			return err
 		}
 		defer src.Close()
-		// export's progress takes auto, plain or none
-		exportMode := map[progressui.DisplayMode]string{
-			progressui.AutoMode: "auto", progressui.TtyMode: "auto",
-			progressui.PlainMode: "plain", progressui.QuietMode: "none",
-		}[mode]
-		pw, plain, err := progressOutput(exportMode, cmd.ErrOrStderr())
+		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {
 			return err
 		}
