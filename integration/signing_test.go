@@ -76,7 +76,7 @@ func TestSignaturesSurviveBundle(t *testing.T) {
 	// What BuildKit built, pushed as is and signed: export re-frames its
 	// layers, so this signature cannot follow.
 	raw := regA + "/sig/raw:1"
-	cmdOut(t, exec.Command("skopeo", "copy", "--dest-tls-verify=false", "oci-archive:"+f.archive+":"+f.name, "docker://"+raw))
+	cmdOut(t, exec.Command("skopeo", "copy", "--dest-tls-verify=false", "oci-archive:"+f.archive, "docker://"+raw))
 	cosignMust(t, cosign, keys, "sign", "--key", key, "--tlog-upload=false", "--yes", insecure, raw)
 	buildStore := filepath.Join(t.TempDir(), "build-store")
 	res := bfExport(t, bin, buildStore, "docker://"+raw, "sig/app:1")
