@@ -14,8 +14,9 @@ set -euo pipefail
 # base image is built from it (nothing is pulled); skopeo, umoci: interop
 # tests; zstd, pigz, xdelta3, jq, openssl, apache2-utils (htpasswd): tools
 # tests compare against or use; debootstrap: the benchmark scenario; git,
-# make, ca-certificates: the build itself.
-packages=(runc containerd skopeo umoci docker-registry busybox-static zstd pigz debootstrap git make ca-certificates jq xdelta3 apache2-utils openssl)
+# make, ca-certificates: the build itself; openssh-client: ssh-keygen for
+# the build --ssh test.
+packages=(runc containerd skopeo umoci docker-registry busybox-static zstd pigz debootstrap git make ca-certificates jq xdelta3 apache2-utils openssl openssh-client)
 if (($#)); then
 	packages=("$@")
 fi

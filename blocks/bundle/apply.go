@@ -96,6 +96,13 @@ func (e *MissingError) Error() string {
 func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) (*ApplyResult, error) {
 	start := time.Now()
 	res := &ApplyResult{}
+	// The lease keeps gc from sweeping the prerequisites found present and
+	// the blobs ingested until the images are tagged and hydrated.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", path, err)
+	}
+	defer release()
 	h, err := verifyBundle(ctx, s, path, res, opts)
 	if err != nil {
 		return nil, err
@@ -167,6 +174,7 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		}
 	}
 	meta := memFetcher{blobs: map[digest.Digest][]byte{}, next: s}
+	budget := newDeflateBudget()
 	var done int64
 	shipped := h.Shipped()
 	report := func(n int64) {
@@ -200,7 +208,7 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 				report(got.Patch.Size)
 				continue
 			}
-			if rd, err = unpatched(ctx, s, got, rd); err != nil {
+			if rd, err = unpatched(ctx, s, got, rd, budget); err != nil {
 				return nil, err
 			}
 		}
@@ -244,7 +252,7 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 			continue
 		}
 		rd = store.VerifyReader(rd, b.entry())
-		if rd, err = unpatched(ctx, s, b, rd); err != nil {
+		if rd, err = unpatched(ctx, s, b, rd, budget); err != nil {
 			return nil, err
 		}
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
@@ -265,8 +273,8 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 
 // unpatched returns a reader of blob b rebuilt from its patch (read from
 // rd) and its base in s, verified against b's digest and size at EOF.
-func unpatched(ctx context.Context, s *store.Store, b Blob, rd io.Reader) (io.Reader, error) {
-	out, closeDec, err := openPatched(ctx, s, b, rd)
+func unpatched(ctx context.Context, s *store.Store, b Blob, rd io.Reader, budget *deflateBudget) (io.Reader, error) {
+	out, closeDec, err := openPatched(ctx, s, b, rd, budget)
 	if err != nil {
 		return nil, err
 	}
@@ -414,6 +422,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 	}
 	defer r.Close()
 	batch := s.NewBatch()
+	budget := newDeflateBudget()
 	defer func() {
 		if err != nil {
 			batch.Discard()
@@ -443,7 +452,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			if b.Patch != nil {
 				// The BlobWriter checks the rebuilt blob; a damaged patch
 				// fails to decode or to match.
-				out, closeDec, err := openPatched(ctx, s, b, rd)
+				out, closeDec, err := openPatched(ctx, s, b, rd, budget)
 				if err != nil {
 					return err
 				}

@@ -37,10 +37,11 @@ const (
 )
 
 // Limits that keep a hostile bundle from making apply allocate without bound.
+// docs/FORMAT.md section 9 lists them all.
 const (
-	maxHeaderSize = 256 << 20 // the header lists every shipped blob: ~150 bytes each
+	maxHeaderSize = 64 << 20  // the header lists every shipped blob: ~200 bytes each, so ~300,000 blobs
 	maxJSONSize   = 16 << 20  // one index or manifest
-	maxMetaTotal  = 512 << 20 // all manifests held in memory while verifying
+	maxMetaTotal  = 256 << 20 // all manifests held in memory while verifying
 )
 
 // Header is blockfile-bundle.json: what the bundle holds and what it needs.

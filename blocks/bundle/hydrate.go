@@ -13,6 +13,16 @@ import (
 	"github.com/blockfile/blockfile/blocks/transport"
 )
 
+// Deliver does for one image that is tagged in s with all its blobs present
+// what Apply does after ingesting: it rebuilds the standard image in s
+// (unless opts.NoMaterialize) and writes it to opts.Outputs, checking that
+// both reproduce im.Standard. Only im.Name and im.Standard are used. It
+// returns the outputs written. Registry pulls finish through it, so a pull
+// and a bundle end in the same state.
+func Deliver(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) ([]string, error) {
+	return hydrate(ctx, s, im, opts)
+}
+
 // hydrate rebuilds the standard image of im in s (so the store can serve it
 // directly, and so apply proves it reproduces the source digest), then
 // writes it to each output. It returns the outputs written.

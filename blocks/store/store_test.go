@@ -438,3 +438,38 @@ func TestWalk(t *testing.T) {
 		t.Fatalf("Walk = %v, want %v", got, want)
 	}
 }
+
+// index.json and the member and block records are read whole: each is
+// bounded (docs/FORMAT.md section 9) and a larger one is refused.
+func TestRecordAndIndexBounds(t *testing.T) {
+	ctx := context.Background()
+	s, err := Create(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := digest.FromString("a block")
+	rec := filepath.Join(s.Root(), membersDir, string(blocks.Gzip), raw.Encoded())
+	os.MkdirAll(filepath.Dir(rec), 0o755)
+	if err := os.WriteFile(rec, bytes.Repeat([]byte(" "), maxRecordSize+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The member index is a cache: an oversized record is not read, and
+	// counts as no record.
+	if _, found, err := s.LookupMember(ctx, raw, blocks.Gzip); found || err != nil {
+		t.Fatalf("LookupMember of a %d-byte record = %v, %v, want not found", maxRecordSize+1, found, err)
+	}
+	if _, err := s.readRecord(filepath.ToSlash(filepath.Join(membersDir, string(blocks.Gzip), raw.Encoded()))); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("reading a %d-byte record = %v, want ErrTooLarge", maxRecordSize+1, err)
+	}
+	f, err := os.OpenFile(filepath.Join(s.Root(), indexFile), os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(maxIndexSize + 1); err != nil { // sparse: costs no disk
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := s.Tags(ctx); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Tags with a %d-byte index.json = %v, want ErrTooLarge", maxIndexSize+1, err)
+	}
+}

@@ -28,9 +28,9 @@ func newHydrateCmd() *cobra.Command {
 blocks and writes it to DEST: oci-archive:FILE[:REF] (loadable by docker load and
 ctr images import), oci:DIR[:REF] or docker://REF. The result has exactly the
 manifest digest of the standard image. On any error DEST is left absent.
-DEST may be given as the second argument or with -o/--output. To docker://,
-the signatures, attestations and SBOMs the store keeps for the image are
-pushed too (docs/SIGNING.md).`,
+DEST may be given as the second argument or with -o/--output.
+To docker://, the signatures, attestations and SBOMs the store keeps for the
+image are pushed too (docs/SIGNING.md).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if output != "" {
 				return exactArgs(1)(cmd, args)

@@ -217,7 +217,8 @@ func (e *Env) BuildFrontendImage(ctx context.Context) (string, error) {
 			return "", err
 		}
 		ctxDir := filepath.Join(e.Dir, "frontend-context")
-		bin := filepath.Join(ctxDir, "bin", "blockfile-frontend")
+		// The frontend-host stage takes bin/<os>_<arch>/ for its target platform.
+		bin := filepath.Join(ctxDir, "bin", "linux_"+runtime.GOARCH, "blockfile-frontend")
 		e.progressf("building ./cmd/blockfile-frontend (CGO_ENABLED=0)")
 		if err := e.goBuild(ctx, e.Root, bin, "./cmd/blockfile-frontend", []string{"CGO_ENABLED=0"}); err != nil {
 			return "", err
