@@ -148,6 +148,19 @@ func TestSignaturesSurviveBundle(t *testing.T) {
 		t.Fatalf("cosign verified with a key that never signed:\n%s", out)
 	}
 
+	// blockfile push carries them too (the tag then names the blockfile
+	// index; cosign verifies the standard digest inside it), and pull
+	// brings them into another store.
+	pushedRef := regB + "/sig/pushed:1"
+	bfMust(t, bin, "push", "--store", ciStore, "--progress", "quiet", "sig/app:1", pushedRef)
+	cosignMust(t, cosign, keys, "verify", "--key", pub, "--insecure-ignore-tlog", insecure, regB+"/sig/pushed@"+std.String())
+	cosignMust(t, cosign, keys, "verify-attestation", "--key", pub, "--insecure-ignore-tlog", insecure, "--type", "spdxjson", regB+"/sig/pushed@"+std.String())
+	pulled := filepath.Join(t.TempDir(), "pulled")
+	bfMust(t, bin, "pull", "--store", pulled, "--progress", "quiet", pushedRef, "sig/app:1")
+	if refs, err := openStoreT(t, pulled).Referrers(ctxT(t), std); err != nil || len(refs) != 2 {
+		t.Fatalf("pulled store referrers of %s: %v, %v", std, refs, err)
+	}
+
 	// The site store keeps them (gc included) for later pushes.
 	s := openStoreT(t, site)
 	refs, err := s.Referrers(ctxT(t), std)
