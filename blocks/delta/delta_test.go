@@ -140,4 +140,3 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
-
