@@ -230,6 +230,11 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
 			if b.Patch != nil {
 				err = fmt.Errorf("bundle %s: %w", path, err)
+				if b.Patch.Encoding == PatchDeltaMember && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
+					// The delta rebuilt the block's bytes (it checks their
+					// sha256); deflating them gave another member.
+					err = fmt.Errorf("%w (the block was rebuilt exactly but deflated here into another member: a bundle made with --no-deltas carries it as it is)", err)
+				}
 				if b.Patch.Encoding == PatchZstdGzipMembers && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
 					// The patch itself was intact (or zstd would have
 					// failed): the deflate of this build differs from the
