@@ -121,25 +121,54 @@ func memberRawSize(path string, size int64) int64 {
 	return int64(binary.LittleEndian.Uint32(b[:]))
 }
 
-// unpatchDelta returns a reader of block member b rebuilt from its delta
-// (read from r) against its base member in s. At most b.Size+1 bytes come
-// out; callers verify digest and size.
-func unpatchDelta(ctx context.Context, s *store.Store, b Blob, r io.Reader) (io.Reader, func(), error) {
+// openDelta reads the header of b's delta (from r) and returns its decoder
+// against the base member in s, once the delta is known to rebuild the
+// block the patch names.
+func openDelta(ctx context.Context, s *store.Store, b Blob, r io.Reader) (*delta.Decoder, error) {
 	base, err := inflateMember(ctx, s, b.Patch.Base)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	dec, err := delta.NewDecoder(r, base)
 	if err != nil {
-		return nil, nil, fmt.Errorf("blob %s: delta %s against %s: %w", b.Digest, b.Patch.Digest, b.Patch.Base.Digest, err)
+		return nil, fmt.Errorf("blob %s: delta %s against %s: %w", b.Digest, b.Patch.Digest, b.Patch.Base.Digest, err)
 	}
 	dh := dec.Header()
 	if blk := b.Patch.Block; dh.TargetSize != blk.Size || digest.NewDigestFromBytes(digest.SHA256, dh.Target[:]) != blk.Digest {
 		dec.Close()
-		return nil, nil, fmt.Errorf("blob %s: delta %s rebuilds %d bytes hashing to sha256:%x, not block %s (%d bytes)",
+		return nil, fmt.Errorf("blob %s: delta %s rebuilds %d bytes hashing to sha256:%x, not block %s (%d bytes)",
 			b.Digest, b.Patch.Digest, dh.TargetSize, dh.Target, blk.Digest, blk.Size)
 	}
-	n := dh.TargetSize
+	return dec, nil
+}
+
+// checkDeltaBlock rebuilds the block of b from its delta (read from r) and
+// checks it against the block digest, without deflating it: apply's check
+// pass. The member is deflated and checked against its digest while
+// ingesting, before anything is committed (a delta is made only when the
+// pinned deflater reproduces its member, so that check does not fail
+// unless the header lies, and then the ingest is discarded).
+func checkDeltaBlock(ctx context.Context, s *store.Store, b Blob, r io.Reader) error {
+	dec, err := openDelta(ctx, s, b, r)
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	if _, err := io.Copy(io.Discard, dec); err != nil {
+		return fmt.Errorf("blob %s: delta %s against %s: %w", b.Digest, b.Patch.Digest, b.Patch.Base.Digest, err)
+	}
+	return nil
+}
+
+// unpatchDelta returns a reader of block member b rebuilt from its delta
+// (read from r) against its base member in s. At most b.Size+1 bytes come
+// out; callers verify digest and size.
+func unpatchDelta(ctx context.Context, s *store.Store, b Blob, r io.Reader) (io.Reader, func(), error) {
+	dec, err := openDelta(ctx, s, b, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := dec.Header().TargetSize
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(ctx)
 	go func() {
