@@ -36,20 +36,23 @@ func rebuilt(b []byte, version string) []byte {
 }
 
 // deltaLayers: a binary rebuilt at the same path, a versioned jar renamed
-// with its version, and a file that is new.
+// with its version, a jar renamed otherwise, and a file that is new.
 func deltaLayers(version string) []map[string][]byte {
 	bin := jar("libjvm", 300000)
 	lib := jar("libfoo", 120000)
+	shaded := jar("netty", 100000)
 	if version != "v1" {
-		bin, lib = rebuilt(bin, version), rebuilt(lib, version)
+		bin, lib, shaded = rebuilt(bin, version), rebuilt(lib, version), rebuilt(shaded, version)
 	}
 	libName := map[string]string{"v1": "libfoo-1.2.jar", "v2": "libfoo-1.3.jar"}[version]
+	shadedName := map[string]string{"v1": "netty-all.jar", "v2": "netty-shaded.jar"}[version]
 	return []map[string][]byte{
 		{"etc/os-release": []byte("ID=test\n")},
 		{
 			"usr/lib/jvm/lib/server/libjvm.so": bin,
 			"app/libs/" + libName:              lib,
-			"app/libs/unrelated.jar":           jar("unrelated "+version, 50000),
+			"app/libs/" + shadedName:           shaded,
+			"app/libs/unrelated.jar":           jar("unrelated "+version, 70000),
 		},
 	}
 }
@@ -86,10 +89,10 @@ func (f *deltaFixture) create(t *testing.T, name string, opts CreateOptions) (*H
 	return h, p
 }
 
-// TestDeltaShipsTheDifference: a rebuilt binary and a renamed versioned jar
-// travel as deltas against the blocks the site holds (at the same path, and
-// at the same path without version), the new jar whole; apply rebuilds the
-// exact standard image.
+// TestDeltaShipsTheDifference: a rebuilt binary, a renamed versioned jar
+// and a jar renamed otherwise travel as deltas against the blocks the site
+// holds (at the same path, at the same path without version, by content),
+// the new jar whole; apply rebuilds the exact standard image.
 func TestDeltaShipsTheDifference(t *testing.T) {
 	ctx := context.Background()
 	f := newDeltaFixture(t, deltaLayers)
@@ -113,6 +116,7 @@ func TestDeltaShipsTheDifference(t *testing.T) {
 	want := map[string][2]string{
 		"usr/lib/jvm/lib/server/libjvm.so": {"usr/lib/jvm/lib/server/libjvm.so", "same path"},
 		"app/libs/libfoo-1.3.jar":          {"app/libs/libfoo-1.2.jar", "same name without version"},
+		"app/libs/netty-shaded.jar":        {"app/libs/netty-all.jar", "similar content"},
 	}
 	for path, w := range want {
 		p := got[path]

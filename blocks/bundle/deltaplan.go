@@ -29,6 +29,7 @@ import (
 // libcurl.so.4.8.0 and libcurl.so.4.8.1), then one with the same file name
 // without version in any folder. Among several, the one whose size is
 // closest wins (then the lowest digest), so the choice is deterministic.
+// Last, by content similarity (deltasimilar.go).
 
 // baseMember is a block member the target holds, as a delta base.
 type baseMember struct {
@@ -172,6 +173,7 @@ func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string
 	}
 	var tasks []deltaTask
 	planned := map[int]bool{}
+	sketches := map[digest.Digest]map[uint64]bool{}
 	for _, name := range news {
 		img, err := image.Resolve(ctx, s, name)
 		if err != nil {
@@ -192,6 +194,13 @@ func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string
 						continue
 					}
 					bm, how, ok := x.find(e.Path, e.Stub.Block.Size, e.Stub.Member.Digest)
+					if !ok {
+						ref := BlobRef{Digest: e.Stub.Member.Digest, Size: e.Stub.Member.Size}
+						if bm, ok, err = x.similar(ctx, s, e.Path, ref, e.Stub.Block.Size, sketches); err != nil {
+							return err
+						}
+						how = "similar content"
+					}
 					if !ok {
 						continue
 					}
