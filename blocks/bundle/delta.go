@@ -3,7 +3,6 @@ package bundle
 import (
 	"bufio"
 	"bytes"
-	stdgzip "compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -12,6 +11,7 @@ import (
 	"io"
 	"os"
 
+	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/blockfile/blockfile/blocks"
@@ -87,7 +87,7 @@ func inflateMember(ctx context.Context, s *store.Store, ref BlobRef) ([]byte, er
 // inflate reads one gzip member from r (and checks r ends there).
 func inflate(r io.Reader, d digest.Digest, hint int64) ([]byte, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
-	zr, err := stdgzip.NewReader(br)
+	zr, err := kgzip.NewReader(br)
 	if err != nil {
 		return nil, fmt.Errorf("member %s: %w", d, err)
 	}
