@@ -63,11 +63,11 @@ func (p *Patch) checkDelta(b Blob) error {
 		return fmt.Errorf("blob %s: a %s patch rebuilds gzip block members, not %s (%s)", b.Digest, PatchDeltaMember, b.Kind, b.MediaType)
 	}
 	if p.Block == nil || p.Block.Digest.Validate() != nil || p.Block.Digest.Algorithm() != digest.SHA256 || p.Block.Size < 0 || p.Block.Size > maxDeltaRaw {
-		return fmt.Errorf("blob %s: a %s patch must name the raw block it rebuilds (a sha256 digest, at most %d bytes)", b.Digest, PatchDeltaMember, maxDeltaRaw)
+		return fmt.Errorf("blob %s: a %s patch must name the raw block it rebuilds (a sha256 digest, at most %d bytes): %w", b.Digest, PatchDeltaMember, maxDeltaRaw, ErrBound)
 	}
 	if p.Size <= 0 || p.Base.Size <= 0 || p.Base.Size > maxDeltaBlob || b.Size > maxDeltaBlob {
-		return fmt.Errorf("blob %s (%d bytes): delta of %d bytes against %s (%d bytes) is out of bounds (members at most %d bytes)",
-			b.Digest, b.Size, p.Size, p.Base.Digest, p.Base.Size, int64(maxDeltaBlob))
+		return fmt.Errorf("blob %s (%d bytes): delta of %d bytes against %s (%d bytes) is out of bounds (members at most %d bytes): %w",
+			b.Digest, b.Size, p.Size, p.Base.Digest, p.Base.Size, int64(maxDeltaBlob), ErrBound)
 	}
 	return nil
 }
@@ -97,7 +97,7 @@ func inflate(r io.Reader, d digest.Digest, hint int64) ([]byte, error) {
 		return nil, fmt.Errorf("member %s: %w", d, err)
 	}
 	if buf.Len() > maxDeltaRaw {
-		return nil, fmt.Errorf("member %s: more than %d bytes uncompressed", d, maxDeltaRaw)
+		return nil, fmt.Errorf("member %s: more than %d bytes uncompressed: %w", d, maxDeltaRaw, ErrBound)
 	}
 	// Read to the end, so the verifying reader below checks the digest.
 	if n, err := io.Copy(io.Discard, br); err != nil || n != 0 {

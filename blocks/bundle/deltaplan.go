@@ -215,8 +215,19 @@ func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string
 	for _, b := range p.Requires {
 		required[b.Digest] = true
 	}
+	// Apply refuses a bundle whose patched blobs total more than
+	// MaxPatchedBytes: stay within it, counting the patches made so far.
+	var patchedBytes int64
+	for _, b := range p.Ship {
+		if b.Patch != nil {
+			patchedBytes += b.Size
+		}
+	}
 	for _, t := range tasks {
 		b := &p.Ship[t.ship]
+		if patchedBytes+b.Size > MaxPatchedBytes {
+			continue
+		}
 		patch, err := tryDelta(ctx, s, *b, t, dir, files)
 		if err != nil {
 			return err
@@ -225,6 +236,7 @@ func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string
 			continue
 		}
 		b.Patch = patch
+		patchedBytes += b.Size
 		if !required[t.base.ref.Digest] {
 			required[t.base.ref.Digest] = true
 			p.Requires = append(p.Requires, Blob{MediaType: blocks.MediaTypeMemberGzip, Digest: t.base.ref.Digest, Size: t.base.ref.Size, Kind: KindBlock})
