@@ -17,7 +17,7 @@ import (
 )
 
 func TestSeenRecordsMostRecentFirstAndBounded(t *testing.T) {
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestSeenRecordsMostRecentFirstAndBounded(t *testing.T) {
 }
 
 func TestSeenIgnoresDamagedRecords(t *testing.T) {
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

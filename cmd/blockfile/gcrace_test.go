@@ -52,7 +52,7 @@ func TestGCDuringWriters(t *testing.T) {
 	bundles := make([]string, gcRaceRounds)
 	{
 		ctx := context.Background()
-		src, err := store.Open(filepath.Join(dir, "bundle-src"))
+		src, err := store.Create(filepath.Join(dir, "bundle-src"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +136,7 @@ func TestGCDuringWriters(t *testing.T) {
 // root runs gc in a loop, then verifies the store.
 func runGCRace(t *testing.T, root string, w gcRaceWriter) {
 	ctx := context.Background()
-	s, err := store.Open(root)
+	s, err := store.Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}
