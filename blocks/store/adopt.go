@@ -1,0 +1,72 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// CreateTemp creates a temp file in the store's ingest directory (the same
+// filesystem as blobs/, so AdoptVerified can rename it into place). It is
+// for a producer whose output other readers follow while it is written
+// (blockfile serve streams a layer to several clients as it is hydrated):
+// they read the file itself, so it must have a name they can share and a
+// place it can be kept. name is a prefix for the file name. gc removes temp
+// files once they are StaleTempAge old.
+func (s *Store) CreateTemp(name string) (*os.File, error) {
+	f, err := os.CreateTemp(s.path(ingestDir), name+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("store %s: new temp file: %w", s.root, err)
+	}
+	return f, nil
+}
+
+// AdoptVerified moves f, a temp file from CreateTemp whose content its
+// producer has checked against desc (layer.Hydrate checks every byte it
+// writes), into place as the blob desc without hashing it again: size
+// check, fsync, read-only, rename. f stays open, so readers sharing it go on
+// reading; the caller closes it. A blob already present is not an error (f
+// is then removed). On error f stays where it was.
+func (s *Store) AdoptVerified(ctx context.Context, desc ocispec.Descriptor, f *os.File) error {
+	p, err := s.blobPath(desc.Digest)
+	if err != nil {
+		return err
+	}
+	if filepath.Dir(f.Name()) != s.path(ingestDir) {
+		return fmt.Errorf("blob %s: %s is not a temp file of store %s: %w", desc.Digest, f.Name(), s.root, ErrInvalid)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	if fi.Size() != desc.Size {
+		return fmt.Errorf("blob %s: %s is %d bytes, want %d: %w", desc.Digest, f.Name(), fi.Size(), desc.Size, ErrSizeMismatch)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Size() == desc.Size {
+		// Another writer got there first: keep its file (readers may have
+		// it open) and drop the name of ours.
+		os.Remove(f.Name())
+		return nil
+	}
+	// fsync before rename: after a crash a blob name never points at
+	// unwritten data. 0444: blobs are immutable, by name.
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("blob %s: sync %s: %w", desc.Digest, f.Name(), err)
+	}
+	if err := f.Chmod(0o444); err != nil {
+		return fmt.Errorf("blob %s: chmod %s: %w", desc.Digest, f.Name(), err)
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	if err := os.Rename(f.Name(), p); err != nil {
+		return fmt.Errorf("blob %s: rename %s into %s: %w", desc.Digest, f.Name(), p, err)
+	}
+	return syncDir(filepath.Dir(p))
+}
