@@ -266,6 +266,10 @@ func TestServeKillDuringHydrate(t *testing.T) {
 		t.Log("the layer was complete before the kill (fast machine); the restart still has to serve it exactly")
 	}
 	sp2 := startServe(t, site, "--keep-hydrated")
+	// The killed serve's half-written layer is gone (its lock died with it).
+	if left, _ := filepath.Glob(filepath.Join(site, "blockfile", "ingest", "serve-hydrate-*")); len(left) != 0 {
+		t.Errorf("after restart, the killed hydration's temp files are still there: %v", left)
+	}
 	md, layers, err := goPull(context.Background(), sp2.addr+"/"+repo+":1")
 	if err != nil {
 		t.Fatalf("pull after restart: %v", err)

@@ -57,6 +57,9 @@ type job struct {
 	linger  bool          // the file is final and may linger (not being kept)
 }
 
+// tempName names the files hydrations write (store.CreateTemp).
+const tempName = "serve-hydrate"
+
 // wakeEvery is how many bytes the producer writes between waking readers.
 const wakeEvery = 256 << 10
 
@@ -81,7 +84,7 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, error) {
 	if ok, err := h.s.Exists(ctx, d); err != nil || ok {
 		return nil, err
 	}
-	f, err := h.s.CreateTemp("serve-" + d.Encoded()[:12])
+	f, err := h.s.CreateTemp(tempName)
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,13 @@ func New(ctx context.Context, s *store.Store, opts Options) *Server {
 	if linger <= 0 {
 		linger = DefaultLinger
 	}
+	// Layers a killed serve was hydrating (and keeping): their files are
+	// unlocked now. Another serve on the same store keeps its own locked.
+	if n, err := s.RemoveAbandonedTemps(tempName); err != nil {
+		log.Warn("remove abandoned hydrations", "err", err)
+	} else if n > 0 {
+		log.Info("removed abandoned hydrations", "files", n)
+	}
 	return &Server{
 		s:   s,
 		cat: newCatalog(s),

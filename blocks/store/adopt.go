@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 // CreateTemp creates a temp file in the store's ingest directory (the same
@@ -14,14 +16,49 @@ import (
 // for a producer whose output other readers follow while it is written
 // (blockfile serve streams a layer to several clients as it is hydrated):
 // they read the file itself, so it must have a name they can share and a
-// place it can be kept. name is a prefix for the file name. gc removes temp
-// files once they are StaleTempAge old.
+// place it can be kept. name is a prefix for the file name. The file is
+// flocked while it is open, so RemoveAbandonedTemps can tell the files of a
+// process that died (the kernel drops its locks) from those still written;
+// gc also removes temp files once they are StaleTempAge old.
 func (s *Store) CreateTemp(name string) (*os.File, error) {
 	f, err := os.CreateTemp(s.path(ingestDir), name+"-*")
 	if err != nil {
 		return nil, fmt.Errorf("store %s: new temp file: %w", s.root, err)
 	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("store %s: lock %s: %w", s.root, f.Name(), err)
+	}
 	return f, nil
+}
+
+// RemoveAbandonedTemps removes the CreateTemp files named name whose writer
+// is gone (killed, crashed): those whose lock can be taken. It returns how
+// many it removed.
+func (s *Store) RemoveAbandonedTemps(name string) (int, error) {
+	ents, err := os.ReadDir(s.path(ingestDir))
+	if err != nil {
+		return 0, fmt.Errorf("store %s: %w", s.root, err)
+	}
+	n := 0
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), name+"-") {
+			continue
+		}
+		p := filepath.Join(s.path(ingestDir), e.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			if os.Remove(p) == nil {
+				n++
+			}
+		}
+		f.Close()
+	}
+	return n, nil
 }
 
 // AdoptVerified moves f, a temp file from CreateTemp whose content its
