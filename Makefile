@@ -1,7 +1,7 @@
 # Blockfile. See README.md.
 GO ?= go
 
-.PHONY: all build test test-unit test-integration demo bench-blocks bench-import bench-bundles clean FORCE
+.PHONY: all build test test-unit test-integration demo bench-blocks bench-import bench-bundles bench-serve clean FORCE
 
 all: build
 
@@ -43,6 +43,11 @@ bench-import:
 # split, Jib and the ideal per-file bytes; apply time against extract-and-repack.
 bench-bundles:
 	$(GO) run ./integration/bench/bundles
+
+# Pulls through blockfile serve (cold, warm) next to a plain registry, and
+# the disk of each, on the v1 image of ../shared/bench (BENCH=/tmp/bench).
+bench-serve:
+	$(GO) run ./integration/bench/serve
 
 clean:
 	rm -rf bin
