@@ -164,7 +164,16 @@ func run(ctx context.Context, variant, work string, runs int) error {
 	defer stopWarm()
 	// Kept: --keep-hydrated; a first pull hydrates into the store, the
 	// measured ones read the store's files.
-	kept, keptAddr, stopKept, err := startServe(s, serve.Options{KeepHydrated: true})
+	// (on a copy of the store: the cold servers must find no layer kept)
+	keptDir := filepath.Join(work, "store-kept")
+	if out, err := exec.Command("cp", "-a", s.Root(), keptDir).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy the store: %w: %s", err, out)
+	}
+	ks, err := store.Open(keptDir)
+	if err != nil {
+		return err
+	}
+	kept, keptAddr, stopKept, err := startServe(ks, serve.Options{KeepHydrated: true})
 	if err != nil {
 		return err
 	}
@@ -236,13 +245,9 @@ func run(ctx context.Context, variant, work string, runs int) error {
 	}
 	fmt.Printf("\n%d pulls per client and row (median), interleaved; cold pulls hydrated %d layers in all (%d per pull); load average at the end: %s\n\n", 2*runs, coldHydrations, hydrated, loadavg())
 
-	// Disk: the site store after the kept pulls holds the standard layers
-	// too; measure the blocked-only store by dropping them again.
-	for _, l := range img.Manifests[0].Layers {
-		if l.HasBlocks() {
-			os.Remove(s.BlobPath(l.Standard.Digest))
-		}
-	}
+	// Disk: the site store holds the blocked form only (the kept pulls
+	// went to the copy).
+	os.RemoveAll(keptDir)
 	siteBytes, err := duBytes(s.Root())
 	if err != nil {
 		return err
