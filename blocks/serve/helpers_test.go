@@ -196,3 +196,14 @@ func openStore(t testing.TB) *store.Store {
 func imageResolve(ctx context.Context, s *store.Store, name string) (*image.Image, error) {
 	return image.Resolve(ctx, s, name)
 }
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("condition not met within 10s")
+}

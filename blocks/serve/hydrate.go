@@ -142,13 +142,31 @@ func (j *job) produce(l image.Layer) {
 	j.mu.Unlock()
 }
 
+// hydrate writes the standard layer l into the job's file. The blocked
+// layer is read without hashing it, as the members are: the standard
+// layer's digest, which layer.Hydrate checks, covers every byte it yields
+// (a tampered blocked layer either fails that check or yields the right
+// layer). When the hydrate fails, the blocked layer is re-read verified so
+// the error names it if it is the cause.
 func (j *job) hydrate(ctx context.Context, l image.Layer) error {
-	blocked, err := j.h.s.Fetch(ctx, plain(l.Blocked))
+	blocked, err := j.h.s.OpenUnverified(ctx, plain(l.Blocked))
 	if err != nil {
 		return fmt.Errorf("blocked layer %s: %w", l.Blocked.Digest, err)
 	}
-	defer blocked.Close()
-	return layer.Hydrate(ctx, blocked, &jobWriter{j: j}, l.Members, j.h.s, plain(l.Standard))
+	err = layer.Hydrate(ctx, blocked, &jobWriter{j: j}, l.Members, j.h.s, plain(l.Standard))
+	blocked.Close()
+	if err != nil && ctx.Err() == nil {
+		if rc, ferr := j.h.s.Fetch(ctx, plain(l.Blocked)); ferr != nil {
+			err = fmt.Errorf("blocked layer %s: %w (hydrate: %w)", l.Blocked.Digest, ferr, err)
+		} else {
+			_, cerr := io.Copy(io.Discard, rc)
+			rc.Close()
+			if cerr != nil {
+				err = fmt.Errorf("blocked layer %s: %w (hydrate: %w)", l.Blocked.Digest, cerr, err)
+			}
+		}
+	}
+	return err
 }
 
 // jobWriter appends to the job's file and wakes readers every wakeEvery

@@ -366,3 +366,35 @@ func corrupt(t testing.TB, s *store.Store, d digest.Digest) {
 		t.Fatal(err)
 	}
 }
+
+// TestCorruptBlockedLayerIsNamed: a blocked layer corrupted in the store
+// fails the hydrate, and the log names the blocked layer.
+func TestCorruptBlockedLayerIsNamed(t *testing.T) {
+	s := openStore(t)
+	img := exportImage(t, s, "team/app:v2", 9)
+	dropStandard(t, s, img)
+	resolved, err := imageResolve(context.Background(), s, img.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocked digest.Digest
+	for _, l := range resolved.Manifests[0].Layers {
+		if l.HasBlocks() {
+			blocked = l.Blocked.Digest
+		}
+	}
+	corrupt(t, s, blocked)
+	_, addr, logs := startServer(t, s, Options{})
+	resp, err := http.Get("http://" + addr + "/v2/team/app/blobs/" + img.blocked[0].String())
+	if err == nil {
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && rerr == nil {
+			t.Errorf("a layer hydrated from a corrupt blocked layer was served whole (%d bytes)", len(body))
+		}
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "hydrate failed") })
+	if l := logs.String(); !strings.Contains(l, "blocked layer "+blocked.String()) || !strings.Contains(l, "digest mismatch") {
+		t.Errorf("log does not name the corrupt blocked layer %s:\n%s", blocked, l)
+	}
+}
