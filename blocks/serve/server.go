@@ -344,6 +344,13 @@ func (sv *Server) blob(w http.ResponseWriter, r *http.Request, ns string, rt rou
 	case l == nil:
 		return unknown
 	}
+	if r.Method == http.MethodHead {
+		// The layer's size and digest are known without hydrating it; a
+		// client that goes on to GET it starts the hydration.
+		blobHeaders(w, desc)
+		w.Header().Set("Content-Length", strconv.FormatInt(desc.Size, 10))
+		return nil
+	}
 	j, err := sv.hyd.acquire(ctx, *l)
 	if err != nil {
 		return err

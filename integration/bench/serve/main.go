@@ -243,7 +243,7 @@ func run(ctx context.Context, variant, work string, runs int) error {
 			r.goS.Seconds(), mb(layerBytes)/r.goS.Seconds(), base.goS.Seconds()/r.goS.Seconds(),
 			r.skopeo.Seconds(), mb(layerBytes)/r.skopeo.Seconds(), base.skopeo.Seconds()/r.skopeo.Seconds())
 	}
-	fmt.Printf("\n%d pulls per client and row (median), interleaved; cold pulls hydrated %d layers in all (%d per pull); load average at the end: %s\n\n", 2*runs, coldHydrations, hydrated, loadavg())
+	fmt.Printf("\n%d pulls per client and row (median), interleaved; cold pulls hydrated %d layers in all (%d per pull); load average at the end: %s\n\n", runs, coldHydrations, hydrated, loadavg())
 
 	// Disk: the site store holds the blocked form only (the kept pulls
 	// went to the copy).
