@@ -186,7 +186,7 @@ func startServer(t testing.TB, s *store.Store, opts Options) (*Server, string, *
 
 func openStore(t testing.TB) *store.Store {
 	t.Helper()
-	s, err := store.Open(filepath.Join(t.TempDir(), "store"))
+	s, err := store.Create(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}

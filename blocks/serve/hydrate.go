@@ -84,8 +84,20 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, error) {
 	if ok, err := h.s.Exists(ctx, d); err != nil || ok {
 		return nil, err
 	}
+	var release func()
+	if h.keep {
+		// A writer of the store: gc waits for it (store.Lease) until the
+		// layer is in place.
+		var err error
+		if release, err = h.s.Lease(ctx); err != nil {
+			return nil, err
+		}
+	}
 	f, err := h.s.CreateTemp(tempName)
 	if err != nil {
+		if release != nil {
+			release()
+		}
 		return nil, err
 	}
 	if !h.keep {
@@ -96,7 +108,12 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, error) {
 	j := &job{h: h, desc: l.Standard, f: f, wake: make(chan struct{}), refs: 1}
 	h.jobs[d] = j
 	h.running.Add(1)
-	go j.produce(l)
+	go func() {
+		if release != nil {
+			defer release()
+		}
+		j.produce(l)
+	}()
 	return j, nil
 }
 

@@ -68,6 +68,7 @@ func New(ctx context.Context, s *store.Store, opts Options) *Server {
 	}
 	// Layers a killed serve was hydrating (and keeping): their files are
 	// unlocked now. Another serve on the same store keeps its own locked.
+	// (The sweep of the next lease would remove them too, a minute later.)
 	if n, err := s.RemoveAbandonedTemps(tempName); err != nil {
 		log.Warn("remove abandoned hydrations", "err", err)
 	} else if n > 0 {

@@ -9,6 +9,8 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // CreateTemp creates a temp file in the store's ingest directory (the same
@@ -21,7 +23,9 @@ import (
 // process that died (the kernel drops its locks) from those still written;
 // gc also removes temp files once they are StaleTempAge old.
 func (s *Store) CreateTemp(name string) (*os.File, error) {
-	f, err := os.CreateTemp(s.path(ingestDir), name+"-*")
+	// Named like every temp file of the store (kind, host, pid), so the
+	// sweep of a lease or gc knows its owner.
+	f, err := os.CreateTemp(s.path(ingestDir), fsutil.TempPattern(name))
 	if err != nil {
 		return nil, fmt.Errorf("store %s: new temp file: %w", s.root, err)
 	}
@@ -34,8 +38,9 @@ func (s *Store) CreateTemp(name string) (*os.File, error) {
 }
 
 // RemoveAbandonedTemps removes the CreateTemp files named name whose writer
-// is gone (killed, crashed): those whose lock can be taken. It returns how
-// many it removed.
+// is gone (killed, crashed): those whose lock can be taken, at once (the
+// sweep of SweepTemp waits a minute after their owner died, in case its pid
+// was reused). It returns how many it removed.
 func (s *Store) RemoveAbandonedTemps(name string) (int, error) {
 	ents, err := os.ReadDir(s.path(ingestDir))
 	if err != nil {
@@ -43,7 +48,7 @@ func (s *Store) RemoveAbandonedTemps(name string) (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), name+"-") {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), name+".") {
 			continue
 		}
 		p := filepath.Join(s.path(ingestDir), e.Name())

@@ -12,7 +12,7 @@ import (
 
 func TestAdoptVerified(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(t.TempDir())
+	s, err := Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestAdoptVerified(t *testing.T) {
 }
 
 func TestRemoveAbandonedTemps(t *testing.T) {
-	s, err := Open(t.TempDir())
+	s, err := Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,7 +52,9 @@ with port 0 picks a free port. Logs go to stderr.`,
   blockfile serve --addr 0.0.0.0:443 --tls-cert site.crt --tls-key site.key`,
 		Args: exactArgs(0),
 	}
-	open := storeFlag(cmd)
+	// Created if missing: a site starts serve on an empty volume and applies
+	// bundles into it while it runs.
+	open := createStoreFlag(cmd)
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", ":5000", "address to listen on (HOST:PORT)")
 	f.StringArrayVar(&upstreams, "upstream", nil, "registry to fill missing images from (repeatable; not available in this build yet)")

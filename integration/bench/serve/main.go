@@ -85,7 +85,7 @@ func run(ctx context.Context, variant, work string, runs int) error {
 
 	// The site store: export, then drop every standard layer that has a
 	// blocked form (what `bundle apply --materialize=false` leaves).
-	s, err := store.Open(filepath.Join(work, "store"))
+	s, err := store.Create(filepath.Join(work, "store"))
 	if err != nil {
 		return err
 	}
