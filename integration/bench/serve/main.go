@@ -258,7 +258,12 @@ func run(ctx context.Context, variant, work string, runs int) error {
 	}
 	// The same with v1 and its four upgrades under five tags, as a site
 	// that received them holds them.
-	stdKept := hydratedBytes(img)
+	keptLayers := map[string]int64{}
+	for _, l := range img.Manifests[0].Layers {
+		if l.HasBlocks() {
+			keptLayers[l.Standard.Digest.String()] = l.Standard.Size
+		}
+	}
 	for _, v := range []string{"v2-app", "v2-dep", "v2-jre", "v2-curl"} {
 		n, err := sc.Layers(v, "layers")
 		if err != nil {
@@ -271,11 +276,13 @@ func run(ctx context.Context, variant, work string, runs int) error {
 		if _, _, err := b.Image(ctx, v, vd); err != nil {
 			return err
 		}
-		k, err := addVariant(ctx, s, b.Dir, v, filepath.Join(work, "standard-"+v), reg)
-		if err != nil {
+		if err := addVariant(ctx, s, b.Dir, v, filepath.Join(work, "standard-"+v), reg, keptLayers); err != nil {
 			return fmt.Errorf("%s: %w", v, err)
 		}
-		stdKept += k
+	}
+	var stdKept int64
+	for _, n := range keptLayers {
+		stdKept += n
 	}
 	allSite, err := duBytes(s.Root())
 	if err != nil {
@@ -297,46 +304,44 @@ func run(ctx context.Context, variant, work string, runs int) error {
 
 // addVariant exports variant from the layout at src into s (blocked form
 // only, standard layers with blocks dropped), pushes its standard image to
-// the registry, and returns the bytes of the dropped standard layers that
-// this variant adds (layers shared with an earlier variant count once).
-func addVariant(ctx context.Context, s *store.Store, src, variant, std, reg string) (int64, error) {
+// the registry, and adds its standard layers with blocks to kept (digest ->
+// size: layers shared with another tag count once).
+func addVariant(ctx context.Context, s *store.Store, src, variant, std, reg string, kept map[string]int64) error {
 	in, err := transport.ParseSource(ctx, "oci:"+src+":"+variant)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	name := repo + ":" + variant
 	_, err = image.Export(ctx, s, in, name, image.ExportOptions{TempDir: filepath.Dir(std)})
 	in.Close()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	sink, err := transport.ParseSink(ctx, "oci:"+std+":"+variant)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := image.Hydrate(ctx, s, name, sink, image.HydrateOptions{}); err != nil {
-		return 0, err
+		return err
 	}
 	if out, err := exec.CommandContext(ctx, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+std+":"+variant, "docker://"+reg+"/"+repo+":"+variant).CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("skopeo copy to the registry: %w: %s", err, out)
+		return fmt.Errorf("skopeo copy to the registry: %w: %s", err, out)
 	}
 	os.RemoveAll(std)
 	img, err := image.Resolve(ctx, s, name)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	var added int64
 	for _, l := range img.Manifests[0].Layers {
 		if !l.HasBlocks() {
 			continue
 		}
-		if err := os.Remove(s.BlobPath(l.Standard.Digest)); err == nil {
-			added += l.Standard.Size
-		} else if !os.IsNotExist(err) {
-			return 0, err
+		kept[l.Standard.Digest.String()] = l.Standard.Size
+		if err := os.Remove(s.BlobPath(l.Standard.Digest)); err != nil && !os.IsNotExist(err) {
+			return err
 		}
 	}
-	return added, nil
+	return nil
 }
 
 func hydratedBytes(img *image.Image) int64 {
