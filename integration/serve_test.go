@@ -354,3 +354,67 @@ func tarFile(t testing.TB, p, name string) string {
 		}
 	}
 }
+
+// TestServeContainerImage: the Dockerfile's serve-host target (the serve
+// target's layout, from a host-built static binary) runs under containerd
+// with the store bind-mounted at /store, and serves exact pulls.
+func TestServeContainerImage(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	_, ctr := env.Containerd(t)
+	si := getServeImage(t)
+	ctxDir := t.TempDir()
+	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(ctxDir, "bin", "linux_amd64", "blockfile"), "./cmd/blockfile")
+	build.Dir = env.Root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	cmdOut(t, build)
+	archive := filepath.Join(t.TempDir(), "serve.tar")
+	const ref = "example.test/blockfile-serve:it"
+	cmdOut(t, env.Buildctl(t, "build", "--frontend", "dockerfile.v0",
+		"--local", "context="+ctxDir, "--local", "dockerfile="+env.Root,
+		"--opt", "filename=Dockerfile", "--opt", "target=serve-host", "--opt", "platform=linux/amd64",
+		"--output", "type=oci,dest="+archive+",name="+ref))
+	cmdOut(t, ctr("images", "import", archive))
+	t.Cleanup(func() { _ = ctr("images", "rm", ref).Run() })
+
+	port, err := freeTCPPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	const id = "serve-container-it"
+	_ = ctr("task", "kill", "-s", "SIGKILL", id).Run()
+	_ = ctr("containers", "rm", id).Run()
+	// The image's default command with the address replaced: host network,
+	// so the test reaches it on loopback.
+	cmdOut(t, ctr("run", "-d", "--net-host",
+		"--mount", "type=bind,src="+si.site+",dst=/store,options=rbind:rw",
+		ref, id, "/bin/blockfile", "serve", "--store", "/store", "--addr", addr))
+	t.Cleanup(func() {
+		_ = ctr("task", "kill", "-s", "SIGKILL", id).Run()
+		time.Sleep(500 * time.Millisecond)
+		_ = ctr("task", "rm", "-f", id).Run()
+		_ = ctr("containers", "rm", id).Run()
+	})
+	var md v1Hash
+	var layers []v1Hash
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		md, layers, err = goPull(context.Background(), addr+"/"+si.repo+":1")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("pull from the serve container: %v", err)
+	}
+	if md.String() != si.standard.String() || len(layers) != len(si.layers) {
+		t.Fatalf("pulled %s with %d layers, want %s with %d", md, len(layers), si.standard, len(si.layers))
+	}
+	for i, l := range layers {
+		if l.String() != si.layers[i].Digest.String() {
+			t.Errorf("layer %d: %s, want %s", i, l, si.layers[i].Digest)
+		}
+	}
+}
