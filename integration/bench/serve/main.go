@@ -140,8 +140,8 @@ func run(ctx context.Context, variant, work string, runs int) error {
 	// pull of each, then again), so that the machine's load, which varies,
 	// weighs on all of them alike.
 	type target struct {
-		what  string
-		start func() (addr string, stop func(), err error)
+		what   string
+		start  func() (addr string, stop func(), err error)
 		gs, ss []time.Duration
 	}
 	fixed := func(addr string) func() (string, func(), error) {
