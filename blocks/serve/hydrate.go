@@ -67,8 +67,22 @@ const wakeEvery = 256 << 10
 // running or lingering. The caller must release it. It returns nil (and no
 // error) when the store has the layer after all: a job that kept it may have
 // finished since the caller looked.
-func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, error) {
+func (h *hydrator) acquire(ctx context.Context, l image.Layer) (_ *job, err error) {
 	d := l.Standard.Digest
+	var release func()
+	if h.keep {
+		// A writer of the store: gc waits for it (store.Lease) until the
+		// layer is in place. Taken before h.mu, as it waits while a gc
+		// runs; leases nest, so this costs nothing once one is held.
+		if release, err = h.s.Lease(ctx); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if release != nil { // not handed to a producer
+				release()
+			}
+		}()
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if j := h.jobs[d]; j != nil {
@@ -84,20 +98,8 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, error) {
 	if ok, err := h.s.Exists(ctx, d); err != nil || ok {
 		return nil, err
 	}
-	var release func()
-	if h.keep {
-		// A writer of the store: gc waits for it (store.Lease) until the
-		// layer is in place.
-		var err error
-		if release, err = h.s.Lease(ctx); err != nil {
-			return nil, err
-		}
-	}
 	f, err := h.s.CreateTemp(tempName)
 	if err != nil {
-		if release != nil {
-			release()
-		}
 		return nil, err
 	}
 	if !h.keep {
@@ -108,12 +110,13 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, error) {
 	j := &job{h: h, desc: l.Standard, f: f, wake: make(chan struct{}), refs: 1}
 	h.jobs[d] = j
 	h.running.Add(1)
-	go func() {
+	go func(release func()) {
 		if release != nil {
 			defer release()
 		}
 		j.produce(l)
-	}()
+	}(release)
+	release = nil
 	return j, nil
 }
 
