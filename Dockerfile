@@ -13,6 +13,12 @@
 #     (make frontend-image-host; integration/harness builds the frontend
 #     image this way):
 #       docker buildx build --platform linux/amd64,linux/arm64 --target frontend-host -t ... .
+#   serve: the blockfile CLI running `blockfile serve` (the site mirror,
+#     docs/SERVE.md) on port 5000 with the store on the /store volume:
+#       docker buildx build --platform linux/amd64,linux/arm64 --target serve -t REGISTRY/blockfile-serve:TAG --push .
+#       docker run -p 5000:5000 -v /var/lib/blockfile:/store REGISTRY/blockfile-serve:TAG
+#   serve-host: the same from binaries built on the host as
+#     bin/<os>_<arch>/blockfile (static, CGO_ENABLED=0).
 #
 # The labels tell BuildKit the frontend needs no network and supports inputs,
 # subrequests and named contexts (buildx refuses --build-context without the
@@ -47,6 +53,28 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
       -ldflags="-s -X github.com/blockfile/blockfile/internal/version.Version=${VERSION} -X github.com/blockfile/blockfile/internal/version.Commit=${COMMIT}" \
       -o /out/blockfile-frontend ./cmd/blockfile-frontend
+
+# The site mirror. The entrypoint is the CLI, so the same image also runs
+# `bundle apply`, `verify` and `gc` on the store (arguments replace CMD).
+FROM scratch AS serve-base
+VOLUME /store
+EXPOSE 5000
+ENTRYPOINT ["/bin/blockfile"]
+CMD ["serve", "--store", "/store", "--addr", ":5000"]
+
+FROM serve-base AS serve-host
+ARG TARGETOS
+ARG TARGETARCH
+COPY bin/${TARGETOS}_${TARGETARCH}/blockfile /bin/blockfile
+
+FROM build AS build-cli
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
+      -ldflags="-s -X github.com/blockfile/blockfile/internal/version.Version=${VERSION} -X github.com/blockfile/blockfile/internal/version.Commit=${COMMIT}" \
+      -o /out/blockfile ./cmd/blockfile
+
+FROM serve-base AS serve
+COPY --from=build-cli /out/blockfile /bin/blockfile
 
 FROM frontend-base AS release
 COPY --from=build /out/blockfile-frontend /bin/blockfile-frontend

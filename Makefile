@@ -13,7 +13,7 @@ TAG ?= $(VERSION)
 PLATFORMS ?= linux/amd64,linux/arm64
 BUILDX ?= docker buildx
 
-.PHONY: all build setup test check vet fmt tidy race darwin fuzz test-unit test-integration demo frontend-image frontend-image-host bench-blocks bench-import bench-bundles bench-registry clean FORCE
+.PHONY: all build setup test check vet fmt tidy race darwin fuzz test-unit test-integration demo frontend-image frontend-image-host bench-blocks bench-import bench-bundles bench-registry bench-serve clean FORCE
 
 all: build
 
@@ -122,6 +122,11 @@ bench-import:
 # split, Jib and the ideal per-file bytes; apply time against extract-and-repack.
 bench-bundles:
 	$(GO) run ./integration/bench/bundles
+
+# Pulls through blockfile serve (cold, warm) next to a plain registry, and
+# the disk of each, on the v1 image of ../shared/bench (BENCH=/tmp/bench).
+bench-serve:
+	$(GO) run ./integration/bench/serve
 
 # The module builds for macOS too (the store's syncs are per OS:
 # blocks/internal/fsutil); the CI checks call this.

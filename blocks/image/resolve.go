@@ -64,6 +64,15 @@ func Resolve(ctx context.Context, s *store.Store, name string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
 	}
+	return ResolveIndex(ctx, s, name, idxDesc)
+}
+
+// ResolveIndex is Resolve for an image index already looked up (idxDesc, as
+// tagged name): a caller that reads index.json once and resolves several
+// images from it, or that caches what it resolves by index digest (blockfile
+// serve), gets the image of exactly that index.
+func ResolveIndex(ctx context.Context, s *store.Store, name string, idxDesc ocispec.Descriptor) (*Image, error) {
+	var err error
 	img := &Image{Name: name, Index: idxDesc}
 	if idxDesc.MediaType != "" && idxDesc.MediaType != ocispec.MediaTypeImageIndex {
 		return nil, fmt.Errorf("image %s: tagged %s is a %s, not a blockfile image index (was it exported with blockfile export?)", name, idxDesc.Digest, idxDesc.MediaType)

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blockfile/blockfile/blocks/serve"
+)
+
+func init() {
+	var addr, tlsCert, tlsKey string
+	var upstreams []string
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "serve [--store DIR] [--addr HOST:PORT] [--upstream REGISTRY]... [--tls-cert F --tls-key F]",
+		Short: "Serve the store's standard images to unchanged clients (a read-only registry mirror)",
+		Long: `Serve the store as a read-only registry: the pull side of the OCI
+distribution API (/v2/, manifests by tag and digest, blobs with HEAD and
+Range, tag lists), so containerd (a hosts.toml mirror entry), Docker
+(registry-mirrors), BuildKit FROM and skopeo pull the store's images
+unchanged. Store name team/app:v2 is repository team/app, tag v2; a tag
+serves the image index the store holds (standard manifests with their
+platforms, and the blocked form as unknown/unknown entries that clients
+skip), so digests match the registry the image was pushed to. A request
+with containerd's ?ns=HOST also finds an image stored as HOST/team/app:v2.
+
+A standard layer the store holds only in blocked form (a bundle applied with
+--materialize=false) is hydrated on demand and streamed while it is
+produced; requests for one layer share one hydration, and every byte sent is
+checked against the layer digest (the last byte goes out only once it
+matched; on a mismatch the connection is cut and the digest logged).
+--keep-hydrated keeps what is hydrated in the store; by default it is
+dropped a minute after its last reader, and the store stays at the blocked
+form's size.
+
+Images added to the store while serve runs (bundle apply, export) are served
+at once. Writes (push, delete) are refused with UNSUPPORTED.
+
+The listening address is printed on stderr ("listening on ..."); --addr
+with port 0 picks a free port. Logs go to stderr.`,
+		Example: `  blockfile serve --store /var/lib/blockfile --addr :5000
+  blockfile serve --addr 0.0.0.0:443 --tls-cert site.crt --tls-key site.key`,
+		Args: exactArgs(0),
+	}
+	// Created if missing: a site starts serve on an empty volume and applies
+	// bundles into it while it runs.
+	open := createStoreFlag(cmd)
+	f := cmd.Flags()
+	f.StringVar(&addr, "addr", ":5000", "address to listen on (HOST:PORT)")
+	f.StringArrayVar(&upstreams, "upstream", nil, "registry to fill missing images from (repeatable; not available in this build yet)")
+	f.StringVar(&tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM; with --tls-key)")
+	f.StringVar(&tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
+	f.BoolVar(&keep, "keep-hydrated", false, "keep layers hydrated on demand in the store (faster later pulls; the store grows by the standard layers)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if (tlsCert == "") != (tlsKey == "") {
+			return usageError{errors.New("serve: --tls-cert and --tls-key go together")}
+		}
+		if len(upstreams) > 0 {
+			return fmt.Errorf("serve --upstream %s: %w", upstreams[0], serve.ErrNoUpstreamPull)
+		}
+		s, err := open()
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return usageError{fmt.Errorf("serve: listen on %s: %w", addr, err)}
+		}
+		scheme := "http"
+		if tlsCert != "" {
+			scheme = "https"
+		}
+		hctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		sv := serve.New(hctx, s, serve.Options{KeepHydrated: keep, Log: log})
+		srv := &http.Server{
+			Handler:           sv,
+			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "listening on %s://%s (store %s)\n", scheme, ln.Addr(), s.Root())
+		errc := make(chan error, 1)
+		go func() {
+			if tlsCert != "" {
+				errc <- srv.ServeTLS(ln, tlsCert, tlsKey)
+			} else {
+				errc <- srv.Serve(ln)
+			}
+		}()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		case <-ctx.Done():
+		}
+		log.Info("shutting down")
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		err = srv.Shutdown(sctx)
+		cancel() // hydrations nobody reads any more
+		sv.Wait()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("serve: shutdown: %w", err)
+		}
+		return nil
+	}
+	register(cmd)
+}
