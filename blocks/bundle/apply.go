@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // ApplyOptions say where apply writes the images besides the store.
@@ -37,6 +38,11 @@ type ApplyOptions struct {
 	// each output.
 	HydrateProgress io.Writer
 	PlainProgress   bool
+
+	// Registry says how docker:// outputs are reached (credentials, TLS,
+	// hosts.toml), for the images and for their signatures and attestations
+	// (transport.Registry.PushReferrers); the zero value is the default.
+	Registry transport.Registry
 }
 
 // ApplyResult says what apply did.
@@ -100,6 +106,11 @@ func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) 
 	for _, im := range h.Images {
 		if err := s.Tag(ctx, im.Name, im.Index); err != nil {
 			return nil, fmt.Errorf("tag %s: %w", im.Name, err)
+		}
+		for _, r := range im.Referrers {
+			if err := s.AddReferrer(ctx, r.Subject, r.Descriptor); err != nil {
+				return nil, fmt.Errorf("image %s: %w", im.Name, err)
+			}
 		}
 	}
 	for _, im := range h.Images {
@@ -292,6 +303,9 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	for _, im := range h.Images {
 		c, err := walk(ctx, meta, im.Name, im.Index, true)
 		if err != nil {
+			return fmt.Errorf("bundle %s: %w", path, err)
+		}
+		if err := c.addReferrers(ctx, meta, im.Referrers, true); err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
 		}
 		if len(c.Missing) == 0 && (c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size) {

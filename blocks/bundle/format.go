@@ -5,6 +5,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks/store"
 )
 
 // A bundle is one uncompressed tar file (blobs are already compressed)
@@ -117,6 +119,13 @@ type Image struct {
 
 	// Platforms of the standard manifests, as os/arch[/variant].
 	Platforms []string `json:"platforms,omitempty"`
+
+	// Referrers are the signatures, attestations and SBOMs the source store
+	// recorded for the image's manifests (store.AddReferrer), and theirs in
+	// turn: each subject is a manifest or index of the image or another
+	// referrer. Their manifests and blobs are part of the image's closure;
+	// apply records them and pushes them with docker:// outputs.
+	Referrers []store.Referrer `json:"referrers,omitempty"`
 }
 
 // Kind says what role a blob plays in an image.

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
@@ -32,7 +35,7 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 		if err != nil {
 			return outs, fmt.Errorf("image %s: %w", blocks.Quote(im.Name), err)
 		}
-		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name))
+		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name), transport.WithRegistry(opts.Registry))
 		if err != nil {
 			return outs, fmt.Errorf("image %s: output %s: %w", im.Name, out, err)
 		}
@@ -42,6 +45,15 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 		}
 		if got.Digest != im.Standard.Digest {
 			return outs, fmt.Errorf("image %s: output %s: wrote %s, the bundle says %s", im.Name, out, got.Digest, im.Standard.Digest)
+		}
+		if ref, ok := strings.CutPrefix(out, "docker://"); ok && len(im.Referrers) > 0 {
+			refs, err := pushableReferrers(ctx, s, im.Standard, im.Referrers)
+			if err != nil {
+				return outs, fmt.Errorf("image %s: %w", im.Name, err)
+			}
+			if err := opts.Registry.PushReferrers(ctx, ref, s, refs); err != nil {
+				return outs, fmt.Errorf("image %s: output %s: signatures and attestations: %w", im.Name, out, err)
+			}
 		}
 		outs = append(outs, out)
 	}
@@ -103,4 +115,29 @@ func within(dir, p string) error {
 		return fmt.Errorf("%s is not inside %s: %w", blocks.Quote(p), blocks.Quote(dir), ErrOutsideOutput)
 	}
 	return nil
+}
+
+// pushableReferrers keeps the referrers whose subject a registry output
+// holds: the standard image, the manifests of a standard index, or another
+// such referrer (the blocked form is not pushed with the standard image, so
+// what refers to it is not either).
+func pushableReferrers(ctx context.Context, s *store.Store, std ocispec.Descriptor, refs []store.Referrer) ([]store.Referrer, error) {
+	pushed := map[digest.Digest]bool{std.Digest: true}
+	if std.MediaType == ocispec.MediaTypeImageIndex {
+		var idx ocispec.Index
+		if err := s.GetJSON(ctx, std, &idx); err != nil {
+			return nil, fmt.Errorf("standard index %s: %w", std.Digest, err)
+		}
+		for _, m := range idx.Manifests {
+			pushed[m.Digest] = true
+		}
+	}
+	var out []store.Referrer
+	for _, r := range refs {
+		if pushed[r.Subject] {
+			out = append(out, r)
+			pushed[r.Descriptor.Digest] = true
+		}
+	}
+	return out, nil
 }

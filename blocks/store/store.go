@@ -53,9 +53,10 @@ const (
 	indexFile    = "index.json"
 	blobsDir     = ocispec.ImageBlobsDir // "blobs"
 	extraDir     = "blockfile"
-	ingestDir    = "blockfile/ingest"  // temp files; same filesystem as blobs/ so rename is atomic
-	membersDir   = "blockfile/members" // members/<compression>/<raw hex>: member descriptor JSON
-	blockRootDir = "blockfile/blocks"  // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	ingestDir    = "blockfile/ingest"    // temp files; same filesystem as blobs/ so rename is atomic
+	membersDir   = "blockfile/members"   // members/<compression>/<raw hex>: member descriptor JSON
+	blockRootDir = "blockfile/blocks"    // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	referrersDir = "blockfile/referrers" // referrers/<subject hex>/<referrer hex>: descriptor JSON (see referrers.go)
 	lockFile     = "blockfile/index.lock"
 )
 

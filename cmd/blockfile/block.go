@@ -31,7 +31,7 @@ what sha256sum prints. A Dockerfile IMPORT names a block by digest:
 
 and the build reads it from the store (--build-context blocks=<store>).`,
 	}
-	cmd.AddCommand(newBlockAddCmd(), newBlockLsCmd())
+	cmd.AddCommand(newBlockAddCmd(), newBlockLsCmd(), newBlockPushCmd())
 	register(cmd)
 }
 
@@ -262,7 +262,7 @@ and dropped by 'blockfile gc --blocks' unless an image uses them.`,
 			if !r.Present {
 				missing = "  MISSING"
 			}
-			fmt.Fprintf(w, "%s  %-4s  %10s%s\n", r.Digest, r.Kind, humanBytes(r.Size), missing)
+			fmt.Fprintf(w, "%s  %-4s  %10s%s\n", r.Digest, r.Kind, sizeString(r.Size), missing)
 		}
 		return nil
 	}

@@ -53,9 +53,9 @@ where that is smaller (--no-patches: always whole).`,
 	cmd.Flags().StringSliceVar(&from, "from", nil, "images the site already has (its base)")
 	cmd.Flags().StringVar(&have, "have", "", "inventory file of the site's store (its base)")
 	cmd.Flags().BoolVar(&full, "full", false, "no base: carry everything (first install)")
-	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addOutputFlag(cmd, &out, "bundle file to write (required)")
+	addJSONFlag(cmd, &asJSON, "print the bundle header as JSON")
+	addProgressFlag(cmd, &progress)
 	cmd.Flags().BoolVar(&noPatches, "no-patches", false, "ship changed blobs whole, never as patches against what the site holds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		n := 0
@@ -123,7 +123,7 @@ and what the target store must already hold. --json prints the whole header,
 with every blob added and required.`,
 		Args: exactArgs(1),
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
+	addJSONFlag(cmd, &asJSON, "print the bundle header as JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		h, err := bundle.ReadHeader(args[0])
 		if err != nil {
@@ -150,24 +150,25 @@ func newBundleApplyCmd() *cobra.Command {
 		materialize bool
 	)
 	cmd := &cobra.Command{
-		Use:   "apply [flags] FILE [--output DEST]...",
+		Use:   "apply [flags] FILE [-o DEST]...",
 		Short: "Check a bundle, add it to the store and write its images",
 		Long: `Apply first checks, without writing anything, that the store holds every blob
 the bundle requires and that every blob in the bundle is intact and belongs to
 its images; if not, it lists what is wrong and exits 1 with the store
 unchanged. Then it ingests the blobs (each verified, written to a temp file and
 renamed), tags each image, rebuilds its standard image in the store and
-writes it to each --output: oci-archive:FILE[:REF] (for docker load and ctr
+writes it to each -o/--output: oci-archive:FILE[:REF] (for docker load and ctr
 images import), oci:DIR[:REF] or docker://REF. In an output, {name} is
 replaced by the image name; with several images in the bundle every output
 must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		Args: exactArgs(1),
 	}
 	openStore := createStoreFlag(cmd)
-	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write each image (repeatable)")
+	reg := registryFlags(cmd)
+	addOutputsFlag(cmd, &outputs, "where to write each image: oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF (repeatable)")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addJSONFlag(cmd, &asJSON, "print what was done as JSON")
+	addProgressFlag(cmd, &progress)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {
@@ -180,6 +181,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		prog, done := progressFunc(pw, plain)
 		res, err := bundle.Apply(cmd.Context(), s, args[0], bundle.ApplyOptions{
 			Outputs: outputs, Progress: prog, HydrateProgress: pw, PlainProgress: plain, NoMaterialize: !materialize,
+			Registry: *reg,
 		})
 		done()
 		if err != nil {

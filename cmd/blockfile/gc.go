@@ -78,7 +78,7 @@ store is in progress: blobs not yet tagged would be removed.`,
 			verb = "would remove"
 		}
 		for _, d := range res.Removed {
-			fmt.Fprintf(w, "%s %s  %s%s\n", verb, d.Digest, humanBytes(d.Size), mediaTypeNote(d))
+			fmt.Fprintf(w, "%s %s  %s%s\n", verb, d.Digest, sizeString(d.Size), mediaTypeNote(d))
 		}
 		for _, d := range res.BlockRecords {
 			fmt.Fprintf(w, "%s block record %s\n", verb, d)
@@ -93,7 +93,7 @@ store is in progress: blobs not yet tagged would be removed.`,
 		if dryRun {
 			freed = "would free"
 		}
-		fmt.Fprintf(w, "%s %s in %d blob(s)\n", freed, humanBytes(res.BytesFreed), len(res.Removed))
+		fmt.Fprintf(w, "%s %s in %d blob(s)\n", freed, sizeString(res.BytesFreed), len(res.Removed))
 		return nil
 	}
 	register(cmd)

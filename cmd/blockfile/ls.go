@@ -66,7 +66,7 @@ Blocks added with 'blockfile block add' are listed by 'blockfile block ls'.`,
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tKIND\tSTANDARD\tSIZE")
 		for _, e := range entries {
-			std, size := "-", humanBytes(e.Size)
+			std, size := "-", sizeString(e.Size)
 			if e.Standard != nil {
 				std = string(e.Standard.Digest)
 			}
@@ -111,18 +111,4 @@ func describeTag(ctx context.Context, s *store.Store, name string, desc ocispec.
 		e.Size += d.Size
 	}
 	return e
-}
-
-// humanBytes formats n in SI units, like "12.3 MB".
-func humanBytes(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
 }

@@ -67,9 +67,10 @@ error.`,
 			err := fmt.Errorf("store %s is empty: no images and no blocks to verify", s.Root())
 			if asJSON {
 				if jerr := writeJSON(w, map[string]any{"ok": false, "store": s.Root(), "blobs": 0, "bytes": 0, "empty": true,
-					"problems": []store.Problem{}, "hydratable": []store.Hydratable{}}); jerr != nil {
+					"error": err.Error(), "problems": []store.Problem{}, "hydratable": []store.Hydratable{}}); jerr != nil {
 					return jerr
 				}
+				return reportedError{err, exitFailed} // said in the JSON above
 			}
 			return err
 		}
@@ -98,8 +99,12 @@ error.`,
 			}{verr == nil, s.Root(), blobs, size, problems, hydratable}); err != nil {
 				return err
 			}
+			if verr != nil {
+				return reportedError{verr, exitFailed} // the problems are in the JSON above
+			}
+			return nil
 		} else if verr == nil {
-			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, humanBytes(size), blocks.Quote(s.Root()))
+			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, sizeString(size), blocks.Quote(s.Root()))
 			if len(hydratable) > 0 {
 				fmt.Fprintf(w, "; %d standard layer(s) absent but hydratable", len(hydratable))
 			}
