@@ -85,7 +85,7 @@ func checkServed(t *testing.T, repo name.Repository, opts []remote.Option, want 
 
 func TestPushBlocksShardsMergesAndSkips(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestPushBlocksShardsMergesAndSkips(t *testing.T) {
 
 func TestPushBlocksRefusesForeignTag(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestPushBlocksRefusesForeignTag(t *testing.T) {
 
 func TestBlocksToPushNamedAndMissing(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir())
+	s, err := store.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,7 +98,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 			o.Progress = func(p registry.BlockPushProgress) {
 				if p.Done == p.Total || time.Since(last) > time.Second {
 					last = time.Now()
-					fmt.Fprintf(pw, "block push: %d/%d blocks checked, %s uploaded\n", p.Done, p.Total, humanBytes(p.UploadedBytes))
+					fmt.Fprintf(pw, "block push: %d/%d blocks checked, %s uploaded\n", p.Done, p.Total, sizeString(p.UploadedBytes))
 				}
 			}
 		}
@@ -112,7 +112,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 		}
 		w := cmd.OutOrStdout()
 		fmt.Fprintf(w, "%s: %d blocks uploaded (%s), %d already there; the tag keeps %d blocks (%d new)\n",
-			res.Repository, res.Uploaded.Blobs, humanBytes(res.Uploaded.Bytes), res.Present.Blobs, res.Blocks, res.Added)
+			res.Repository, res.Uploaded.Blobs, sizeString(res.Uploaded.Bytes), res.Present.Blobs, res.Blocks, res.Added)
 		for _, m := range res.Manifests {
 			fmt.Fprintf(w, "  %s:%s  %s  %d blocks\n", res.Repository, m.Tag, m.Digest, m.Blocks)
 		}
