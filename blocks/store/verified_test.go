@@ -16,7 +16,7 @@ import (
 // hashed again and a mismatch is reported.
 func TestVerifyBlobCache(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(t.TempDir())
+	s, err := Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
