@@ -48,7 +48,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 	cmd.Flags().StringVar(&tag, "tag", registry.DefaultBlockTag, "tag that keeps the blocks referenced")
 	cmd.Flags().IntVar(&jobs, "jobs", 4, "blocks uploaded at once")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addProgressFlag(cmd, &progress)
 	cmd.Flags().IntVar(&perMan, "blocks-per-manifest", registry.MaxBlocksPerManifest, "blocks per block manifest (tests use a small value to exercise several)")
 	_ = cmd.Flags().MarkHidden("blocks-per-manifest")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
