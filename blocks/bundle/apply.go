@@ -96,6 +96,13 @@ func (e *MissingError) Error() string {
 func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) (*ApplyResult, error) {
 	start := time.Now()
 	res := &ApplyResult{}
+	// The lease keeps gc from sweeping the prerequisites found present and
+	// the blobs ingested until the images are tagged and hydrated.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", path, err)
+	}
+	defer release()
 	h, err := verifyBundle(ctx, s, path, res, opts)
 	if err != nil {
 		return nil, err

@@ -7,14 +7,21 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 )
+
+// Deliver does for one image that is tagged in s with all its blobs present
+// what Apply does after ingesting: it rebuilds the standard image in s
+// (unless opts.NoMaterialize) and writes it to opts.Outputs, checking that
+// both reproduce im.Standard. Only im.Name and im.Standard are used. It
+// returns the outputs written. Registry pulls finish through it, so a pull
+// and a bundle end in the same state.
+func Deliver(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) ([]string, error) {
+	return hydrate(ctx, s, im, opts)
+}
 
 // hydrate rebuilds the standard image of im in s (so the store can serve it
 // directly, and so apply proves it reproduces the source digest), then
@@ -46,12 +53,10 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 		if got.Digest != im.Standard.Digest {
 			return outs, fmt.Errorf("image %s: output %s: wrote %s, the bundle says %s", im.Name, out, got.Digest, im.Standard.Digest)
 		}
-		if ref, ok := strings.CutPrefix(out, "docker://"); ok && len(im.Referrers) > 0 {
-			refs, err := pushableReferrers(ctx, s, im.Standard, im.Referrers)
-			if err != nil {
-				return outs, fmt.Errorf("image %s: %w", im.Name, err)
-			}
-			if err := opts.Registry.PushReferrers(ctx, ref, s, refs); err != nil {
+		if ref, ok := strings.CutPrefix(out, "docker://"); ok {
+			// The signatures, attestations and SBOMs of the standard
+			// image: those the bundle brought, and any the site added.
+			if _, err := image.PushReferrers(ctx, s, im.Standard, opts.Registry, ref); err != nil {
 				return outs, fmt.Errorf("image %s: output %s: signatures and attestations: %w", im.Name, out, err)
 			}
 		}
@@ -115,29 +120,4 @@ func within(dir, p string) error {
 		return fmt.Errorf("%s is not inside %s: %w", blocks.Quote(p), blocks.Quote(dir), ErrOutsideOutput)
 	}
 	return nil
-}
-
-// pushableReferrers keeps the referrers whose subject a registry output
-// holds: the standard image, the manifests of a standard index, or another
-// such referrer (the blocked form is not pushed with the standard image, so
-// what refers to it is not either).
-func pushableReferrers(ctx context.Context, s *store.Store, std ocispec.Descriptor, refs []store.Referrer) ([]store.Referrer, error) {
-	pushed := map[digest.Digest]bool{std.Digest: true}
-	if std.MediaType == ocispec.MediaTypeImageIndex {
-		var idx ocispec.Index
-		if err := s.GetJSON(ctx, std, &idx); err != nil {
-			return nil, fmt.Errorf("standard index %s: %w", std.Digest, err)
-		}
-		for _, m := range idx.Manifests {
-			pushed[m.Digest] = true
-		}
-	}
-	var out []store.Referrer
-	for _, r := range refs {
-		if pushed[r.Subject] {
-			out = append(out, r)
-			pushed[r.Descriptor.Digest] = true
-		}
-	}
-	return out, nil
 }

@@ -44,7 +44,9 @@ type ExportOptions struct {
 	// (or, with PlainProgress, one line per layer).
 	Progress      io.Writer
 	PlainProgress bool
-	// TempDir holds Split's spool files. Empty means the system default.
+	// TempDir holds Split's spool files. Empty means the store's own temp
+	// directory (store.TempDir), where the next writer removes what a
+	// killed export left.
 	TempDir string
 	// NoReferrers skips copying the referrers (signatures, attestations,
 	// SBOMs) of the source's manifests; see docs/SIGNING.md.
@@ -131,12 +133,23 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 	if minSize == 0 {
 		minSize = DefaultMinBlockSize
 	}
+	// The lease keeps gc from sweeping what this export writes, and the
+	// members it reuses, until the image index is tagged.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	defer release()
 	root, err := src.Resolve(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("export: %w", err)
 	}
+	tempDir := opts.TempDir
+	if tempDir == "" {
+		tempDir = s.TempDir()
+	}
 	e := &exporter{
-		s: s, src: src, c: c, minSize: minSize, tempDir: opts.TempDir,
+		s: s, src: src, c: c, minSize: minSize, tempDir: tempDir,
 		members: &countingMembers{Store: s},
 		done:    map[layerKey]*LayerResult{},
 		res:     &ExportResult{Name: name},

@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // Sentinel errors; every error that wraps one names the digest and path concerned.
@@ -22,9 +23,9 @@ var (
 	// ErrNotFound: the blob, tag or record is not in the store.
 	ErrNotFound = errors.New("not found")
 	// ErrDigestMismatch: content does not hash to the digest it was asked for.
-	ErrDigestMismatch = errors.New("digest mismatch")
+	ErrDigestMismatch = fsutil.ErrDigest
 	// ErrSizeMismatch: content is shorter or longer than its descriptor says.
-	ErrSizeMismatch = errors.New("size mismatch")
+	ErrSizeMismatch = fsutil.ErrSize
 	// ErrTooLarge: a document is larger than the cap for its kind.
 	ErrTooLarge = errors.New("too large")
 	// ErrInvalid: a digest, name or descriptor is malformed.
@@ -68,6 +69,12 @@ type Store struct {
 	// mu serialises index.json updates inside this process; the flock on
 	// lockFile serialises them across processes.
 	mu sync.Mutex
+	// leases held through this Store (see Lease).
+	leases leases
+	// trust remembers which blob files this process has hashed (see present).
+	trust trustCache
+	// memberChecks remembers member records checked by LookupMember.
+	memberChecks memberChecks
 }
 
 // DefaultRoot is the store used when none is given: $BLOCKFILE_STORE, else
@@ -159,6 +166,11 @@ func open(abs string) (*Store, error) {
 	if err := s.checkLayout(); err != nil {
 		return nil, err
 	}
+	// The gc lock exists from the start, so that a lease (a writer that
+	// then fails its checks) leaves the store exactly as it found it.
+	if err := s.createIfAbsent(gcLockFile, nil); err != nil {
+		return nil, err
+	}
 	empty, _ := json.Marshal(newIndex(nil))
 	if err := s.createIfAbsent(indexFile, empty); err != nil {
 		return nil, err
@@ -184,20 +196,17 @@ func (s *Store) blobPath(d digest.Digest) (string, error) {
 	return s.BlobPath(d), nil
 }
 
-// Exists reports whether the blob d is present. It does not re-hash it.
+// Exists reports whether the blob d is present and intact. A blob file is
+// trusted only once its content has been hashed: the first Exists (or Push)
+// of a blob in a process hashes it, later ones find it in a cache keyed by
+// the file's identity (inode, size, mtime, ctime), as do blobs this process
+// wrote. A blob that does not hash to its name is reported absent, so the
+// next Push of it replaces it with good content.
 func (s *Store) Exists(ctx context.Context, d digest.Digest) (bool, error) {
-	p, err := s.blobPath(d)
-	if err != nil {
+	if _, err := s.blobPath(d); err != nil {
 		return false, err
 	}
-	fi, err := os.Stat(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("blob %s: %w", d, err)
-	}
-	return fi.Mode().IsRegular(), nil
+	return s.present(ctx, d, -1)
 }
 
 // Fetch opens the blob desc. The reader verifies while streaming: reading past
@@ -343,42 +352,24 @@ func (s *Store) createIfAbsent(rel string, b []byte) error {
 // durable is set the file and the rename are fsynced; otherwise a crash may
 // leave the old content, or an empty file, under rel.
 func (s *Store) replaceFile(rel string, b []byte, durable bool) error {
-	tmp, err := s.writeTemp(b, durable)
-	if err != nil {
-		return err
-	}
-	dst := s.path(rel)
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if !durable {
-		return nil
-	}
-	return syncDir(filepath.Dir(dst))
+	return fsutil.WriteFile(s.path(ingestDir), s.path(rel), b, 0o644, durable)
 }
 
 // writeTemp writes b to a new temp file in the ingest directory, synced if fsync.
 func (s *Store) writeTemp(b []byte, fsync bool) (string, error) {
-	f, err := os.CreateTemp(s.path(ingestDir), "file-*")
+	t, err := fsutil.Create(s.path(ingestDir), "file")
 	if err != nil {
 		return "", fmt.Errorf("store %s: %w", s.root, err)
 	}
-	_, err = f.Write(b)
-	if err == nil && fsync {
-		err = f.Sync()
+	if _, err := t.Write(b); err != nil {
+		t.Close()
+		return "", err
 	}
-	if err == nil {
-		err = f.Chmod(0o644)
+	d := fsutil.Volatile
+	if fsync {
+		d = fsutil.Durable
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write %s: %w", f.Name(), err)
-	}
-	return f.Name(), nil
+	return t.Seal(0o644, d)
 }
 
 // readSmall reads a small file whole, refusing files over limit.
@@ -414,17 +405,7 @@ func (s *Store) checkLayout() error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return fsutil.SyncDir(dir) }
 
 // ctxReader makes long copies stop when ctx is cancelled.
 type ctxReader struct {

@@ -455,11 +455,11 @@ func TestRecordAndIndexBounds(t *testing.T) {
 	}
 	// The member index is a cache: an oversized record is not read, and
 	// counts as no record.
-	if _, found, err := s.LookupMember(ctx, raw, blocks.Gzip); found || err != nil {
-		t.Fatalf("LookupMember of a %d-byte record = %v, %v, want not found", maxRecordSize+1, found, err)
-	}
 	if _, err := s.readRecord(filepath.ToSlash(filepath.Join(membersDir, string(blocks.Gzip), raw.Encoded()))); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("reading a %d-byte record = %v, want ErrTooLarge", maxRecordSize+1, err)
+	}
+	if _, found, err := s.LookupMember(ctx, raw, blocks.Gzip); found || err != nil {
+		t.Fatalf("LookupMember of a %d-byte record = %v, %v, want not found", maxRecordSize+1, found, err)
 	}
 	f, err := os.OpenFile(filepath.Join(s.Root(), indexFile), os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +17,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -159,7 +159,7 @@ func (a *archiveSource) Close() error { return a.f.Close() }
 type archiveSink struct {
 	path      string
 	ref       string
-	f         *os.File
+	f         *fsutil.File // the archive, under a temp name until Commit
 	tw        *tar.Writer
 	have      map[digest.Digest]bool
 	manifests map[digest.Digest][]byte // manifest JSON kept for Commit
@@ -175,7 +175,7 @@ func newArchiveSink(file, ref string) (*archiveSink, error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return nil, fmt.Errorf("oci-archive:%s: %w", file, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(file), filepath.Base(file)+".tmp-")
+	f, err := fsutil.Create(filepath.Dir(file), "."+filepath.Base(file))
 	if err != nil {
 		return nil, fmt.Errorf("oci-archive:%s: %w", file, err)
 	}
@@ -310,16 +310,8 @@ func (s *archiveSink) Commit(_ context.Context, root ocispec.Descriptor) error {
 	if err := s.tw.Close(); err != nil {
 		return s.fail(err)
 	}
-	if err := s.f.Sync(); err != nil {
-		return s.fail(err)
-	}
-	if err := s.f.Close(); err != nil {
-		return s.fail(err)
-	}
-	if err := os.Chmod(s.f.Name(), 0o644); err != nil {
-		return s.fail(err)
-	}
-	if err := os.Rename(s.f.Name(), s.path); err != nil {
+	// The one committer: fsync, mode, rename, directory fsync.
+	if err := s.f.Commit(s.path, 0o644); err != nil {
 		return s.fail(err)
 	}
 	s.done = true
@@ -340,9 +332,5 @@ func (s *archiveSink) Abort() error {
 		return nil
 	}
 	s.done = true
-	s.f.Close()
-	if err := os.Remove(s.f.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return s.f.Close()
 }

@@ -291,3 +291,15 @@ func (p *referrerPusher) pushData(ctx context.Context, desc ocispec.Descriptor, 
 	p.done[desc.Digest] = true
 	return nil
 }
+
+// Referrers lists the referrers of subject in the repository of ref (as
+// docker:// sources do: the referrers API or the sha256-<hex> fallback
+// index, then cosign's tags), for pull and the site mirror to copy into the
+// store with store.AddReferrer.
+func (r Registry) Referrers(ctx context.Context, ref string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	nr, opts, err := r.Remote(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return listReferrers(ctx, nr.Context(), opts, subject)
+}

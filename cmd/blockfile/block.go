@@ -132,6 +132,12 @@ each PATH goes to DEST/<base name> (a folder's contents to DEST/<base name>/).`,
 // addPath stores the file or folder p and records it as a gc root. A symlink
 // given on the command line is followed, as cp does.
 func addPath(ctx context.Context, s *store.Store, p string) (addedBlock, error) {
+	// gc must not sweep a block between its write and its record.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return addedBlock{}, err
+	}
+	defer release()
 	fi, err := os.Stat(p)
 	if err != nil {
 		return addedBlock{}, err

@@ -47,7 +47,7 @@ again, and each run adds to the blocks the tag kept from earlier runs.`,
 	reg := registryFlags(cmd)
 	cmd.Flags().StringVar(&tag, "tag", registry.DefaultBlockTag, "tag that keeps the blocks referenced")
 	cmd.Flags().IntVar(&jobs, "jobs", 4, "blocks uploaded at once")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	addJSONFlag(cmd, &asJSON, "print the result as JSON")
 	addProgressFlag(cmd, &progress)
 	cmd.Flags().IntVar(&perMan, "blocks-per-manifest", registry.MaxBlocksPerManifest, "blocks per block manifest (tests use a small value to exercise several)")
 	_ = cmd.Flags().MarkHidden("blocks-per-manifest")

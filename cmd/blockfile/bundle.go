@@ -13,6 +13,7 @@ import (
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/bundle"
+	"github.com/blockfile/blockfile/blocks/registry"
 )
 
 func init() {
@@ -46,10 +47,15 @@ comma-separated), or an inventory brought back from it (--have, made there by
 'blockfile inventory'). --full makes a bundle for a first install, carrying
 everything. Blobs shared by several images travel once. A changed blocked
 layer, block set or config travels as a patch against the blob the site holds
-where that is smaller (--no-patches: always whole).`,
+where that is smaller (--no-patches: always whole).
+
+A --from docker://REF names a base in a registry: its blocked form is pulled
+into the store first (as 'blockfile pull --materialize=false': no standard
+layer), so CI with an empty store can make an update bundle.`,
 		Args: minArgs(1),
 	}
 	openStore := storeFlag(cmd)
+	reg := registryFlags(cmd)
 	cmd.Flags().StringSliceVar(&from, "from", nil, "images the site already has (its base)")
 	cmd.Flags().StringVar(&have, "have", "", "inventory file of the site's store (its base)")
 	cmd.Flags().BoolVar(&full, "full", false, "no base: carry everything (first install)")
@@ -89,6 +95,20 @@ where that is smaller (--no-patches: always whole).`,
 		s, err := openStore()
 		if err != nil {
 			return err
+		}
+		for i, f := range opts.From {
+			if !strings.HasPrefix(f, "docker://") {
+				continue
+			}
+			ref, ropts, err := reg.Remote(cmd.Context(), f)
+			if err != nil {
+				return usageError{err}
+			}
+			res, err := registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+			if err != nil {
+				return fmt.Errorf("--from %s: %w", f, err)
+			}
+			opts.From[i] = res.Name
 		}
 		prog, done := progressFunc(pw, plain)
 		opts.Progress = prog

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -11,6 +14,8 @@ import (
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/registry"
+	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/internal/units"
 )
@@ -33,7 +38,11 @@ docker-archive:FILE[:REF|:@N], what docker save writes) and writes into the stor
 uncompressed layers, with block-framed compression) and its blocked form: layers
 whose block files are replaced by .import. stubs, and the blocks themselves.
 Block files are the files the frontend recorded as imported and every regular
-file of at least --min-block-size bytes.`,
+file of at least --min-block-size bytes.
+
+A docker://REF whose image index already holds a blocked form (pushed by
+'blockfile push') is pulled as 'blockfile pull' does: only the blobs the store
+lacks, the standard image rebuilt byte for byte (its digest is the pushed one).`,
 		Args: exactArgs(2),
 	}
 	openStore := createStoreFlag(cmd)
@@ -63,6 +72,12 @@ file of at least --min-block-size bytes.`,
 		// On Ctrl-C, cancel so the destination is aborted and temp files removed.
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
+		if strings.HasPrefix(args[0], "docker://") {
+			done, err := exportBlocked(ctx, cmd, s, reg, args[0], args[1], asJSON, pw, plain)
+			if done || err != nil {
+				return err
+			}
+		}
 		src, err := transport.ParseSource(ctx, args[0], transport.WithRegistry(*reg))
 		if err != nil {
 			return err
@@ -108,4 +123,29 @@ func referrerKind(d ocispec.Descriptor) string {
 		return d.ArtifactType
 	}
 	return d.MediaType
+}
+
+// exportBlocked pulls ref when its index holds a blocked form (reading its
+// standard image and splitting it again would download every layer whole
+// and re-frame it); done is false when it does not.
+func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg *transport.Registry, src, name string, asJSON bool, pw io.Writer, plain bool) (done bool, err error) {
+	ref, ropts, err := reg.Remote(ctx, src)
+	if err != nil {
+		return false, usageError{err}
+	}
+	blocked, err := registry.HasBlockedForm(ctx, ref, ropts)
+	if err != nil || !blocked {
+		return false, err
+	}
+	res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Progress: pw, PlainProgress: plain})
+	if err != nil {
+		return true, err
+	}
+	if asJSON {
+		return true, writeJSON(cmd.OutOrStdout(), res)
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintln(out, res.Standard.Digest)
+	fmt.Fprintf(out, "%s: pulled the blocked form of %s: %s downloaded, standard image %s\n", res.Name, res.Ref, sizeString(res.Downloaded.Bytes), sizeString(res.StandardSize))
+	return true, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -27,7 +28,9 @@ func newHydrateCmd() *cobra.Command {
 blocks and writes it to DEST: oci-archive:FILE[:REF] (loadable by docker load and
 ctr images import), oci:DIR[:REF] or docker://REF. The result has exactly the
 manifest digest of the standard image. On any error DEST is left absent.
-DEST may be given as the second argument or with -o/--output.`,
+DEST may be given as the second argument or with -o/--output.
+To docker://, the signatures, attestations and SBOMs the store keeps for the
+image are pushed too (docs/SIGNING.md).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if output != "" {
 				return exactArgs(1)(cmd, args)
@@ -62,6 +65,12 @@ DEST may be given as the second argument or with -o/--output.`,
 		desc, err := image.Hydrate(ctx, s, args[0], dst, image.HydrateOptions{Progress: pw, PlainProgress: plain})
 		if err != nil {
 			return err
+		}
+		if ref, ok := strings.CutPrefix(output, "docker://"); ok {
+			// Signatures, attestations and SBOMs the store keeps for it.
+			if _, err := image.PushReferrers(ctx, s, desc, *reg, ref); err != nil {
+				return fmt.Errorf("hydrate %s: pushed the image, but not its signatures and attestations: %w", args[0], err)
+			}
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), map[string]any{"name": args[0], "dest": output, "standard": desc})

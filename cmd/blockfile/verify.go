@@ -8,13 +8,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
 func init() {
-	var asJSON bool
+	var asJSON, repair bool
 	cmd := &cobra.Command{
-		Use:   "verify [--store DIR] [--json]",
+		Use:   "verify [--store DIR] [--repair] [--json]",
 		Short: "Re-hash every blob and check every image and block is complete",
 		Long: `Check the whole store:
 
@@ -32,16 +33,24 @@ block set and all its members are present and intact, as after 'bundle apply
 --materialize=false') is not a problem: it is counted as hydratable, and
 'blockfile hydrate' rebuilds it.
 
+With --repair, what can be rebuilt is rebuilt first, then the store is
+verified: damaged blobs are removed (a bundle, pull or export brings them
+back), bad member records are dropped and the member index is rebuilt from
+the block sets, and the standard layers of every tagged image are rebuilt by
+hydrate. What is still wrong after that is reported as usual.
+
 Each problem is printed as "KIND: DIGEST PATH (referenced by REF): DETAIL".
 Exit status: 0 if the store is sound, 1 if anything is wrong, the store is
 empty or missing (nothing verified), or verify could not run; 2 on a usage
 error.`,
 		Example: `  blockfile verify
-  blockfile verify --store /mnt/usb/store --json`,
+  blockfile verify --store /mnt/usb/store --json
+  blockfile verify --repair`,
 		Args: exactArgs(0),
 	}
 	open := storeFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"ok", "store", "blobs", "bytes", "problems": [{kind, digest, path, ref, detail}], "hydratable": [{digest, path, manifest, blocked, blockset}]}`)
+	cmd.Flags().BoolVar(&repair, "repair", false, "rebuild what can be rebuilt (member records, standard layers; remove damaged blobs) before verifying")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		s, err := open()
 		if err != nil {
@@ -49,6 +58,28 @@ error.`,
 		}
 		ctx := cmd.Context()
 		w := cmd.OutOrStdout()
+		var rep *image.RepairResult
+		if repair {
+			if rep, err = image.Repair(ctx, s); err != nil {
+				return fmt.Errorf("repair: %w", err)
+			}
+			e := cmd.ErrOrStderr()
+			for _, p := range rep.Removed {
+				fmt.Fprintf(e, "repair: removed damaged blob %s\n", blocks.Sanitize(fmt.Sprint(p)))
+			}
+			for _, p := range rep.DroppedRecords {
+				fmt.Fprintf(e, "repair: dropped bad member record %s\n", p)
+			}
+			if rep.Records > 0 {
+				fmt.Fprintf(e, "repair: wrote %d member record(s) from block sets\n", rep.Records)
+			}
+			for _, n := range rep.Materialized {
+				fmt.Fprintf(e, "repair: %s: standard layers complete\n", n)
+			}
+			for n, why := range rep.Failed {
+				fmt.Fprintf(e, "repair: %s: %s\n", n, why)
+			}
+		}
 		var blobs, size int64
 		if err := s.Walk(ctx, func(_ digest.Digest, n int64) error { blobs++; size += n; return nil }); err != nil {
 			return err
@@ -90,13 +121,14 @@ error.`,
 		}
 		if asJSON {
 			if err := writeJSON(w, struct {
-				OK         bool               `json:"ok"`
-				Store      string             `json:"store"`
-				Blobs      int64              `json:"blobs"`
-				Bytes      int64              `json:"bytes"`
-				Problems   []store.Problem    `json:"problems"`
-				Hydratable []store.Hydratable `json:"hydratable"`
-			}{verr == nil, s.Root(), blobs, size, problems, hydratable}); err != nil {
+				OK         bool                `json:"ok"`
+				Store      string              `json:"store"`
+				Blobs      int64               `json:"blobs"`
+				Bytes      int64               `json:"bytes"`
+				Problems   []store.Problem     `json:"problems"`
+				Hydratable []store.Hydratable  `json:"hydratable"`
+				Repair     *image.RepairResult `json:"repair,omitempty"`
+			}{verr == nil, s.Root(), blobs, size, problems, hydratable, rep}); err != nil {
 				return err
 			}
 			if verr != nil {
