@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -85,6 +86,12 @@ func Closures(ctx context.Context, s *store.Store, names []string) ([]*Closure, 
 func Create(ctx context.Context, s *store.Store, names []string, path string, opts CreateOptions) (*Header, error) {
 	if len(names) == 0 {
 		return nil, errors.New("bundle create: no images given")
+	}
+	for _, n := range names {
+		// A tag another tool wrote may be anything; apply would refuse it.
+		if err := blocks.ValidateName(n); err != nil {
+			return nil, fmt.Errorf("bundle create: %w", err)
+		}
 	}
 	var base Base
 	switch {

@@ -2,11 +2,14 @@ package bundle
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
 )
@@ -71,5 +74,36 @@ func TestOutputForStaysInTheOutputDirectory(t *testing.T) {
 	// Output templates without {name} are passed through untouched.
 	if got, err := OutputFor("oci:/out/one", ".."); err != nil || got != "oci:/out/one" {
 		t.Errorf("OutputFor without {name} = %q, %v", got, err)
+	}
+}
+
+// A tag that another tool wrote into the store's index.json may be any
+// string; create refuses to put one that is not an image reference in a
+// bundle (apply would refuse it).
+func TestCreateRefusesUnsafeNames(t *testing.T) {
+	src := openStore(t)
+	root := putSynth(t, src, "app:v1", synthV1)
+	idxPath := filepath.Join(src.Root(), "index.json")
+	data, err := os.ReadFile(idxPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(data, &idx); err != nil {
+		t.Fatal(err)
+	}
+	e := root
+	e.Annotations = map[string]string{ocispec.AnnotationRefName: "../evil"}
+	idx.Manifests = append(idx.Manifests, e)
+	data, _ = json.Marshal(idx)
+	if err := os.WriteFile(idxPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "b.bundle")
+	if _, err := Create(context.Background(), src, []string{"../evil"}, out, CreateOptions{Full: true}); !errors.Is(err, blocks.ErrInvalidName) {
+		t.Fatalf("Create of a tag named ../evil = %v, want ErrInvalidName", err)
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a bundle was written: %v", err)
 	}
 }

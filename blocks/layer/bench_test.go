@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -181,5 +182,62 @@ func BenchmarkVerifiedCopyBaseline(b *testing.B) {
 		}
 		in.Close()
 		f.Close()
+	}
+}
+
+// BenchmarkRealLayers splits real layer tars named by BLOCKFILE_REAL_TARS
+// (a list of uncompressed tar files separated like PATH, e.g. tars of
+// /tmp/bench/scenario/layers/<layer>) with a cold store, per compression,
+// and reports the split speed (MB/s), the standard and blocked layer sizes
+// and the member bytes. BLOCKFILE_REAL_MIN sets the minimum block size
+// (default 16 KiB, blocks/image.DefaultMinBlockSize). Run:
+//
+//	BLOCKFILE_REAL_TARS=/tmp/a.tar:/tmp/b.tar go test -run '^$' -bench RealLayers -benchtime 1x ./blocks/layer
+func BenchmarkRealLayers(b *testing.B) {
+	list := os.Getenv("BLOCKFILE_REAL_TARS")
+	if list == "" {
+		b.Skip("set BLOCKFILE_REAL_TARS to tar files to measure")
+	}
+	minBlock := int64(16 << 10)
+	if v := os.Getenv("BLOCKFILE_REAL_MIN"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		minBlock = n
+	}
+	for _, p := range filepath.SplitList(list) {
+		for _, c := range compressions {
+			b.Run(filepath.Base(p)+"/"+string(c), func(b *testing.B) {
+				fi, err := os.Stat(p)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.SetBytes(fi.Size())
+				var res *SplitResult
+				for b.Loop() {
+					b.StopTimer()
+					f, err := os.Open(p)
+					if err != nil {
+						b.Fatal(err)
+					}
+					ms := newDirStore(b)
+					b.StartTimer()
+					res, err = Split(context.Background(), f, newHashWriter(), newHashWriter(), SplitOptions{Compression: c, MinBlockSize: minBlock, Members: ms, TempDir: b.TempDir()})
+					f.Close()
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				var members int64
+				for _, bl := range res.Blocks {
+					members += bl.Member.Size
+				}
+				b.ReportMetric(float64(res.Standard.Size), "standard-bytes")
+				b.ReportMetric(float64(res.Blocked.Size), "blocked-bytes")
+				b.ReportMetric(float64(len(res.Blocks)), "blocks")
+				b.ReportMetric(float64(members), "member-bytes")
+			})
+		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
 )
 
 // dockerArchiveSource reads `docker save` output (and skopeo's
@@ -82,7 +84,7 @@ func (d *dockerArchiveSource) load(ref string) error {
 		return err
 	}
 	if len(desc.LayerSources) > 0 {
-		return fmt.Errorf("image %s has foreign layers (LayerSources), which are not supported", strings.Join(desc.RepoTags, ","))
+		return fmt.Errorf("image %s has foreign layers (LayerSources), which are not supported", quoteAll(desc.RepoTags))
 	}
 	if len(desc.Layers) > maxDockerLayers {
 		return fmt.Errorf("manifest.json lists %d layers, more than %d", len(desc.Layers), maxDockerLayers)
@@ -146,7 +148,7 @@ func selectDockerImage(m tarball.Manifest, ref string) (tarball.Descriptor, erro
 	}
 	if ref == "" {
 		if len(m) != 1 {
-			return tarball.Descriptor{}, fmt.Errorf("manifest.json lists %d images, name one with :REF or :@N (tags: %s)", len(m), strings.Join(tags, ", "))
+			return tarball.Descriptor{}, fmt.Errorf("manifest.json lists %d images, name one with :REF or :@N (tags: %s)", len(m), quoteAll(tags))
 		}
 		return m[0], nil
 	}
@@ -157,7 +159,7 @@ func selectDockerImage(m tarball.Manifest, ref string) (tarball.Descriptor, erro
 			}
 		}
 	}
-	return tarball.Descriptor{}, fmt.Errorf("no image tagged %q (tags: %s)", ref, strings.Join(tags, ", "))
+	return tarball.Descriptor{}, fmt.Errorf("no image tagged %s (tags: %s)", blocks.Quote(ref), quoteAll(tags))
 }
 
 // entry finds a file named by manifest.json; names are cleaned and looked up
@@ -230,3 +232,13 @@ func (d *dockerArchiveSource) Fetch(_ context.Context, desc ocispec.Descriptor) 
 }
 
 func (d *dockerArchiveSource) Close() error { return d.f.Close() }
+
+// quoteAll lists names read from an archive for a message, each quoted if
+// need be (blocks.Quote): they are printed, and may hold escapes.
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = blocks.Quote(n)
+	}
+	return strings.Join(q, ", ")
+}

@@ -16,7 +16,9 @@ func init() {
 	cmd := &cobra.Command{
 		Use:   "gc [--store DIR] [--dry-run] [--blocks] [--json]",
 		Short: "Remove blobs that no image and no added block references",
-		Long: `Remove every blob that nothing in the store references.
+		Long: `Remove every blob that nothing in the store references. To free an old
+version, remove its name first ('blockfile rm NAME'); what it shares with the
+images still named stays.
 
 Kept: everything reachable from a tag in index.json (image indexes, the
 standard image each names, manifests, configs, layers, blocked layers,

@@ -87,7 +87,7 @@ func run(ctx context.Context, variant string, comp blocks.Compression, minBlock 
 	fmt.Printf("image %s: %d layers, %.1f MB tar, %.1f MB gzip (built in %s)\n", variant, len(dirs), mb(tarBytes), mb(gzBytes), time.Since(t0).Round(time.Millisecond))
 
 	var rows []row
-	s, err := store.Open(filepath.Join(work, "store"))
+	s, err := store.Create(filepath.Join(work, "store"))
 	if err != nil {
 		return err
 	}

@@ -145,7 +145,7 @@ func run(ctx context.Context, scen, work string) error {
 	fmt.Fprintf(os.Stderr, "built %d layers (tar + gzip -6) in %s\n", len(b.layers), time.Since(t0).Round(time.Millisecond))
 
 	// 2. Export every variant into one store.
-	s, err := store.Open(filepath.Join(work, "store"))
+	s, err := store.Create(filepath.Join(work, "store"))
 	if err != nil {
 		return err
 	}
@@ -240,11 +240,11 @@ func run(ctx context.Context, scen, work string) error {
 	}
 
 	// 4. Apply of the full v1 bundle vs extract-and-repack of the same image.
-	site, err := store.Open(filepath.Join(work, "site"))
+	site, err := store.Create(filepath.Join(work, "site"))
 	if err != nil {
 		return err
 	}
-	lean, err := store.Open(filepath.Join(work, "site-lean"))
+	lean, err := store.Create(filepath.Join(work, "site-lean"))
 	if err != nil {
 		return err
 	}

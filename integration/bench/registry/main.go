@@ -187,7 +187,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 			}
 		}
 	}
-	src, err := store.Open(filepath.Join(work, "src"))
+	src, err := store.Create(filepath.Join(work, "src"))
 	if err != nil {
 		return err
 	}
@@ -273,7 +273,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 				return err
 			}
 		}
-		s, err := store.Open(site)
+		s, err := store.Create(site)
 		if err != nil {
 			return err
 		}
