@@ -232,15 +232,6 @@ func (p *pusher) blob(ctx context.Context, desc ocispec.Descriptor) error {
 }
 
 func (p *pusher) tryBlob(ctx context.Context, desc ocispec.Descriptor) error {
-	found, err := p.r.blobExists(ctx, desc.Digest)
-	if err != nil {
-		return err
-	}
-	if found {
-		p.prog.add(desc.Size)
-		p.count(&p.res.Skipped, desc.Size)
-		return nil
-	}
 	l := &storeLayer{ctx: ctx, s: p.s, desc: desc, prog: p.prog}
 	var layer v1.Layer = l
 	for _, from := range seenIn(p.s, p.registry, desc.Digest) {
@@ -248,21 +239,38 @@ func (p *pusher) tryBlob(ctx context.Context, desc ocispec.Descriptor) error {
 			continue
 		}
 		if src, err := name.NewRepository(p.registry+"/"+from, nameOptions(p.r.repo)...); err == nil {
-			// WriteLayer asks the registry to mount it from there, and
+			// Upload asks the registry to mount it from there, and
 			// uploads it if the registry declines.
 			layer = &remote.MountableLayer{Layer: l, Reference: src.Digest(desc.Digest.String())}
 			break
 		}
 	}
+	if layer != l {
+		// Tell a blob already here from one mounted: both read nothing.
+		found, err := p.r.blobExists(ctx, desc.Digest)
+		if err != nil {
+			return err
+		}
+		if found {
+			p.prog.add(desc.Size)
+			p.count(&p.res.Skipped, desc.Size)
+			return nil
+		}
+	}
+	// Upload checks (HEAD) whether the repository has the blob first.
 	if err := p.r.pusher.Upload(ctx, p.r.repo, layer); err != nil {
 		return err
 	}
-	if n := l.read.Load(); n > 0 {
+	switch {
+	case l.read.Load() > 0:
 		p.count(&p.res.Uploaded, desc.Size)
-	} else {
-		// Nothing read from the store: the registry mounted it.
+	case layer != l:
+		// Nothing read from the store, and not there before: mounted.
 		p.prog.add(desc.Size)
 		p.count(&p.res.Mounted, desc.Size)
+	default:
+		p.prog.add(desc.Size)
+		p.count(&p.res.Skipped, desc.Size)
 	}
 	return nil
 }

@@ -163,6 +163,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		return err
 	}
 	var v1Blocks int
+	layerDirs := map[string][]string{}
 	// 1. Images from the layer directories, exported into one store.
 	t0 := time.Now()
 	b, err := benchimg.NewBuilder(filepath.Join(work, "layout"))
@@ -181,8 +182,13 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		if _, _, err := b.Image(ctx, v, dirs); err != nil {
 			return err
 		}
+		layerDirs[v] = dirs
+	}
+	// After every Image call: the builder rewrites index.json from its own
+	// list each time.
+	for _, v := range variants {
 		if withImport {
-			if err := addImportLabel(ctx, b.Dir, v, dirs); err != nil {
+			if err := addImportLabel(ctx, b.Dir, v, layerDirs[v]); err != nil {
 				return err
 			}
 		}
