@@ -9,9 +9,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -294,4 +298,46 @@ func writeRaceLayout(t *testing.T, dir string, seed uint64) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// The temp and spool files a killed writer left in the store are removed by
+// the next writer (here block add), those of a running process are kept.
+func TestWriterRemovesDeadWritersTempFiles(t *testing.T) {
+	ctx := context.Background()
+	s, err := store.Open(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "exit 0")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead, live := cmd.Process.Pid, os.Getppid()
+	// store.TempPattern is "<kind>.<host>.<pid>.*": the same name with
+	// another pid is what that process would have written.
+	named := func(kind string, pid int) string {
+		parts := strings.Split(store.TempPattern(kind), ".")
+		parts[2], parts[3] = strconv.Itoa(pid), "4242"
+		p := filepath.Join(s.TempDir(), strings.Join(parts, "."))
+		if err := os.WriteFile(p, make([]byte, 4<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		old := time.Now().Add(-10 * time.Minute)
+		os.Chtimes(p, old, old)
+		return p
+	}
+	deadSpool, deadBlob, liveSpool := named("spool", dead), named("blob", dead), named("spool", live)
+	folder := filepath.Join(t.TempDir(), "f")
+	writeRaceFolder(t, folder, 7)
+	if _, err := addPath(ctx, s, folder); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{deadSpool, deadBlob} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s of dead pid %d survived the next writer", filepath.Base(p), dead)
+		}
+	}
+	if _, err := os.Stat(liveSpool); err != nil {
+		t.Errorf("spool of running pid %d was removed: %v", live, err)
+	}
 }
