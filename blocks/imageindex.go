@@ -164,9 +164,6 @@ func NewImageIndex(idx ocispec.Index) (*ImageIndex, error) {
 			return nil, fmt.Errorf("standard manifest %s is not listed in the image index: %w", std.Digest, ErrNotBlockfileIndex)
 		}
 	}
-	if len(x.blocked) == 0 {
-		return nil, fmt.Errorf("image index has no blocked manifest: %w", ErrNotBlockfileIndex)
-	}
 	return x, nil
 }
 

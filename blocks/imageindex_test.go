@@ -79,7 +79,6 @@ func TestParseImageIndexRefuses(t *testing.T) {
 			i.Annotations[AnnotationStandard] = digest.FromString("elsewhere").String()
 		}},
 		{"not an index", "media type", func(i *ocispec.Index) { i.MediaType = ocispec.MediaTypeImageManifest }},
-		{"no blocked manifest", "no blocked manifest", func(i *ocispec.Index) { i.Manifests = i.Manifests[:1] }},
 		{"blocked form of an unlisted manifest", "does not list", func(i *ocispec.Index) {
 			i.Manifests[1].Annotations[AnnotationBlockedOf] = digest.FromString("ghost").String()
 		}},

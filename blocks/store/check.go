@@ -119,6 +119,24 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 		}
 	}
 	roots = append(roots, recorded...)
+	// Recorded referrers (signatures, attestations) must be whole too.
+	subjects, err := s.referrerSubjects(ctx)
+	if err != nil {
+		add(Problem{Kind: ProblemBadRecord, Path: s.path(referrersDir), Detail: err.Error()})
+	}
+	for _, subj := range subjects {
+		refs, err := s.Referrers(ctx, subj)
+		if err != nil {
+			add(Problem{Kind: ProblemBadRecord, Path: s.path(path.Join(referrersDir, subj.Encoded())), Detail: err.Error()})
+			continue
+		}
+		for _, r := range refs {
+			if _, ok := refOf[r.Digest]; !ok {
+				refOf[r.Digest] = "referrer record " + s.path(referrerRecord(subj, r.Digest))
+			}
+			roots = append(roots, r)
+		}
+	}
 	intact := func(d ocispec.Descriptor) bool {
 		size, ok := present[d.Digest]
 		return ok && size == d.Size && !bad[d.Digest]

@@ -149,7 +149,7 @@ func TestHelperWriterProcess(t *testing.T) {
 	if root == "" {
 		t.Skip("helper process for TestConcurrentProcessesPushSameBlobs")
 	}
-	s, err := Open(root)
+	s, err := Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -37,6 +38,9 @@ type GCResult struct {
 	TempFiles     []string             // stale temp files
 	MemberRecords []string             // member records whose member is gone
 	BlockRecords  []digest.Digest      // block records dropped (DropBlocks)
+	// ReferrerRecords are the referrer directories dropped because their
+	// subject is swept.
+	ReferrerRecords []string
 }
 
 // GC removes every blob that no index.json entry (through manifests,
@@ -51,7 +55,8 @@ func (s *Store) GC(ctx context.Context, dryRun bool) (removed []ocispec.Descript
 }
 
 // GCWithOptions marks from every index.json entry and every recorded block
-// (unless DropBlocks) and sweeps every blob not marked. It also removes temp
+// (unless DropBlocks), then from the recorded referrers of every marked
+// blob (AddReferrer), and sweeps every blob not marked. It also removes temp
 // files older than StaleTempAge and member records whose member was removed.
 //
 // It first waits until no writer holds a lease (see Lease), and holds
@@ -88,7 +93,22 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 		return nil, fmt.Errorf("gc %s: %w (nothing removed; run blockfile verify)", s.root, err)
 	}
 
+	// Referrers (signatures, attestations) live while their subject does.
+	deadSubjects, err := s.keepReferrers(ctx, live)
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: %w (nothing removed; run blockfile verify)", s.root, err)
+	}
+
 	res := &GCResult{}
+	for _, subj := range deadSubjects {
+		p := s.path(path.Join(referrersDir, subj.Encoded()))
+		res.ReferrerRecords = append(res.ReferrerRecords, p)
+		if !opts.DryRun {
+			if err := os.RemoveAll(p); err != nil {
+				return res, fmt.Errorf("gc: remove %s: %w", p, err)
+			}
+		}
+	}
 	if opts.DropBlocks {
 		for _, r := range recorded {
 			if _, ok := live[r.Digest]; ok {
@@ -120,6 +140,7 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 		if err := os.Remove(s.BlobPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("gc: remove %s: %w", s.BlobPath(d), err)
 		}
+		s.forgetVerified(d)
 		return nil
 	})
 	if err != nil {

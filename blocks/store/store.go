@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
@@ -29,6 +30,8 @@ var (
 	ErrTooLarge = errors.New("too large")
 	// ErrInvalid: a digest, name or descriptor is malformed.
 	ErrInvalid = errors.New("invalid")
+	// ErrNoStore: the directory is not a store (Open never creates one).
+	ErrNoStore = errors.New("no store")
 	// ErrProblems: Verify found problems (each was reported).
 	ErrProblems = errors.New("store has problems")
 )
@@ -51,9 +54,10 @@ const (
 	indexFile    = "index.json"
 	blobsDir     = ocispec.ImageBlobsDir // "blobs"
 	extraDir     = "blockfile"
-	ingestDir    = "blockfile/ingest"  // temp files; same filesystem as blobs/ so rename is atomic
-	membersDir   = "blockfile/members" // members/<compression>/<raw hex>: member descriptor JSON
-	blockRootDir = "blockfile/blocks"  // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	ingestDir    = "blockfile/ingest"    // temp files; same filesystem as blobs/ so rename is atomic
+	membersDir   = "blockfile/members"   // members/<compression>/<raw hex>: member descriptor JSON
+	blockRootDir = "blockfile/blocks"    // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	referrersDir = "blockfile/referrers" // referrers/<subject hex>/<referrer hex>: descriptor JSON (see referrers.go)
 	lockFile     = "blockfile/index.lock"
 )
 
@@ -91,16 +95,62 @@ func DefaultRoot() string {
 	return filepath.Join(home, ".local", "share", "blockfile", "store")
 }
 
-// Open opens the store at root, creating the layout if it is missing. Opening
-// is safe to race with other processes opening or writing the same root.
+// Open opens the existing store at root. A root without an oci-layout file
+// is not a store: Open fails with ErrNoStore ("no store at DIR") rather than
+// create one, so a mistyped --store is reported, not silently made. Verbs
+// that write a new store call Create. Opening is safe to race with other
+// processes opening or writing the same root.
 func Open(root string) (*Store, error) {
+	abs, err := absRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(abs, layoutFile)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no store at %s: %w", abs, ErrNoStore)
+	} else if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	return open(abs)
+}
+
+// Create opens the store at root, creating it if it does not exist: an
+// absent or empty directory becomes an empty store. A non-empty directory
+// that is not an OCI image layout is refused (ErrNoStore), so a store is
+// never spread over unrelated files.
+func Create(root string) (*Store, error) {
+	abs, err := absRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(abs, layoutFile)); errors.Is(err, os.ErrNotExist) {
+		// Entries a store has are allowed: another process may be creating
+		// the same store right now (open makes the directories first).
+		ents, _ := os.ReadDir(abs)
+		for _, e := range ents {
+			switch e.Name() {
+			case blobsDir, extraDir, indexFile:
+				continue
+			}
+			return nil, fmt.Errorf("create store %s: the directory holds %s and is not a store (no %s): %w", abs, blocks.Quote(e.Name()), layoutFile, ErrNoStore)
+		}
+	}
+	return open(abs)
+}
+
+func absRoot(root string) (string, error) {
 	if root == "" {
-		return nil, fmt.Errorf("open store: empty path: %w", ErrInvalid)
+		return "", fmt.Errorf("open store: empty path: %w", ErrInvalid)
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", root, err)
+		return "", fmt.Errorf("open store %s: %w", root, err)
 	}
+	return abs, nil
+}
+
+// open makes sure the layout at abs is complete (creating what is missing)
+// and checks its version.
+func open(abs string) (*Store, error) {
 	s := &Store{root: abs}
 	for _, d := range []string{
 		filepath.Join(blobsDir, digest.SHA256.String()), ingestDir, membersDir, blockRootDir,
@@ -118,8 +168,10 @@ func Open(root string) (*Store, error) {
 	}
 	// The gc lock exists from the start, so that a lease (a writer that
 	// then fails its checks) leaves the store exactly as it found it.
-	if err := s.createIfAbsent(gcLockFile, nil); err != nil {
-		return nil, err
+	for _, f := range []string{gcLockFile, gcTurnFile} {
+		if err := s.createIfAbsent(f, nil); err != nil {
+			return nil, err
+		}
 	}
 	empty, _ := json.Marshal(newIndex(nil))
 	if err := s.createIfAbsent(indexFile, empty); err != nil {

@@ -61,11 +61,26 @@ func openArchiveSource(_ context.Context, file, ref string) (*archiveSource, err
 	return a, nil
 }
 
-// index walks the tar headers. archive/tar reads exactly one header at a
-// time from an *os.File and seeks over entry data, so the file offset after
-// Next is where the entry's data starts.
+// index records where every regular entry's data lies in the file.
 func (a *archiveSource) index() error {
-	tr := tar.NewReader(a.f)
+	entries, err := indexTar(a.f)
+	if err != nil {
+		return err
+	}
+	a.entries = entries
+	return nil
+}
+
+// indexTar walks the tar headers of f and returns the section of the file
+// holding each regular entry's data, by cleaned name. Hard links and
+// symbolic links (docker save links a repeated layer to its first copy) are
+// resolved to the entry they name inside the archive; nothing outside it is
+// ever followed. archive/tar reads exactly one header at a time from an
+// *os.File and seeks over entry data, so the file offset after Next is where
+// the entry's data starts.
+func indexTar(f *os.File) (map[string]section, error) {
+	tr := tar.NewReader(f)
+	entries := map[string]section{}
 	links := map[string]string{}
 	for {
 		h, err := tr.Next()
@@ -73,28 +88,43 @@ func (a *archiveSource) index() error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read tar: %w", err)
+			return nil, fmt.Errorf("read tar: %w", err)
 		}
 		name := cleanEntry(h.Name)
 		switch h.Typeflag {
 		case tar.TypeReg:
-			off, err := a.f.Seek(0, io.SeekCurrent)
+			off, err := f.Seek(0, io.SeekCurrent)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			a.entries[name] = section{off: off, size: h.Size}
+			entries[name] = section{off: off, size: h.Size}
 		case tar.TypeLink:
 			links[name] = cleanEntry(h.Linkname)
+		case tar.TypeSymlink:
+			target := h.Linkname
+			if !path.IsAbs(target) {
+				target = path.Join(path.Dir(name), target)
+			}
+			links[name] = cleanEntry(target)
 		case tar.TypeGNUSparse:
-			return fmt.Errorf("entry %q: sparse files are not supported", h.Name)
+			return nil, fmt.Errorf("entry %q: sparse files are not supported", h.Name)
 		}
 	}
-	for name, target := range links {
-		if sec, ok := a.entries[target]; ok {
-			a.entries[name] = sec
+	// Links to links: a few hops at most; a cycle resolves to nothing.
+	for range 8 {
+		progress := false
+		for name, target := range links {
+			if sec, ok := entries[target]; ok {
+				entries[name] = sec
+				delete(links, name)
+				progress = true
+			}
+		}
+		if !progress {
+			break
 		}
 	}
-	return nil
+	return entries, nil
 }
 
 func cleanEntry(name string) string {

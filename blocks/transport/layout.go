@@ -97,6 +97,9 @@ func newLayoutSink(dir, ref string) (*layoutSink, error) {
 		return nil, fmt.Errorf("oci:%s: exists and is not a directory", dir)
 	case err == nil:
 		s.work = dir
+		if err := refuseNonLayout(dir); err != nil {
+			return nil, err
+		}
 		if err := ensureLayoutFile(dir); err != nil {
 			return nil, err
 		}
@@ -118,6 +121,34 @@ func newLayoutSink(dir, ref string) (*layoutSink, error) {
 		return nil, fmt.Errorf("oci:%s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// ErrNotLayout: an oci: destination is a directory with content that is
+// not an OCI image layout.
+var ErrNotLayout = errors.New("not an OCI image layout")
+
+// refuseNonLayout refuses to write into an existing directory that holds
+// anything but is not an OCI image layout (no oci-layout file): a mistyped
+// path must not have its index.json replaced or blobs/ filled.
+func refuseNonLayout(dir string) error {
+	if _, err := os.Lstat(filepath.Join(dir, ocispec.ImageLayoutFile)); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if len(names) == 0 && errors.Is(err, io.EOF) {
+		return nil // empty: becomes a layout
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	return fmt.Errorf("oci:%s: the directory is not empty and has no %s file: %w; name a new or empty directory, or an existing layout", dir, ocispec.ImageLayoutFile, ErrNotLayout)
 }
 
 // ensureLayoutFile writes the oci-layout marker if it is missing or empty.

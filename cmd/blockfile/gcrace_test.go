@@ -7,7 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,18 +20,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 )
 
-// gcRaceRounds is how many times each writer runs while gc loops.
-const gcRaceRounds = 6
+// gcRaceRounds is how many times each writer runs while gc loops (3 under
+// -short).
+var gcRaceRounds = 6
 
 // gcRaceWriter is one kind of store writer, run round after round while gc
 // loops on the same store. Each round must leave garbage behind for gc (the
@@ -41,11 +48,15 @@ type gcRaceWriter struct {
 }
 
 // TestGCDuringWriters loops gc (through its own *Store, as another process
-// would: the lock is a flock) while each writer runs, then checks that every
+// would: the lock is a flock) while each writer (export, block add, bundle
+// apply, hydrate, registry pull) runs, then checks that every
 // writer succeeded and that verify finds the store complete. Without the
 // lease between writers and gc, gc sweeps blobs that an export, block add or
 // apply has written but not yet tagged, and verify reports them missing.
 func TestGCDuringWriters(t *testing.T) {
+	if testing.Short() {
+		gcRaceRounds = 3
+	}
 	dir := t.TempDir()
 	// Sources: one OCI layout per round, each image with its own blocks.
 	var layouts []string
@@ -56,7 +67,7 @@ func TestGCDuringWriters(t *testing.T) {
 	bundles := make([]string, gcRaceRounds)
 	{
 		ctx := context.Background()
-		src, err := store.Open(filepath.Join(dir, "bundle-src"))
+		src, err := store.Create(filepath.Join(dir, "bundle-src"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,6 +76,31 @@ func TestGCDuringWriters(t *testing.T) {
 			exportLayout(t, ctx, src, layouts[i], name)
 			bundles[i] = filepath.Join(dir, fmt.Sprintf("b%d.bundle", i))
 			if _, err := bundle.Create(ctx, src, []string{name}, bundles[i], bundle.CreateOptions{Full: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// A registry holding app:0..n, for pull: in memory, as the registry
+	// package's own tests do.
+	regHost := func() string {
+		h := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://")
+	}()
+	{
+		ctx := context.Background()
+		src, err := store.Open(filepath.Join(dir, "bundle-src"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range gcRaceRounds {
+			ref, err := name.ParseReference(fmt.Sprintf("%s/app:%d", regHost, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := registry.Push(ctx, src, fmt.Sprintf("app:%d", i), ref, registry.PushOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -126,8 +162,15 @@ func TestGCDuringWriters(t *testing.T) {
 			}
 			return s.Untag(ctx, fmt.Sprintf("app:%d", i))
 		}},
-		// pull: add {name: "pull", round: ...} once the registry pull exists;
-		// it must take s.Lease like the writers above.
+		{name: "pull", round: func(ctx context.Context, s *store.Store, i int) error {
+			ref, err := name.ParseReference(fmt.Sprintf("%s/app:%d", regHost, i))
+			if err != nil {
+				return err
+			}
+			// Same name every round: the previous round's blobs become garbage.
+			_, err = registry.Pull(ctx, s, ref, "app", registry.PullOptions{})
+			return err
+		}},
 	}
 	for _, w := range writers {
 		t.Run(w.name, func(t *testing.T) {
@@ -140,7 +183,7 @@ func TestGCDuringWriters(t *testing.T) {
 // root runs gc in a loop, then verifies the store.
 func runGCRace(t *testing.T, root string, w gcRaceWriter) {
 	ctx := context.Background()
-	s, err := store.Open(root)
+	s, err := store.Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +347,7 @@ func writeRaceLayout(t *testing.T, dir string, seed uint64) string {
 // the next writer (here block add), those of a running process are kept.
 func TestWriterRemovesDeadWritersTempFiles(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(filepath.Join(t.TempDir(), "store"))
+	s, err := store.Create(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
 )
@@ -39,8 +40,9 @@ the block sets, and the standard layers of every tagged image are rebuilt by
 hydrate. What is still wrong after that is reported as usual.
 
 Each problem is printed as "KIND: DIGEST PATH (referenced by REF): DETAIL".
-Exit status: 0 if the store is sound, 1 if anything is wrong (or verify could
-not run), 2 on a usage error.`,
+Exit status: 0 if the store is sound, 1 if anything is wrong, the store is
+empty or missing (nothing verified), or verify could not run; 2 on a usage
+error.`,
 		Example: `  blockfile verify
   blockfile verify --store /mnt/usb/store --json
   blockfile verify --repair`,
@@ -55,6 +57,7 @@ not run), 2 on a usage error.`,
 			return err
 		}
 		ctx := cmd.Context()
+		w := cmd.OutOrStdout()
 		var rep *image.RepairResult
 		if repair {
 			if rep, err = image.Repair(ctx, s); err != nil {
@@ -62,7 +65,7 @@ not run), 2 on a usage error.`,
 			}
 			e := cmd.ErrOrStderr()
 			for _, p := range rep.Removed {
-				fmt.Fprintf(e, "repair: removed damaged blob %s\n", p)
+				fmt.Fprintf(e, "repair: removed damaged blob %s\n", blocks.Sanitize(fmt.Sprint(p)))
 			}
 			for _, p := range rep.DroppedRecords {
 				fmt.Fprintf(e, "repair: dropped bad member record %s\n", p)
@@ -81,14 +84,34 @@ not run), 2 on a usage error.`,
 		if err := s.Walk(ctx, func(_ digest.Digest, n int64) error { blobs++; size += n; return nil }); err != nil {
 			return err
 		}
+		tags, err := s.Tags(ctx)
+		if err != nil {
+			return err
+		}
+		recorded, err := s.RecordedBlocks(ctx)
+		if err != nil {
+			return err
+		}
+		if blobs == 0 && len(tags) == 0 && len(recorded) == 0 {
+			// An empty store is what a mistyped path or a wiped disk
+			// looks like: nothing was verified, so it is not "ok".
+			err := fmt.Errorf("store %s is empty: no images and no blocks to verify", s.Root())
+			if asJSON {
+				if jerr := writeJSON(w, map[string]any{"ok": false, "store": s.Root(), "blobs": 0, "bytes": 0, "empty": true,
+					"error": err.Error(), "problems": []store.Problem{}, "hydratable": []store.Hydratable{}}); jerr != nil {
+					return jerr
+				}
+				return reportedError{err, exitFailed} // said in the JSON above
+			}
+			return err
+		}
 		problems := []store.Problem{}
 		hydratable := []store.Hydratable{}
-		w := cmd.OutOrStdout()
 		verr := s.VerifyWithOptions(ctx, store.VerifyOptions{
 			Report: func(p store.Problem) {
 				problems = append(problems, p)
 				if !asJSON {
-					fmt.Fprintln(w, p)
+					fmt.Fprintln(w, blocks.Sanitize(p.String()))
 				}
 			},
 			Hydratable: func(h store.Hydratable) { hydratable = append(hydratable, h) },
@@ -108,8 +131,12 @@ not run), 2 on a usage error.`,
 			}{verr == nil, s.Root(), blobs, size, problems, hydratable, rep}); err != nil {
 				return err
 			}
+			if verr != nil {
+				return reportedError{verr, exitFailed} // the problems are in the JSON above
+			}
+			return nil
 		} else if verr == nil {
-			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, humanBytes(size), s.Root())
+			fmt.Fprintf(w, "ok: %d blobs (%s) in %s verified", blobs, sizeString(size), blocks.Quote(s.Root()))
 			if len(hydratable) > 0 {
 				fmt.Fprintf(w, "; %d standard layer(s) absent but hydratable", len(hydratable))
 			}

@@ -1,0 +1,320 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/bundle"
+	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
+)
+
+// PullOptions configure Pull.
+type PullOptions struct {
+	// Remote are the connection options (transport.Registry.Remote).
+	Remote []remote.Option
+	// Jobs is how many blobs are downloaded at once (<= 0: DefaultJobs).
+	Jobs int
+	// Progress, if set, shows the bytes downloaded (PlainProgress: lines),
+	// and the hydration of each output.
+	Progress      io.Writer
+	PlainProgress bool
+	// NoMaterialize keeps only the blocked form in the store (as bundle
+	// apply --materialize=false): enough to hydrate on demand, to push, and
+	// to make bundles.
+	NoMaterialize bool
+	// Outputs are sinks the image is written to once it is in the store
+	// (oci:DIR[:REF], oci-archive:FILE[:REF], docker://REF; "{name}" is
+	// the image name), as bundle apply's --output.
+	Outputs []string
+	// Export configures the export of an image without a blocked form
+	// (its Progress fields are set from the ones above).
+	Export image.ExportOptions
+}
+
+// PullResult says what Pull did.
+type PullResult struct {
+	Ref  string `json:"ref"`
+	Name string `json:"name"`
+	// Remote is what the reference named in the registry.
+	Remote ocispec.Descriptor `json:"remote"`
+	// Blocked is set when Remote held a blocked form; if not, the image
+	// was pulled whole and exported (Index and Standard are then the
+	// store's: export re-frames layers).
+	Blocked bool `json:"blocked"`
+	// Index is the image index tagged Name in the store, Standard the
+	// standard image it hydrates to.
+	Index    ocispec.Descriptor `json:"index"`
+	Standard ocispec.Descriptor `json:"standard"`
+	// StandardSize is the bytes a plain client downloads for the image
+	// (the standard manifests, configs and layers in the registry).
+	StandardSize int64 `json:"standardSize"`
+	// Downloaded counts the blobs fetched and every byte read from the
+	// registry (manifests included).
+	Downloaded Count `json:"downloaded"`
+	// Present counts the blobs the store already held.
+	Present  Count         `json:"present"`
+	Outputs  []string      `json:"outputs,omitempty"`
+	Duration time.Duration `json:"durationNs"`
+}
+
+// DefaultName is the store name a pull of ref gets without one:
+// repository:tag (or repository@digest), without the registry host.
+func DefaultName(ref name.Reference) string {
+	switch r := ref.(type) {
+	case name.Tag:
+		return r.RepositoryStr() + ":" + r.TagStr()
+	case name.Digest:
+		return r.RepositoryStr() + "@" + r.DigestStr()
+	}
+	return ref.Context().RepositoryStr()
+}
+
+// Pull reads ref into s under imageName ("" = DefaultName(ref)). If ref's
+// image index holds a blocked form, Pull fetches its manifests, then the
+// blobs the store lacks among those the blocked form needs (configs,
+// blocked layers, block members; never a standard layer that hydrate
+// rebuilds); otherwise it pulls the image whole and exports it, as
+// blockfile export does. Every blob is verified (digest and size) before
+// any is written into place, so a failure leaves the store and the outputs
+// unchanged; then the image is tagged, materialized unless NoMaterialize,
+// and written to each output, by the code bundle apply uses.
+func Pull(ctx context.Context, s *store.Store, ref name.Reference, imageName string, opts PullOptions) (*PullResult, error) {
+	start := time.Now()
+	if imageName == "" {
+		imageName = DefaultName(ref)
+	}
+	// The lease keeps gc from sweeping what the pull writes, and the blobs
+	// it finds present, until the image is tagged and hydrated.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	defer release()
+	r, err := newRepo(ref, opts.Remote)
+	if err != nil {
+		return nil, err
+	}
+	data, root, err := r.getManifest(ctx, ref)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	res := &PullResult{Ref: ref.String(), Name: imageName, Remote: root}
+	if root.MediaType == ocispec.MediaTypeImageIndex {
+		var idx ocispec.Index
+		if err := json.Unmarshal(data, &idx); err != nil {
+			return nil, fmt.Errorf("pull %s: index %s: %w", ref, root.Digest, err)
+		}
+		res.Blocked = idx.Annotations[blocks.AnnotationStandard] != ""
+	}
+	meta := &metaFetcher{r: r, docs: map[digest.Digest][]byte{root.Digest: data}, held: root.Size}
+	if !res.Blocked {
+		err = pullWhole(ctx, s, meta, root, res, opts)
+	} else {
+		err = pullBlocked(ctx, s, meta, root, res, opts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Downloaded.Bytes = r.down.Load()
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// HasBlockedForm reports whether ref names an image index that holds a
+// blocked form (so that export and bundle create can pull it rather than
+// read its standard image whole).
+func HasBlockedForm(ctx context.Context, ref name.Reference, opts []remote.Option) (bool, error) {
+	r, err := newRepo(ref, opts)
+	if err != nil {
+		return false, err
+	}
+	data, root, err := r.getManifest(ctx, ref)
+	if err != nil {
+		return false, err
+	}
+	if root.MediaType != ocispec.MediaTypeImageIndex {
+		return false, nil
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(data, &idx); err != nil {
+		return false, fmt.Errorf("%s: index %s: %w", ref, root.Digest, err)
+	}
+	return idx.Annotations[blocks.AnnotationStandard] != "", nil
+}
+
+func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, res *PullResult, opts PullOptions) (err error) {
+	ref := meta.r.ref
+	c, err := bundle.Walk(ctx, meta, res.Name, root)
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	res.Index, res.Standard = root, c.Standard
+	if res.StandardSize, err = standardSize(ctx, meta, c.Standard); err != nil {
+		return fmt.Errorf("pull %s: standard image: %w", ref, err)
+	}
+	var need []bundle.Blob
+	var total int64
+	for _, b := range c.Blobs {
+		if _, ok, err := blobSize(ctx, s, b.Descriptor()); err != nil {
+			return fmt.Errorf("pull %s: %w", ref, err)
+		} else if ok {
+			res.Present.add(b.Size)
+			continue
+		}
+		need = append(need, b)
+		total += b.Size
+	}
+	prog := newProgress(opts.Progress, opts.PlainProgress, total, "pull "+ref.String())
+	batch := s.NewBatch()
+	defer func() {
+		if err != nil {
+			batch.Discard()
+		}
+	}()
+	err = fetchAll(ctx, s, meta, batch, need, opts.Jobs, prog, &res.Downloaded)
+	prog.finish()
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	if err := s.Tag(ctx, res.Name, root); err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	var ds []digest.Digest
+	for _, b := range c.Blobs {
+		if !b.Kind.Metadata() || b.Kind == bundle.KindConfig {
+			ds = append(ds, b.Digest)
+		}
+	}
+	if err := recordSeen(s, ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ds); err != nil {
+		return err
+	}
+	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: root, Standard: c.Standard}, bundle.ApplyOptions{
+		Outputs: opts.Outputs, NoMaterialize: opts.NoMaterialize, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
+	})
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return nil
+}
+
+// fetchAll downloads need, jobs at a time, into temp files of the batch;
+// each is checked against its digest and size. Manifests come from meta
+// (read and verified during the walk).
+func fetchAll(ctx context.Context, s *store.Store, meta *metaFetcher, batch *store.Batch, need []bundle.Blob, jobs int, prog *progress, count *Count) error {
+	if jobs <= 0 {
+		jobs = DefaultJobs
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for _, b := range need {
+		g.Go(func() error {
+			desc := b.Descriptor()
+			var rc io.ReadCloser
+			meta.mu.Lock()
+			data, ok := meta.docs[b.Digest]
+			meta.mu.Unlock()
+			if ok {
+				rc = io.NopCloser(bytes.NewReader(data))
+			} else {
+				var err error
+				if rc, err = meta.r.openBlob(gctx, desc); err != nil {
+					return err
+				}
+			}
+			defer rc.Close()
+			w, err := s.NewWriter(gctx)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(w, progReader{rc, prog}); err != nil {
+				w.Close()
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err := batch.Add(gctx, w, desc); err != nil {
+				return fmt.Errorf("%s: %w", meta.r.repo, err)
+			}
+			count.add(b.Size)
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+type progReader struct {
+	r io.Reader
+	p *progress
+}
+
+func (p progReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.p.add(int64(n))
+	return n, err
+}
+
+// pullWhole pulls an image without a blocked form: export reads it from the
+// registry (verifying every blob) and writes both forms into the store.
+func pullWhole(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, res *PullResult, opts PullOptions) error {
+	ref := meta.r.ref
+	src := &remoteSource{meta: meta, root: root}
+	var err error
+	if res.StandardSize, err = standardSize(ctx, src, root); err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	eo := opts.Export
+	eo.Progress, eo.PlainProgress = opts.Progress, opts.PlainProgress
+	er, err := image.Export(ctx, s, src, res.Name, eo)
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	res.Index, res.Standard = er.Index, er.Standard
+	res.Downloaded.Blobs = int(src.blobs.Load())
+	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: er.Index, Standard: er.Standard}, bundle.ApplyOptions{
+		Outputs: opts.Outputs, NoMaterialize: true, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
+	})
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return nil
+}
+
+// remoteSource is a registry image as a transport.Source for export, read
+// through the pull's connection options.
+type remoteSource struct {
+	meta  *metaFetcher
+	root  ocispec.Descriptor
+	blobs atomic.Int64
+}
+
+var _ transport.Source = (*remoteSource)(nil)
+
+func (r *remoteSource) Resolve(context.Context) (ocispec.Descriptor, error) { return r.root, nil }
+func (r *remoteSource) Close() error                                        { return nil }
+
+func (r *remoteSource) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	if transport.IsManifest(desc.MediaType) || transport.IsIndex(desc.MediaType) {
+		return r.meta.Fetch(ctx, desc)
+	}
+	r.blobs.Add(1)
+	return r.meta.r.openBlob(ctx, desc)
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blockfile/blockfile/blocks/registry"
+)
+
+func init() { register(newPushCmd()) }
+
+func newPushCmd() *cobra.Command {
+	var (
+		jobs        int
+		asJSON      bool
+		progress    string
+		tagChildren bool
+	)
+	cmd := &cobra.Command{
+		Use:   "push [flags] NAME REF",
+		Short: "Push an image of the store to a registry tag: the standard image and, beside it, its blocked form",
+		Long: `Push uploads the image NAME of the store under the tag REF
+(host[:port]/repo:tag, a docker:// prefix accepted): one image index holding
+the standard manifest(s), which every client pulls as a normal image, and the
+blocked manifest(s) and block sets that 'blockfile pull' uses to download only
+the blocks a store lacks (docs/REGISTRY.md).
+
+Blobs the repository has are skipped (HEAD); a blob the store saw in another
+repository of the same registry is mounted from there; the others are
+uploaded, --jobs at a time, each retried from the store on network errors.
+The index is pushed last, so the tag never names an incomplete image; an
+interrupted push can be re-run. Prints the index digest and the standard
+manifest digest (what 'skopeo copy' of the tag yields): pin and sign those.
+
+Distribution 2.x's garbage-collect --delete-untagged deletes the untagged
+manifests a tagged index names (distribution/distribution#3004), which breaks
+multi-platform images and this index alike; so push also tags each of them
+as sha256-<hex>.blockfile (--tag-children=false: not, for registries whose
+collector follows indexes, such as distribution 3).`,
+		Args: exactArgs(2),
+	}
+	openStore := storeFlag(cmd)
+	reg := registryFlags(cmd)
+	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs uploaded at once")
+	cmd.Flags().BoolVar(&tagChildren, "tag-children", true, "also tag each manifest the index names (sha256-<hex>.blockfile), so that garbage-collect --delete-untagged of distribution 2.x keeps them")
+	addJSONFlag(cmd, &asJSON, "print the result as JSON")
+	addProgressFlag(cmd, &progress)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if jobs < 1 {
+			return usageError{fmt.Errorf("--jobs %d: want at least 1", jobs)}
+		}
+		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		s, err := openStore()
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ref, ropts, err := reg.Remote(ctx, args[1])
+		if err != nil {
+			return usageError{err}
+		}
+		res, err := registry.Push(ctx, s, args[0], ref, registry.PushOptions{
+			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain, TagChildren: tagChildren,
+		})
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), res)
+		}
+		w := cmd.OutOrStdout()
+		fmt.Fprintf(w, "pushed %s to %s in %s\n", res.Name, res.Ref, res.Duration.Round(1e6))
+		fmt.Fprintf(w, "  index     %s\n", res.Index.Digest)
+		fmt.Fprintf(w, "  standard  %s (%s; what plain clients pull)\n", res.Standard.Digest, sizeString(res.StandardSize))
+		fmt.Fprintf(w, "  uploaded %d blobs (%s), mounted %d (%s), skipped %d already there (%s), %d manifests\n",
+			res.Uploaded.Blobs, sizeString(res.Uploaded.Bytes), res.Mounted.Blobs, sizeString(res.Mounted.Bytes),
+			res.Skipped.Blobs, sizeString(res.Skipped.Bytes), res.Manifests.Blobs)
+		return nil
+	}
+	return cmd
+}
