@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -72,13 +71,18 @@ func walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor, t
 		c.Missing = w.missing
 		return c, nil
 	}
-	std, err := standardOf(root, idx)
+	// The format's one reader checks the index and its pairing rules.
+	x, err := blocks.NewImageIndex(*root)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: index %s: %w", name, idx.Digest, err)
 	}
+	std := x.Standard
+	if std.Digest == idx.Digest {
+		return nil, fmt.Errorf("image %s: index %s: annotation %s names the image index itself", name, idx.Digest, blocks.AnnotationStandard)
+	}
 	c.Standard = std
-	switch std.MediaType {
-	case ocispec.MediaTypeImageManifest:
+	switch {
+	case !x.StandardIsIndex():
 		e, ok := w.entry[std.Digest]
 		if !ok && w.isMissing(std.Digest) {
 			break
@@ -110,9 +114,9 @@ func walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor, t
 	hydrated := map[digest.Digest]ocispec.Descriptor{}
 	asIs := map[digest.Digest]bool{} // used unchanged by some blocked manifest
 	for _, b := range w.blocked {
-		of, err := digest.Parse(b.entry.Annotations[blocks.AnnotationBlockedOf])
+		of, err := blocks.StandardOfBlocked(b.entry)
 		if err != nil {
-			return nil, fmt.Errorf("image %s: blocked manifest %s: annotation %s: %w", name, b.entry.Digest, blocks.AnnotationBlockedOf, err)
+			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
 		std, ok := w.layers[of]
 		if !ok && w.isMissing(of) {
@@ -269,10 +273,10 @@ func (w *walker) manifest(ctx context.Context, e ocispec.Descriptor) error {
 		return fmt.Errorf("%s: media type %q is neither an OCI manifest nor an OCI index", e.Digest, e.MediaType)
 	}
 	guess := KindManifest
-	switch {
-	case e.Annotations[blocks.AnnotationBlockedOf] != "":
+	switch blocks.KindOf(e) {
+	case blocks.EntryBlocked:
 		guess = KindBlockedManifest
-	case e.Annotations[blocks.AnnotationBlockSetOf] != "":
+	case blocks.EntryBlockSet:
 		guess = KindBlockSet
 	}
 	var m ocispec.Manifest
@@ -281,14 +285,14 @@ func (w *walker) manifest(ctx context.Context, e ocispec.Descriptor) error {
 	}
 	kind, layerKind := KindManifest, KindLayer
 	switch {
-	case e.Annotations[blocks.AnnotationBlockedOf] != "" || m.ArtifactType == blocks.ArtifactTypeBlocked:
+	case blocks.KindOf(e) == blocks.EntryBlocked || m.ArtifactType == blocks.ArtifactTypeBlocked:
 		kind, layerKind = KindBlockedManifest, KindBlockedLayer
 		w.blocked = append(w.blocked, blockedManifest{entry: e, layers: m.Layers})
-		if e.Annotations[blocks.AnnotationBlockedOf] == "" {
+		if blocks.KindOf(e) != blocks.EntryBlocked {
 			// The index entry is what names the standard manifest.
 			return fmt.Errorf("blocked manifest %s: index entry lacks %s", e.Digest, blocks.AnnotationBlockedOf)
 		}
-	case e.Annotations[blocks.AnnotationBlockSetOf] != "" || m.ArtifactType == blocks.ArtifactTypeBlockSet:
+	case blocks.KindOf(e) == blocks.EntryBlockSet || m.ArtifactType == blocks.ArtifactTypeBlockSet:
 		kind, layerKind = KindBlockSet, KindBlock
 	default:
 		w.layers[e.Digest] = m.Layers
@@ -311,30 +315,6 @@ func (w *walker) hydratedOrder(h map[digest.Digest]ocispec.Descriptor) []ocispec
 		}
 	}
 	return out
-}
-
-// standardOf reads the dev.blockfile.standard annotations of an image index.
-func standardOf(idx *ocispec.Index, self ocispec.Descriptor) (ocispec.Descriptor, error) {
-	a := idx.Annotations
-	if a[blocks.AnnotationStandard] == "" {
-		return ocispec.Descriptor{}, fmt.Errorf("no %s annotation: not an image index written by blockfile export", blocks.AnnotationStandard)
-	}
-	d, err := digest.Parse(a[blocks.AnnotationStandard])
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("annotation %s: %w", blocks.AnnotationStandard, err)
-	}
-	size, err := strconv.ParseInt(a[blocks.AnnotationStandardSize], 10, 64)
-	if err != nil || size <= 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("annotation %s: %q is not a size", blocks.AnnotationStandardSize, a[blocks.AnnotationStandardSize])
-	}
-	mt := a[blocks.AnnotationStandardMediaType]
-	if mt != ocispec.MediaTypeImageManifest && mt != ocispec.MediaTypeImageIndex {
-		return ocispec.Descriptor{}, fmt.Errorf("annotation %s: %q is neither an OCI manifest nor an OCI index", blocks.AnnotationStandardMediaType, mt)
-	}
-	if d == self.Digest {
-		return ocispec.Descriptor{}, fmt.Errorf("annotation %s names the image index itself", blocks.AnnotationStandard)
-	}
-	return ocispec.Descriptor{MediaType: mt, Digest: d, Size: size}, nil
 }
 
 func platformsOf(entries []ocispec.Descriptor) []string {

@@ -3,14 +3,11 @@ package image
 import (
 	"context"
 	"fmt"
-	"strconv"
 
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
-	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // Image is the parsed structure of an image in the store: the image index
@@ -56,9 +53,10 @@ type Layer struct {
 func (l Layer) HasBlocks() bool { return l.Blocked.Digest != l.Standard.Digest }
 
 // Resolve reads the image named name from the store and checks that its
-// parts fit together (every standard manifest has a blocked manifest with
-// the same config and as many layers, every blocked layer that differs
-// from its standard layer has a block set).
+// parts fit together, with the format's one reader (blocks.ImageIndex):
+// every standard manifest has a blocked manifest with the same config and
+// as many layers, every blocked layer that differs from its standard layer
+// has a block set.
 func Resolve(ctx context.Context, s *store.Store, name string) (*Image, error) {
 	idxDesc, err := s.Resolve(ctx, name)
 	if err != nil {
@@ -81,45 +79,36 @@ func ResolveIndex(ctx context.Context, s *store.Store, name string, idxDesc ocis
 	if err := s.GetJSON(ctx, idxDesc, &img.IndexManifest); err != nil {
 		return nil, fmt.Errorf("image %s: index: %w", name, err)
 	}
-	if img.Standard, err = standardOf(img.IndexManifest); err != nil {
+	x, err := blocks.NewImageIndex(img.IndexManifest)
+	if err != nil {
 		return nil, fmt.Errorf("image %s: index %s: %w", name, idxDesc.Digest, err)
 	}
-	blockedOf := map[digest.Digest]ocispec.Descriptor{}
-	blockSetOf := map[digest.Digest]ocispec.Descriptor{}
-	byDigest := map[digest.Digest]ocispec.Descriptor{}
-	for _, e := range img.IndexManifest.Manifests {
-		byDigest[e.Digest] = e
-		if v := e.Annotations[blocks.AnnotationBlockedOf]; v != "" {
-			blockedOf[digest.Digest(v)] = e
-		}
-		if v := e.Annotations[blocks.AnnotationBlockSetOf]; v != "" {
-			blockSetOf[digest.Digest(v)] = e
-		}
+	if x.Standard.Digest == idxDesc.Digest {
+		return nil, fmt.Errorf("image %s: index %s: annotation %s names the index itself: %w", name, idxDesc.Digest, blocks.AnnotationStandard, blocks.ErrNotBlockfileIndex)
 	}
-	var stdEntries []ocispec.Descriptor
-	switch {
-	case transport.IsManifest(img.Standard.MediaType):
-		e, ok := byDigest[img.Standard.Digest]
-		if !ok {
-			return nil, fmt.Errorf("image %s: standard manifest %s is not listed in index %s", name, img.Standard.Digest, idxDesc.Digest)
-		}
-		stdEntries = []ocispec.Descriptor{e}
-	case transport.IsIndex(img.Standard.MediaType):
+	img.Standard = x.Standard
+	stdEntries := x.StandardEntries()
+	if x.StandardIsIndex() {
 		img.StandardIndex = &ocispec.Index{}
 		if err := s.GetJSON(ctx, img.Standard, img.StandardIndex); err != nil {
 			return nil, fmt.Errorf("image %s: standard index: %w", name, err)
 		}
 		stdEntries = img.StandardIndex.Manifests
-	default:
-		return nil, fmt.Errorf("image %s: standard image %s has media type %q", name, img.Standard.Digest, img.Standard.MediaType)
+	} else {
+		for _, e := range stdEntries {
+			if e.Digest == x.Standard.Digest {
+				stdEntries = []ocispec.Descriptor{e}
+				break
+			}
+		}
 	}
 	for _, e := range stdEntries {
-		bd, ok := blockedOf[e.Digest]
+		bd, ok := x.BlockedOf(e.Digest)
 		if !ok {
 			img.Others = append(img.Others, e)
 			continue
 		}
-		m, err := resolveManifest(ctx, s, e, bd, blockSetOf)
+		m, err := resolveManifest(ctx, s, e, bd, x)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
@@ -131,20 +120,7 @@ func ResolveIndex(ctx context.Context, s *store.Store, name string, idxDesc ocis
 	return img, nil
 }
 
-func standardOf(idx ocispec.Index) (ocispec.Descriptor, error) {
-	a := idx.Annotations
-	d := digest.Digest(a[blocks.AnnotationStandard])
-	if err := d.Validate(); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("annotation %s=%q: %w", blocks.AnnotationStandard, d, err)
-	}
-	size, err := strconv.ParseInt(a[blocks.AnnotationStandardSize], 10, 64)
-	if err != nil || size < 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("annotation %s=%q: not a size", blocks.AnnotationStandardSize, a[blocks.AnnotationStandardSize])
-	}
-	return ocispec.Descriptor{MediaType: a[blocks.AnnotationStandardMediaType], Digest: d, Size: size}, nil
-}
-
-func resolveManifest(ctx context.Context, s *store.Store, std, blocked ocispec.Descriptor, blockSetOf map[digest.Digest]ocispec.Descriptor) (*Manifest, error) {
+func resolveManifest(ctx context.Context, s *store.Store, std, blocked ocispec.Descriptor, x *blocks.ImageIndex) (*Manifest, error) {
 	m := &Manifest{Descriptor: std, Blocked: plain(blocked)}
 	m.Blocked.MediaType = ocispec.MediaTypeImageManifest
 	if err := s.GetJSON(ctx, plain(std), &m.Manifest); err != nil {
@@ -154,16 +130,13 @@ func resolveManifest(ctx context.Context, s *store.Store, std, blocked ocispec.D
 		return nil, fmt.Errorf("blocked manifest: %w", err)
 	}
 	bm := m.BlockedManifest
-	if bm.ArtifactType != blocks.ArtifactTypeBlocked || bm.Annotations[blocks.AnnotationBlockedOf] != std.Digest.String() {
-		return nil, fmt.Errorf("blocked manifest %s is not the blocked form of %s", blocked.Digest, std.Digest)
-	}
-	if bm.Config.Digest != m.Manifest.Config.Digest || len(bm.Layers) != len(m.Manifest.Layers) {
-		return nil, fmt.Errorf("blocked manifest %s does not match standard manifest %s (config or layer count)", blocked.Digest, std.Digest)
+	if err := blocks.CheckBlocked(m.Manifest, std.Digest, bm, blocked.Digest); err != nil {
+		return nil, err
 	}
 	for i, sl := range m.Manifest.Layers {
 		l := Layer{Standard: sl, Blocked: bm.Layers[i]}
 		if l.HasBlocks() {
-			set, ok := blockSetOf[l.Blocked.Digest]
+			set, ok := x.BlockSetOf(l.Blocked.Digest)
 			if !ok {
 				return nil, fmt.Errorf("blocked layer %s (layer %d of %s) has no block set in the index", l.Blocked.Digest, i, std.Digest)
 			}
@@ -173,8 +146,8 @@ func resolveManifest(ctx context.Context, s *store.Store, std, blocked ocispec.D
 			if err := s.GetJSON(ctx, setDesc, &sm); err != nil {
 				return nil, fmt.Errorf("block set of layer %s: %w", l.Blocked.Digest, err)
 			}
-			if sm.ArtifactType != blocks.ArtifactTypeBlockSet || sm.Annotations[blocks.AnnotationBlockSetOf] != l.Blocked.Digest.String() {
-				return nil, fmt.Errorf("manifest %s is not the block set of layer %s", set.Digest, l.Blocked.Digest)
+			if err := blocks.CheckBlockSet(sm, set.Digest, l.Blocked.Digest); err != nil {
+				return nil, err
 			}
 			l.BlockSet, l.Members = &setDesc, sm.Layers
 		}

@@ -50,7 +50,9 @@ type SplitOptions struct {
 	// existing ones are looked up and reused. Required.
 	Members MemberStore
 
-	// TempDir holds the spool files of block data. Empty means os.TempDir().
+	// TempDir holds the spool files of block data. Empty means os.TempDir();
+	// image.Export passes the store's own (store.TempDir), where the next
+	// writer removes the spools of a killed export.
 	TempDir string
 }
 

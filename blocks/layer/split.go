@@ -24,6 +24,7 @@ import (
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/internal/deflate"
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // verbatimCap is the uncompressed size after which a verbatim member ends at
@@ -741,7 +742,9 @@ func (p *filePool) get(dir, what string) (*os.File, error) {
 		}
 		return f, nil
 	}
-	f, err := os.CreateTemp(dir, "blockfile-split-*")
+	// Named for its owner, so that the next writer on a store removes the
+	// spools of a killed export (store.SweepTemp).
+	f, err := os.CreateTemp(dir, fsutil.TempPattern("spool"))
 	if err != nil {
 		return nil, fmt.Errorf("%s temp file: %w", what, err)
 	}

@@ -101,6 +101,13 @@ func Pull(ctx context.Context, s *store.Store, ref name.Reference, imageName str
 	if imageName == "" {
 		imageName = DefaultName(ref)
 	}
+	// The lease keeps gc from sweeping what the pull writes, and the blobs
+	// it finds present, until the image is tagged and hydrated.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	defer release()
 	r, err := newRepo(ref, opts.Remote)
 	if err != nil {
 		return nil, err

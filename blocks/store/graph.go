@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"strconv"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -78,7 +77,7 @@ func (s *Store) Children(ctx context.Context, desc ocispec.Descriptor) ([]ocispe
 	if n.Subject != nil {
 		out = append(out, *n.Subject)
 	}
-	if std, ok, err := StandardOf(n.Annotations); err != nil {
+	if std, ok, err := blocks.StandardOf(n.Annotations); err != nil {
 		return nil, fmt.Errorf("blob %s (%s): %w", desc.Digest, s.BlobPath(desc.Digest), err)
 	} else if ok {
 		out = append(out, std)
@@ -88,24 +87,10 @@ func (s *Store) Children(ctx context.Context, desc ocispec.Descriptor) ([]ocispe
 
 // StandardOf returns the standard-image descriptor that the
 // dev.blockfile.standard annotations (on an image index written by export)
-// name; ok is false if there is none.
+// name; ok is false if there is none. It is blocks.StandardOf, the one
+// reader of the format (blocks/imageindex.go).
 func StandardOf(annotations map[string]string) (desc ocispec.Descriptor, ok bool, err error) {
-	d, ok := annotations[blocks.AnnotationStandard]
-	if !ok {
-		return ocispec.Descriptor{}, false, nil
-	}
-	desc = ocispec.Descriptor{
-		MediaType: annotations[blocks.AnnotationStandardMediaType],
-		Digest:    digest.Digest(d),
-	}
-	if err := desc.Digest.Validate(); err != nil {
-		return desc, false, fmt.Errorf("annotation %s=%q: %w", blocks.AnnotationStandard, d, ErrInvalid)
-	}
-	desc.Size, err = strconv.ParseInt(annotations[blocks.AnnotationStandardSize], 10, 64)
-	if err != nil || desc.Size < 0 {
-		return desc, false, fmt.Errorf("annotation %s=%q: %w", blocks.AnnotationStandardSize, annotations[blocks.AnnotationStandardSize], ErrInvalid)
-	}
-	return desc, true, nil
+	return blocks.StandardOf(annotations)
 }
 
 // Reachable returns every blob reachable from roots (roots included), keyed

@@ -50,14 +50,19 @@ func (s *Store) hydratableLayers(ctx context.Context, roots []ocispec.Descriptor
 	}
 	err := s.walkGraph(ctx, roots, func(desc ocispec.Descriptor, parent *ocispec.Descriptor) (bool, error) {
 		if parent != nil && isIndex(parent.MediaType) {
-			if of, ok := desc.Annotations[blocks.AnnotationBlockSetOf]; ok {
-				if d, err := digest.Parse(of); err == nil {
+			// Entries are classified as blocks.KindOf says; this tolerant
+			// walk skips what it cannot use rather than refusing the index.
+			switch blocks.KindOf(desc) {
+			case blocks.EntryBlockSet:
+				if d, err := digest.Parse(desc.Annotations[blocks.AnnotationBlockSetOf]); err == nil {
 					blockSetOf[d] = desc
 				}
-			} else if _, ok := desc.Annotations[blocks.AnnotationBlockedOf]; ok {
+			case blocks.EntryBlocked:
 				blocked = append(blocked, desc)
-			} else if _, ok := manifests[desc.Digest]; !ok {
-				manifests[desc.Digest] = desc
+			default:
+				if _, ok := manifests[desc.Digest]; !ok {
+					manifests[desc.Digest] = desc
+				}
 			}
 		}
 		// Only indexes are opened: the entries (with their annotations)
@@ -85,7 +90,7 @@ func (s *Store) hydratableLayers(ctx context.Context, roots []ocispec.Descriptor
 		return ok
 	}
 	for _, b := range blocked {
-		of, err := digest.Parse(b.Annotations[blocks.AnnotationBlockedOf])
+		of, err := blocks.StandardOfBlocked(b)
 		if err != nil {
 			continue // not a blocked manifest this rule can use
 		}
@@ -94,7 +99,7 @@ func (s *Store) hydratableLayers(ctx context.Context, roots []ocispec.Descriptor
 			continue
 		}
 		var bm, sm ocispec.Manifest
-		if s.GetJSON(ctx, b, &bm) != nil || s.GetJSON(ctx, stdDesc, &sm) != nil || len(bm.Layers) != len(sm.Layers) {
+		if s.GetJSON(ctx, b, &bm) != nil || s.GetJSON(ctx, stdDesc, &sm) != nil || blocks.CheckBlocked(sm, stdDesc.Digest, bm, b.Digest) != nil {
 			continue
 		}
 		for i, std := range sm.Layers {

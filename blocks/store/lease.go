@@ -17,6 +17,12 @@ import (
 // and writing (shared on gc.lock, for minutes) do not wait for each other.
 const gcLockFile = "blockfile/gc.lock"
 
+// gcTurnFile is the turnstile that keeps a stream of writers from starving
+// gc (flock has no writer preference): a new lease passes through it
+// (shared, for a moment), gc holds it exclusive from the moment it queues,
+// so leases taken after that wait for gc instead of overtaking it.
+const gcTurnFile = "blockfile/gc.turn"
+
 // ErrLeaseHeld: GC was called by a process that holds a lease on the same
 // store through the same *Store, so it would wait for itself.
 var ErrLeaseHeld = errors.New("this process holds a lease on the store")
@@ -51,8 +57,18 @@ func (s *Store) Lease(ctx context.Context) (release func(), err error) {
 	s.leases.mu.Lock()
 	defer s.leases.mu.Unlock()
 	if s.leases.n == 0 {
+		turn := flock.New(s.path(gcTurnFile))
+		ok, err := turn.TryRLockContext(ctx, 20*time.Millisecond)
+		if err != nil || !ok {
+			turn.Close()
+			if err == nil {
+				err = ctx.Err()
+			}
+			return nil, fmt.Errorf("lease on store %s (gc is queued): %w", s.root, err)
+		}
 		fl := flock.New(s.path(gcLockFile))
-		ok, err := fl.TryRLockContext(ctx, 20*time.Millisecond)
+		ok, err = fl.TryRLockContext(ctx, 20*time.Millisecond)
+		turn.Close()
 		if err != nil || !ok {
 			fl.Close()
 			if err == nil {
@@ -94,14 +110,25 @@ func (s *Store) lockGC(ctx context.Context) (unlock func(), err error) {
 	if held {
 		return nil, fmt.Errorf("gc %s: %w", s.root, ErrLeaseHeld)
 	}
+	// Queue first: new leases now wait for this gc.
+	turn := flock.New(s.path(gcTurnFile))
+	ok, err := turn.TryLockContext(ctx, 20*time.Millisecond)
+	if err != nil || !ok {
+		turn.Close()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("gc %s: queue: %w", s.root, err)
+	}
 	fl := flock.New(s.path(gcLockFile))
-	ok, err := fl.TryLockContext(ctx, 20*time.Millisecond)
+	ok, err = fl.TryLockContext(ctx, 20*time.Millisecond)
 	if err != nil || !ok {
 		fl.Close()
+		turn.Close()
 		if err == nil {
 			err = ctx.Err()
 		}
 		return nil, fmt.Errorf("gc %s: wait for writers: %w", s.root, err)
 	}
-	return func() { fl.Close() }, nil
+	return func() { fl.Close(); turn.Close() }, nil
 }

@@ -168,8 +168,10 @@ func open(abs string) (*Store, error) {
 	}
 	// The gc lock exists from the start, so that a lease (a writer that
 	// then fails its checks) leaves the store exactly as it found it.
-	if err := s.createIfAbsent(gcLockFile, nil); err != nil {
-		return nil, err
+	for _, f := range []string{gcLockFile, gcTurnFile} {
+		if err := s.createIfAbsent(f, nil); err != nil {
+			return nil, err
+		}
 	}
 	empty, _ := json.Marshal(newIndex(nil))
 	if err := s.createIfAbsent(indexFile, empty); err != nil {

@@ -453,11 +453,11 @@ func TestRecordAndIndexBounds(t *testing.T) {
 	if err := os.WriteFile(rec, bytes.Repeat([]byte(" "), maxRecordSize+1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The member index is a cache: an oversized record is not read, and
-	// counts as no record.
 	if _, err := s.readRecord(filepath.ToSlash(filepath.Join(membersDir, string(blocks.Gzip), raw.Encoded()))); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("reading a %d-byte record = %v, want ErrTooLarge", maxRecordSize+1, err)
 	}
+	// The member index is a cache: an oversized record is not read, counts
+	// as no record, and is dropped (the next RecordMember rebuilds it).
 	if _, found, err := s.LookupMember(ctx, raw, blocks.Gzip); found || err != nil {
 		t.Fatalf("LookupMember of a %d-byte record = %v, %v, want not found", maxRecordSize+1, found, err)
 	}

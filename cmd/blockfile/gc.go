@@ -23,19 +23,21 @@ images still named stays.
 Kept: everything reachable from a tag in index.json (image indexes, the
 standard image each names, manifests, configs, layers, blocked layers,
 block-sets and their members), and every block recorded by 'blockfile block
-add' (for a tree block, its document and its files). Also removed: temp files
-of interrupted writes older than an hour, and member index records whose
-member is gone.
+add' (for a tree block, its document and its files). Also removed: temp and
+spool files of killed writers (of this host; others' after an hour), and
+member index records whose member is gone.
 
 --blocks also drops the blocks recorded by 'block add': their records, and
 their blobs unless an image references them. Exported images do not need them
 (they hold block data as members); run it once the builds that IMPORT them are
 done.
 
-gc takes the store's index lock, so tags cannot change while it runs, and it
-removes nothing if a manifest, index or tree it must read is missing or
-corrupt (run 'blockfile verify'). Do not run it while an export into the same
-store is in progress: blobs not yet tagged would be removed.`,
+gc first waits until no writer (export, block add, bundle apply, hydrate)
+holds a lease on the store, and writers wait while it runs, so it never
+removes what a running writer has written but not yet tagged. It takes the
+store's index lock, so tags cannot change while it runs, and it removes
+nothing if a manifest, index or tree it must read is missing or corrupt (run
+'blockfile verify').`,
 		Example: `  blockfile gc --dry-run
   blockfile gc
   blockfile gc --blocks --json`,

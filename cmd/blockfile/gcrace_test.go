@@ -7,24 +7,35 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 )
 
-// gcRaceRounds is how many times each writer runs while gc loops.
-const gcRaceRounds = 6
+// gcRaceRounds is how many times each writer runs while gc loops (3 under
+// -short).
+var gcRaceRounds = 6
 
 // gcRaceWriter is one kind of store writer, run round after round while gc
 // loops on the same store. Each round must leave garbage behind for gc (the
@@ -37,11 +48,15 @@ type gcRaceWriter struct {
 }
 
 // TestGCDuringWriters loops gc (through its own *Store, as another process
-// would: the lock is a flock) while each writer runs, then checks that every
+// would: the lock is a flock) while each writer (export, block add, bundle
+// apply, hydrate, registry pull) runs, then checks that every
 // writer succeeded and that verify finds the store complete. Without the
 // lease between writers and gc, gc sweeps blobs that an export, block add or
 // apply has written but not yet tagged, and verify reports them missing.
 func TestGCDuringWriters(t *testing.T) {
+	if testing.Short() {
+		gcRaceRounds = 3
+	}
 	dir := t.TempDir()
 	// Sources: one OCI layout per round, each image with its own blocks.
 	var layouts []string
@@ -61,6 +76,31 @@ func TestGCDuringWriters(t *testing.T) {
 			exportLayout(t, ctx, src, layouts[i], name)
 			bundles[i] = filepath.Join(dir, fmt.Sprintf("b%d.bundle", i))
 			if _, err := bundle.Create(ctx, src, []string{name}, bundles[i], bundle.CreateOptions{Full: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// A registry holding app:0..n, for pull: in memory, as the registry
+	// package's own tests do.
+	regHost := func() string {
+		h := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://")
+	}()
+	{
+		ctx := context.Background()
+		src, err := store.Open(filepath.Join(dir, "bundle-src"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range gcRaceRounds {
+			ref, err := name.ParseReference(fmt.Sprintf("%s/app:%d", regHost, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := registry.Push(ctx, src, fmt.Sprintf("app:%d", i), ref, registry.PushOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -122,8 +162,15 @@ func TestGCDuringWriters(t *testing.T) {
 			}
 			return s.Untag(ctx, fmt.Sprintf("app:%d", i))
 		}},
-		// pull: add {name: "pull", round: ...} once the registry pull exists;
-		// it must take s.Lease like the writers above.
+		{name: "pull", round: func(ctx context.Context, s *store.Store, i int) error {
+			ref, err := name.ParseReference(fmt.Sprintf("%s/app:%d", regHost, i))
+			if err != nil {
+				return err
+			}
+			// Same name every round: the previous round's blobs become garbage.
+			_, err = registry.Pull(ctx, s, ref, "app", registry.PullOptions{})
+			return err
+		}},
 	}
 	for _, w := range writers {
 		t.Run(w.name, func(t *testing.T) {
@@ -294,4 +341,46 @@ func writeRaceLayout(t *testing.T, dir string, seed uint64) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// The temp and spool files a killed writer left in the store are removed by
+// the next writer (here block add), those of a running process are kept.
+func TestWriterRemovesDeadWritersTempFiles(t *testing.T) {
+	ctx := context.Background()
+	s, err := store.Create(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "exit 0")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead, live := cmd.Process.Pid, os.Getppid()
+	// store.TempPattern is "<kind>.<host>.<pid>.*": the same name with
+	// another pid is what that process would have written.
+	named := func(kind string, pid int) string {
+		parts := strings.Split(store.TempPattern(kind), ".")
+		parts[2], parts[3] = strconv.Itoa(pid), "4242"
+		p := filepath.Join(s.TempDir(), strings.Join(parts, "."))
+		if err := os.WriteFile(p, make([]byte, 4<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		old := time.Now().Add(-10 * time.Minute)
+		os.Chtimes(p, old, old)
+		return p
+	}
+	deadSpool, deadBlob, liveSpool := named("spool", dead), named("blob", dead), named("spool", live)
+	folder := filepath.Join(t.TempDir(), "f")
+	writeRaceFolder(t, folder, 7)
+	if _, err := addPath(ctx, s, folder); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{deadSpool, deadBlob} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s of dead pid %d survived the next writer", filepath.Base(p), dead)
+		}
+	}
+	if _, err := os.Stat(liveSpool); err != nil {
+		t.Errorf("spool of running pid %d was removed: %v", live, err)
+	}
 }
