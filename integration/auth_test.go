@@ -102,18 +102,18 @@ func TestRegistryBasicAuth(t *testing.T) {
 
 	// bundle apply --output docker:// without credentials: refused, clearly.
 	bundleFile := filepath.Join(dir, "full.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", fx.store, "--progress", "none", "--full", fx.name, "-o", bundleFile)
-	r := bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s0"), "--progress", "none", bundleFile, "--output", ref)
+	bfMust(t, bin, "bundle", "create", "--store", fx.store, "--progress", "quiet", "--full", fx.name, "-o", bundleFile)
+	r := bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s0"), "--progress", "quiet", bundleFile, "--output", ref)
 	checkAuthFailure(t, "bundle apply --output without credentials", r, host)
 	// Wrong credentials: refused, and the message says whose.
-	r = bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s0"), "--progress", "none", "--authfile", wrong, bundleFile, "--output", ref)
+	r = bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s0"), "--progress", "quiet", "--authfile", wrong, bundleFile, "--output", ref)
 	checkAuthFailure(t, "bundle apply --output with wrong credentials", r, host)
 	if !strings.Contains(r.stderr, wrong) {
 		t.Errorf("wrong credentials: the error does not name %s:\n%s", wrong, r.stderr)
 	}
 
 	// With --authfile: the image lands in the registry with its digest.
-	r = bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s1"), "--progress", "none", "--json", "--authfile", authfile, bundleFile, "--output", ref)
+	r = bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s1"), "--progress", "quiet", "--json", "--authfile", authfile, bundleFile, "--output", ref)
 	if r.code != 0 {
 		t.Fatalf("bundle apply --output with --authfile: exit %d\n%s", r.code, r.stderr)
 	}
@@ -127,7 +127,7 @@ func TestRegistryBasicAuth(t *testing.T) {
 	}
 
 	// export docker:// without credentials: refused, clearly.
-	r = bfEnv(t, anon, bin, "export", "--store", filepath.Join(dir, "e0"), "--progress", "none", ref, "app:v1")
+	r = bfEnv(t, anon, bin, "export", "--store", filepath.Join(dir, "e0"), "--progress", "quiet", ref, "app:v1")
 	checkAuthFailure(t, "export without credentials", r, host)
 
 	// export docker:// with each way of naming the credentials.
@@ -141,7 +141,7 @@ func TestRegistryBasicAuth(t *testing.T) {
 		{"$REGISTRY_AUTH_FILE", []string{"DOCKER_CONFIG=" + emptyDocker, "REGISTRY_AUTH_FILE=" + authfile}, nil},
 		{"$DOCKER_CONFIG", []string{"DOCKER_CONFIG=" + dockerConfigDir(t, dir, host), "REGISTRY_AUTH_FILE="}, nil},
 	} {
-		args := append([]string{"export", "--store", filepath.Join(dir, "e-"+strings.Trim(c.name, "-$")), "--progress", "none"}, c.args...)
+		args := append([]string{"export", "--store", filepath.Join(dir, "e-"+strings.Trim(c.name, "-$")), "--progress", "quiet"}, c.args...)
 		r := bfEnv(t, c.env, bin, append(args, ref, "app:v1")...)
 		if r.code != 0 {
 			t.Fatalf("export with %s: exit %d\n%s", c.name, r.code, r.stderr)
@@ -151,6 +151,32 @@ func TestRegistryBasicAuth(t *testing.T) {
 			t.Errorf("export with %s: standard digest %s, the previous way gave %s", c.name, got, prev)
 		}
 		prev = got
+	}
+
+	// push and pull: --authfile, then $REGISTRY_AUTH_FILE.
+	checkPushPullAuth(t, bin, fx, host, anon, anon, []string{"--authfile", authfile})
+	checkPushPullAuth(t, bin, fx, host, anon, []string{"DOCKER_CONFIG=" + emptyDocker, "REGISTRY_AUTH_FILE=" + authfile}, nil)
+}
+
+// checkPushPullAuth: blockfile push and pull (the blocked form) against a
+// registry needing credentials fail with the clear message without them
+// and work with them (given as the extra arguments or environment).
+func checkPushPullAuth(t *testing.T, bin string, fx *fixture, host string, anon, credEnv, credArgs []string) {
+	t.Helper()
+	dir := t.TempDir()
+	st := copyStore(t, fx.store)
+	ref := host + "/team/blocked:v1"
+	r := bfEnv(t, anon, bin, "push", "--store", st, "--progress", "quiet", fx.name, ref)
+	checkAuthFailure(t, "push without credentials", r, host)
+	r = bfEnv(t, credEnv, bin, append(append([]string{"push", "--store", st, "--progress", "quiet"}, credArgs...), fx.name, ref)...)
+	if r.code != 0 {
+		t.Fatalf("push with credentials: exit %d\n%s", r.code, r.stderr)
+	}
+	r = bfEnv(t, anon, bin, "pull", "--store", filepath.Join(dir, "p0"), "--progress", "quiet", ref, "app:v1")
+	checkAuthFailure(t, "pull without credentials", r, host)
+	r = bfEnv(t, credEnv, bin, append(append([]string{"pull", "--store", filepath.Join(dir, "p1"), "--progress", "quiet"}, credArgs...), ref, "app:v1")...)
+	if r.code != 0 {
+		t.Fatalf("pull with credentials: exit %d\n%s", r.code, r.stderr)
 	}
 }
 
@@ -273,17 +299,18 @@ func TestRegistryTokenAuth(t *testing.T) {
 	anon := []string{"DOCKER_CONFIG=" + empty, "REGISTRY_AUTH_FILE="}
 
 	bundleFile := filepath.Join(dir, "full.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", fx.store, "--progress", "none", "--full", fx.name, "-o", bundleFile)
-	r := bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s0"), "--progress", "none", bundleFile, "--output", ref)
+	bfMust(t, bin, "bundle", "create", "--store", fx.store, "--progress", "quiet", "--full", fx.name, "-o", bundleFile)
+	r := bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s0"), "--progress", "quiet", bundleFile, "--output", ref)
 	checkAuthFailure(t, "token auth: bundle apply --output without credentials", r, host)
-	r = bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s1"), "--progress", "none", "--authfile", authfile, bundleFile, "--output", ref)
+	r = bfEnv(t, anon, bin, "bundle", "apply", "--store", filepath.Join(dir, "s1"), "--progress", "quiet", "--authfile", authfile, bundleFile, "--output", ref)
 	if r.code != 0 {
 		t.Fatalf("token auth: bundle apply --output with --authfile: exit %d\n%s", r.code, r.stderr)
 	}
-	r = bfEnv(t, anon, bin, "export", "--store", filepath.Join(dir, "e0"), "--progress", "none", ref, "app:v1")
+	r = bfEnv(t, anon, bin, "export", "--store", filepath.Join(dir, "e0"), "--progress", "quiet", ref, "app:v1")
 	checkAuthFailure(t, "token auth: export without credentials", r, host)
-	r = bfEnv(t, anon, bin, "export", "--store", filepath.Join(dir, "e1"), "--progress", "none", "--authfile", authfile, ref, "app:v1")
+	r = bfEnv(t, anon, bin, "export", "--store", filepath.Join(dir, "e1"), "--progress", "quiet", "--authfile", authfile, ref, "app:v1")
 	if r.code != 0 {
 		t.Fatalf("token auth: export with --authfile: exit %d\n%s", r.code, r.stderr)
 	}
+	checkPushPullAuth(t, bin, fx, host, anon, anon, []string{"--authfile", authfile})
 }

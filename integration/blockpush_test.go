@@ -16,7 +16,7 @@ import (
 // blockPushJSON runs `blockfile block push --json` and decodes the result.
 func blockPushJSON(t *testing.T, bin string, args ...string) registry.BlockPushResult {
 	t.Helper()
-	r := bfMust(t, bin, append([]string{"block", "push", "--json", "--progress", "none"}, args...)...)
+	r := bfMust(t, bin, append([]string{"block", "push", "--json", "--progress", "quiet"}, args...)...)
 	var res registry.BlockPushResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
 		t.Fatalf("block push --json printed %q: %v", r.stdout, err)

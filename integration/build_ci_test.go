@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/integration/harness"
 )
@@ -19,8 +20,26 @@ type buildCIResult struct {
 	Standard struct {
 		Digest digest.Digest `json:"digest"`
 	} `json:"standard"`
-	Blocks  int      `json:"blocks"`
-	Outputs []string `json:"outputs"`
+	Blocks int `json:"blocks"`
+	Pushed []struct {
+		Index    ocispec.Descriptor `json:"index"`
+		Standard ocispec.Descriptor `json:"standard"`
+	} `json:"pushed"`
+}
+
+// indexHolds reports whether the image index raw names the manifest d.
+func indexHolds(t *testing.T, raw string, d digest.Digest) bool {
+	t.Helper()
+	var idx ocispec.Index
+	if err := json.Unmarshal([]byte(raw), &idx); err != nil {
+		t.Fatalf("not an index: %v\n%s", err, raw)
+	}
+	for _, m := range idx.Manifests {
+		if m.Digest == d {
+			return true
+		}
+	}
+	return false
 }
 
 // TestBuildCIOptions: `blockfile build` passes --secret, --ssh,
@@ -66,13 +85,18 @@ RUN --mount=type=secret,id=tok,required=true --mount=type=secret,id=envtok,requi
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
 		t.Fatalf("build --json printed %q: %v", r.stdout, err)
 	}
-	if res.Blocks == 0 || len(res.Outputs) != 1 {
-		t.Errorf("build: %d blocks, outputs %v", res.Blocks, res.Outputs)
+	if res.Blocks == 0 || len(res.Pushed) != 1 || res.Pushed[0].Standard.Digest != res.Standard.Digest {
+		t.Errorf("build: %d blocks, pushed %+v; want the standard image %s pushed", res.Blocks, res.Pushed, res.Standard.Digest)
 	}
-	// The registry serves exactly the standard image that was printed.
+	// The tag is what `blockfile push` writes: an index naming the standard
+	// image that was printed (and its blocked form); plain clients pull it.
 	raw := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref))
-	if got := digest.FromString(raw); got != res.Standard.Digest {
-		t.Errorf("registry has %s at %s, build printed %s", got, ref, res.Standard.Digest)
+	if !indexHolds(t, raw, res.Standard.Digest) {
+		t.Errorf("registry tag %s does not name the standard image %s:\n%s", ref, res.Standard.Digest, raw)
+	}
+	std := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+reg+"/ci/app@"+res.Standard.Digest.String()))
+	if digest.FromString(std) != res.Standard.Digest {
+		t.Errorf("registry serves other bytes for %s", res.Standard.Digest)
 	}
 	// The cache was exported to the registry.
 	cacheRaw := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+cacheRef))
@@ -157,5 +181,51 @@ func TestBuildVerifiedBlockCache(t *testing.T) {
 	r := build()
 	if r.code != 1 || !strings.Contains(r.stderr, "IMPORT on line 2") || !strings.Contains(r.stderr, "hash to") {
 		t.Errorf("build over a tampered block: exit %d, want 1 naming line 2 and the mismatch\n%s", r.code, r.stderr)
+	}
+}
+
+// TestBuildAuthRegistry: with --authfile, BuildKit gets the credentials
+// too (as buildx passes the docker config): the registry cache goes to a
+// registry that requires a login, and --push puts the image there.
+func TestBuildAuthRegistry(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	bin := env.BlockfileBin(t)
+	dir := t.TempDir()
+	htpasswd, err := exec.Command("htpasswd", "-Bbn", "ci", "pa55").Output()
+	if err != nil {
+		t.Fatalf("htpasswd: %v", err)
+	}
+	putFile(t, filepath.Join(dir, "htpasswd"), htpasswd)
+	reg := env.RegistryWith(t, harness.RegistryOptions{Name: "build-auth", Htpasswd: filepath.Join(dir, "htpasswd")})
+	t.Cleanup(func() { reg.Stop() })
+	authfile := filepath.Join(dir, "auth.json")
+	writeDockerConfig(t, authfile, reg.Addr, "ci", "pa55")
+	empty := filepath.Join(dir, "empty-docker")
+	if err := os.MkdirAll(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	anon := []string{"DOCKER_CONFIG=" + empty, "REGISTRY_AUTH_FILE="}
+
+	jar := make([]byte, 80_000)
+	rand.Read(jar)
+	putFile(t, filepath.Join(dir, "lib.jar"), jar)
+	storeDir := filepath.Join(dir, "store")
+	line := strings.TrimSpace(bfMust(t, bin, "block", "add", "--store", storeDir, "--import-to", "/app/lib.jar", filepath.Join(dir, "lib.jar")).stdout)
+	ctx := filepath.Join(dir, "ctx")
+	putFile(t, filepath.Join(ctx, "Dockerfile"), []byte("FROM scratch\n"+line+"\n"))
+	args := []string{"build", "--addr", env.BuildkitAddr(t), "--store", storeDir, "--progress", "plain", "-t", "app:v1",
+		"--cache-to", "type=registry,ref=" + reg.Addr + "/ci/cache:c,mode=max", "--push", reg.Addr + "/ci/app:v1", ctx}
+
+	// Without credentials the cache export is refused.
+	if r := bfEnv(t, anon, bin, args...); r.code != 1 {
+		t.Errorf("build to an auth registry without credentials: exit %d, want 1\n%s", r.code, r.stderr)
+	}
+	r := bfEnv(t, anon, bin, append([]string{"build", "--authfile", authfile}, args[1:]...)...)
+	if r.code != 0 {
+		t.Fatalf("build with --authfile: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, ref := range []string{"/ci/app:v1", "/ci/cache:c"} {
+		cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "--authfile", authfile, "docker://"+reg.Addr+ref))
 	}
 }

@@ -115,8 +115,8 @@ func TestCIPipeline(t *testing.T) {
 		t.Fatalf("apply --json: %v\n%s", err, r.stdout)
 	}
 	raw := cmdOut(t, exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+reg+"/ci/app:v2"))
-	if pushed := digest.FromString(raw); res.Images[0].Standard.Digest != pushed {
-		t.Errorf("site has app:v2 = %s, registry has %s", res.Images[0].Standard.Digest, pushed)
+	if !indexHolds(t, raw, res.Images[0].Standard.Digest) {
+		t.Errorf("site has app:v2 = %s, the registry's app:v2 does not name it:\n%s", res.Images[0].Standard.Digest, raw)
 	}
 	bfMust(t, bin, "verify", "--store", site)
 }

@@ -13,7 +13,8 @@ import (
 // TestRegistryMirrorHostsToml: with a hosts.toml naming a mirror for a
 // registry, export docker://<registry>/... reads from the mirror first (an
 // image only the mirror holds is found) and falls back to the registry (an
-// image only the registry holds is found too); pushes go to the registry.
+// image only the registry holds is found too), and so does pull of a blocked
+// form; pushes go to the registry.
 func TestRegistryMirrorHostsToml(t *testing.T) {
 	harness.RequireIntegration(t)
 	env := harness.Get(t)
@@ -29,8 +30,8 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The image as "only-mirror" on the mirror, "only-upstream" upstream.
-	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", noHosts, fx.name, "docker://"+mirror.Addr+"/team/app:only-mirror")
-	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", noHosts, fx.name, "docker://"+upstream.Addr+"/team/app:only-upstream")
+	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", noHosts, fx.name, "docker://"+mirror.Addr+"/team/app:only-mirror")
+	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", noHosts, fx.name, "docker://"+upstream.Addr+"/team/app:only-upstream")
 
 	certs := filepath.Join(dir, "certs.d")
 	hd := filepath.Join(certs, strings.Replace(upstream.Addr, ":", "_", 1)+"_")
@@ -39,7 +40,7 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 
 	for _, tag := range []string{"only-mirror", "only-upstream"} {
 		ref := "docker://" + upstream.Addr + "/team/app:" + tag
-		r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "plain-"+tag), "--progress", "none", "--hosts-dir", noHosts, ref, "app:1")
+		r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "plain-"+tag), "--progress", "quiet", "--hosts-dir", noHosts, ref, "app:1")
 		if (r.code == 0) != (tag == "only-upstream") {
 			t.Fatalf("export %s without hosts.toml: exit %d\n%s", ref, r.code, r.stderr)
 		}
@@ -48,9 +49,16 @@ func TestRegistryMirrorHostsToml(t *testing.T) {
 			t.Fatalf("export %s through the mirror config: no digest", ref)
 		}
 	}
+	// pull of a blocked form that only the mirror holds.
+	bfMust(t, bin, "push", "--store", copyStore(t, fx.store), "--progress", "quiet", "--hosts-dir", noHosts, fx.name, mirror.Addr+"/team/app:blocked")
+	if r := bfRun(t, bin, "pull", "--store", filepath.Join(dir, "pull0"), "--progress", "quiet", "--hosts-dir", noHosts, upstream.Addr+"/team/app:blocked", "app:1"); r.code == 0 {
+		t.Fatal("pull of a tag only the mirror holds worked without the mirror config")
+	}
+	bfMust(t, bin, "pull", "--store", filepath.Join(dir, "pull1"), "--progress", "quiet", "--hosts-dir", certs, upstream.Addr+"/team/app:blocked", "app:1")
+
 	// A push names the registry, never the pull-only mirror.
-	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", certs, fx.name, "docker://"+upstream.Addr+"/team/app:pushed")
-	if r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "m"), "--progress", "none", "--hosts-dir", noHosts, "docker://"+mirror.Addr+"/team/app:pushed", "app:1"); r.code == 0 {
+	bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", certs, fx.name, "docker://"+upstream.Addr+"/team/app:pushed")
+	if r := bfRun(t, bin, "export", "--store", filepath.Join(dir, "m"), "--progress", "quiet", "--hosts-dir", noHosts, "docker://"+mirror.Addr+"/team/app:pushed", "app:1"); r.code == 0 {
 		t.Fatal("a push through the mirror config landed on the mirror")
 	}
 	bfExport(t, bin, filepath.Join(dir, "u"), "docker://"+upstream.Addr+"/team/app:pushed", "app:1", "--hosts-dir", noHosts)

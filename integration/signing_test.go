@@ -76,7 +76,7 @@ func TestSignaturesSurviveBundle(t *testing.T) {
 	// What BuildKit built, pushed as is and signed: export re-frames its
 	// layers, so this signature cannot follow.
 	raw := regA + "/sig/raw:1"
-	cmdOut(t, exec.Command("skopeo", "copy", "--dest-tls-verify=false", "oci-archive:"+f.archive+":"+f.name, "docker://"+raw))
+	cmdOut(t, exec.Command("skopeo", "copy", "--dest-tls-verify=false", "oci-archive:"+f.archive, "docker://"+raw))
 	cosignMust(t, cosign, keys, "sign", "--key", key, "--tlog-upload=false", "--yes", insecure, raw)
 	buildStore := filepath.Join(t.TempDir(), "build-store")
 	res := bfExport(t, bin, buildStore, "docker://"+raw, "sig/app:1")
@@ -146,6 +146,19 @@ func TestSignaturesSurviveBundle(t *testing.T) {
 	// A key that did not sign fails: the check above is a real one.
 	if out, ok := cosignRun(t, cosign, otherKeys, "verify", "--key", filepath.Join(otherKeys, "cosign.pub"), "--insecure-ignore-tlog", insecure, atSite); ok {
 		t.Fatalf("cosign verified with a key that never signed:\n%s", out)
+	}
+
+	// blockfile push carries them too (the tag then names the blockfile
+	// index; cosign verifies the standard digest inside it), and pull
+	// brings them into another store.
+	pushedRef := regB + "/sig/pushed:1"
+	bfMust(t, bin, "push", "--store", ciStore, "--progress", "quiet", "sig/app:1", pushedRef)
+	cosignMust(t, cosign, keys, "verify", "--key", pub, "--insecure-ignore-tlog", insecure, regB+"/sig/pushed@"+std.String())
+	cosignMust(t, cosign, keys, "verify-attestation", "--key", pub, "--insecure-ignore-tlog", insecure, "--type", "spdxjson", regB+"/sig/pushed@"+std.String())
+	pulled := filepath.Join(t.TempDir(), "pulled")
+	bfMust(t, bin, "pull", "--store", pulled, "--progress", "quiet", pushedRef, "sig/app:1")
+	if refs, err := openStoreT(t, pulled).Referrers(ctxT(t), std); err != nil || len(refs) != 2 {
+		t.Fatalf("pulled store referrers of %s: %v, %v", std, refs, err)
 	}
 
 	// The site store keeps them (gc included) for later pushes.

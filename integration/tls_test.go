@@ -127,17 +127,17 @@ func TestRegistryTLSHostsDir(t *testing.T) {
 	}
 
 	// Untrusted CA: refused.
-	r := bfRun(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", empty, fx.name, ref)
+	r := bfRun(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", empty, fx.name, ref)
 	if r.code != 1 || !strings.Contains(r.stderr, "certificate") {
 		t.Fatalf("push without the CA: exit %d, want 1 and a certificate error:\n%s", r.code, r.stderr)
 	}
 	// CA but no client certificate: the registry refuses the handshake.
-	r = bfRun(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", noClient, fx.name, ref)
+	r = bfRun(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", noClient, fx.name, ref)
 	if r.code != 1 {
 		t.Fatalf("push without a client certificate: exit %d, want 1:\n%s", r.code, r.stderr)
 	}
 	// Both from hosts.toml: pushed, and read back to the same digest.
-	r = bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "none", "--hosts-dir", full, fx.name, ref)
+	r = bfMust(t, bin, "hydrate", "--store", fx.store, "--progress", "quiet", "--hosts-dir", full, fx.name, ref)
 	std := fx.export.Standard.Digest.String()
 	if got := strings.TrimSpace(r.stdout); got != std {
 		t.Fatalf("hydrate to the TLS registry wrote %s, want %s", got, std)
@@ -147,7 +147,7 @@ func TestRegistryTLSHostsDir(t *testing.T) {
 		t.Fatal("export from the TLS registry gave no standard digest")
 	}
 	// --tls-verify=false alone does not supply the client certificate.
-	r = bfRun(t, bin, "export", "--store", filepath.Join(dir, "store2"), "--progress", "none", "--tls-verify=false", "--hosts-dir", empty, ref, "app:v1")
+	r = bfRun(t, bin, "export", "--store", filepath.Join(dir, "store2"), "--progress", "quiet", "--tls-verify=false", "--hosts-dir", empty, ref, "app:v1")
 	if r.code != 1 {
 		t.Fatalf("export with --tls-verify=false but no client certificate: exit %d, want 1", r.code)
 	}

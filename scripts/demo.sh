@@ -30,7 +30,12 @@ step() { printf '\n== %s\n' "$*"; }
 # size FILE...: total size in bytes.
 size() { local n=0 f; for f in "$@"; do n=$((n + $(stat -c %s "$f"))); done; echo "$n"; }
 
-human() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 bytes"; }
+# human N: N bytes the way blockfile prints sizes (decimal, "12.3 MB").
+human() {
+	awk -v n="$1" 'BEGIN { if (n < 1000) { printf "%d B\n", n; exit }
+		d = 1000; e = 1; while (n / d >= 1000 && e < 6) { d *= 1000; e++ }
+		printf "%.1f %sB\n", n / d, substr("kMGTPE", e, 1) }'
+}
 
 build_cli() {
 	step "building bin/blockfile and bin/blockfile-frontend (make build)"

@@ -252,12 +252,25 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 			continue
 		}
 		rd = store.VerifyReader(rd, b.entry())
+		if b.Patch.Encoding == PatchDeltaMember {
+			// The rebuilt block is checked here; its member while ingesting.
+			if err := checkDeltaBlock(ctx, s, b, rd); err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", path, err)
+			}
+			report(b.entry().Size)
+			continue
+		}
 		if rd, err = unpatched(ctx, s, b, rd, budget); err != nil {
 			return nil, err
 		}
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
 			if b.Patch != nil {
 				err = fmt.Errorf("bundle %s: %w", path, err)
+				if b.Patch.Encoding == PatchDeltaMember && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
+					// The delta rebuilt the block's bytes (it checks their
+					// sha256); deflating them gave another member.
+					err = fmt.Errorf("%w (the block was rebuilt exactly but deflated here into another member: a bundle made with --no-deltas carries it as it is)", err)
+				}
 				if b.Patch.Encoding == PatchZstdGzipMembers && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
 					// The patch itself was intact (or zstd would have
 					// failed): the deflate of this build differs from the
@@ -467,6 +480,11 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 				return fmt.Errorf("bundle %s: ingest %s: %w", path, b, err)
 			}
 			if err := batch.Add(ctx, w, b.Descriptor()); err != nil {
+				if b.Patch != nil && b.Patch.Encoding == PatchDeltaMember {
+					// The check pass rebuilt the block exactly; its member
+					// is deflated and checked only here.
+					return fmt.Errorf("bundle %s: ingest %s: the block was rebuilt exactly but deflated here into another member (a bundle made with --no-deltas carries it as it is): %w", path, b, err)
+				}
 				// Only if the file changed since the first pass.
 				return fmt.Errorf("bundle %s: ingest %s (did the bundle change while being applied?): %w", path, b, err)
 			}

@@ -39,6 +39,10 @@ type CreateOptions struct {
 	// blob the target holds (see Patch).
 	NoPatches bool
 
+	// NoDeltas ships every changed block whole, never as a delta against a
+	// block the target holds (see PatchDeltaMember).
+	NoDeltas bool
+
 	// Progress, if set, is called while blobs are written.
 	Progress ProgressFunc
 }
@@ -129,6 +133,11 @@ func Create(ctx context.Context, s *store.Store, names []string, path string, op
 		files, err := addPatches(ctx, s, plan, names, view, base, dir)
 		if err != nil {
 			return nil, fmt.Errorf("bundle create: patches: %w", err)
+		}
+		if !opts.NoDeltas {
+			if err := addDeltas(ctx, s, plan, names, view, base, dir, files); err != nil {
+				return nil, fmt.Errorf("bundle create: deltas: %w", err)
+			}
 		}
 		fetch = patchFiles{files: files, next: s}
 	}

@@ -75,6 +75,16 @@ type Patch struct {
 	// blobs/sha256/<Digest hex>.
 	Digest digest.Digest `json:"digest"`
 	Size   int64         `json:"size"`
+
+	// Path, BasePath and BaseChoice are informative, for block deltas
+	// (PatchDeltaMember): the block's path in the new image, the base's in
+	// the image the site holds, and how the base was chosen.
+	Path string `json:"path,omitempty"`
+	// Block is, for a block delta, the raw block the delta rebuilds (what
+	// the stubs name): the member holds its bytes and tar padding.
+	Block      *BlobRef `json:"block,omitempty"`
+	BasePath   string   `json:"basePath,omitempty"`
+	BaseChoice string   `json:"baseChoice,omitempty"`
 }
 
 // BlobRef names a blob by digest and size.
@@ -94,13 +104,19 @@ func (b Blob) entry() ocispec.Descriptor {
 
 // checkPatch validates a patch read from a header.
 func (p *Patch) check(b Blob) error {
-	if p.Encoding != PatchZstdDict && p.Encoding != PatchZstdGzipMembers {
-		return fmt.Errorf("blob %s: patch encoding %q: this blockfile reads %q and %q", b.Digest, p.Encoding, PatchZstdDict, PatchZstdGzipMembers)
+	if p.Encoding != PatchZstdDict && p.Encoding != PatchZstdGzipMembers && p.Encoding != PatchDeltaMember {
+		return fmt.Errorf("blob %s: patch encoding %q: this blockfile reads %q, %q and %q", b.Digest, p.Encoding, PatchZstdDict, PatchZstdGzipMembers, PatchDeltaMember)
 	}
 	for _, d := range []digest.Digest{p.Digest, p.Base.Digest} {
 		if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
 			return fmt.Errorf("blob %s: patch: %q is not a sha256 digest", b.Digest, d)
 		}
+	}
+	if p.Base.Digest == b.Digest {
+		return fmt.Errorf("blob %s: patch against itself", b.Digest)
+	}
+	if p.Encoding == PatchDeltaMember {
+		return p.checkDelta(b)
 	}
 	if p.Size <= 0 || p.Base.Size <= 0 || p.Base.Size > maxPatchBase || b.Size > maxPatchTarget {
 		return fmt.Errorf("blob %s (%d bytes): patch of %d bytes against %s (%d bytes) is out of bounds (base and blob at most %d bytes)",
@@ -135,8 +151,12 @@ func loadBase(ctx context.Context, s *store.Store, ref BlobRef) ([]byte, error) 
 // r) and its base, read from s and verified. The reader yields at most
 // b.Size+1 bytes; callers verify digest and size. close releases what the
 // decoder holds (call it when done, also after an error). budget counts the
-// deflate work of member patches across one pass over the bundle.
+// deflate work of member patches across one pass over the bundle (a block
+// delta's deflate work is its block's declared size, at most maxDeltaRaw).
 func openPatched(ctx context.Context, s *store.Store, b Blob, r io.Reader, budget *deflateBudget) (io.Reader, func(), error) {
+	if b.Patch.Encoding == PatchDeltaMember {
+		return unpatchDelta(ctx, s, b, r)
+	}
 	base, err := loadBase(ctx, s, b.Patch.Base)
 	if err != nil {
 		return nil, nil, err

@@ -141,43 +141,12 @@ func (e *exporter) repointStatement(ctx context.Context, l ocispec.Descriptor, f
 	if err != nil {
 		return l, false, fmt.Errorf("in-toto statement %s: %w", l.Digest, err)
 	}
-	var st map[string]json.RawMessage
-	if err := json.Unmarshal(data, &st); err != nil {
+	out, hit, err := repointStatementJSON(data, from, to)
+	if err != nil {
 		return l, false, fmt.Errorf("in-toto statement %s: %w", l.Digest, err)
-	}
-	var subjects []map[string]json.RawMessage
-	if s, ok := st["subject"]; ok {
-		if err := json.Unmarshal(s, &subjects); err != nil {
-			return l, false, fmt.Errorf("in-toto statement %s: subject: %w", l.Digest, err)
-		}
-	}
-	hit := false
-	for _, sub := range subjects {
-		var dm map[string]string
-		if err := json.Unmarshal(sub["digest"], &dm); err != nil {
-			continue
-		}
-		if dm[from.Algorithm().String()] == from.Encoded() {
-			dm[from.Algorithm().String()] = to.Encoded()
-			b, err := json.Marshal(dm)
-			if err != nil {
-				return l, false, err
-			}
-			sub["digest"] = b
-			hit = true
-		}
 	}
 	if !hit {
 		return l, false, nil
-	}
-	b, err := json.Marshal(subjects)
-	if err != nil {
-		return l, false, err
-	}
-	st["subject"] = b
-	out, err := json.Marshal(st)
-	if err != nil {
-		return l, false, err
 	}
 	d, err := e.s.PutJSON(ctx, l.MediaType, json.RawMessage(out))
 	if err != nil {
@@ -236,4 +205,50 @@ func (e *exporter) repointConfig(ctx context.Context, cfg ocispec.Descriptor, ne
 		return cfg, fmt.Errorf("store re-pointed config of %s: %w", cfg.Digest, err)
 	}
 	return ocispec.Descriptor{MediaType: cfg.MediaType, Digest: d.Digest, Size: d.Size}, nil
+}
+
+// repointStatementJSON rewrites an in-toto statement (a JSON object) so that
+// each subject whose digest names from names to; every other field is kept.
+// hit is false, and out nil, if no subject named from.
+func repointStatementJSON(data []byte, from, to digest.Digest) (out []byte, hit bool, err error) {
+	var st map[string]json.RawMessage
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, false, err
+	}
+	var subjects []map[string]json.RawMessage
+	if s, ok := st["subject"]; ok {
+		if err := json.Unmarshal(s, &subjects); err != nil {
+			return nil, false, fmt.Errorf("subject: %w", err)
+		}
+	}
+	alg := from.Algorithm().String()
+	for _, sub := range subjects {
+		var dm map[string]string
+		if sub == nil || json.Unmarshal(sub["digest"], &dm) != nil {
+			continue
+		}
+		if dm[alg] != from.Encoded() {
+			continue
+		}
+		dm[alg] = to.Encoded()
+		b, err := json.Marshal(dm)
+		if err != nil {
+			return nil, false, err
+		}
+		sub["digest"] = b
+		hit = true
+	}
+	if !hit {
+		return nil, false, nil
+	}
+	b, err := json.Marshal(subjects)
+	if err != nil {
+		return nil, false, err
+	}
+	st["subject"] = b
+	out, err = json.Marshal(st)
+	if err != nil {
+		return nil, false, err
+	}
+	return out, true, nil
 }

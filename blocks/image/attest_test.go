@@ -2,6 +2,7 @@ package image
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
@@ -124,4 +125,43 @@ func TestBuildKitAttestationsRepointed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzRepointStatement: whatever a source's in-toto statement holds, the
+// rewrite never panics, and when it reports a hit the result is a JSON
+// object whose subjects name the new digest and no longer the old one.
+func FuzzRepointStatement(f *testing.F) {
+	from := digest.FromString("source manifest")
+	to := digest.FromString("standard manifest")
+	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v0.1","subject":[{"name":"x","digest":{"sha256":"` + from.Encoded() + `"}}],"predicate":{}}`))
+	f.Add([]byte(`{"subject":[null,{"digest":null},{"digest":{"sha256":"` + from.Encoded() + `","sha512":"x"}}]}`))
+	f.Add([]byte(`{"subject":"nope"}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, hit, err := repointStatementJSON(data, from, to)
+		if err != nil || !hit {
+			if out != nil {
+				t.Fatalf("no hit but output %q", out)
+			}
+			return
+		}
+		var st struct {
+			Subject []struct {
+				Digest map[string]string `json:"digest"`
+			} `json:"subject"`
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatalf("rewritten statement does not parse: %v\n%s", err, out)
+		}
+		named := false
+		for _, s := range st.Subject {
+			if s.Digest["sha256"] == from.Encoded() {
+				t.Fatalf("a subject still names the source digest: %s", out)
+			}
+			named = named || s.Digest["sha256"] == to.Encoded()
+		}
+		if !named {
+			t.Fatalf("no subject names the standard digest: %s", out)
+		}
+	})
 }

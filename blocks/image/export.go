@@ -746,11 +746,7 @@ const maxReferrerDepth = 3
 // their referrers in turn). A signature covers a digest: those of a
 // manifest export re-framed are reported in DroppedReferrers instead.
 func (e *exporter) copyReferrers(ctx context.Context, src transport.ReferrerSource, subjects [][2]digest.Digest) error {
-	type item struct {
-		subject digest.Digest
-		depth   int
-	}
-	var queue []item
+	var kept []digest.Digest
 	seen := map[digest.Digest]bool{}
 	for _, p := range subjects {
 		if seen[p[0]] {
@@ -758,7 +754,7 @@ func (e *exporter) copyReferrers(ctx context.Context, src transport.ReferrerSour
 		}
 		seen[p[0]] = true
 		if p[0] == p[1] {
-			queue = append(queue, item{p[0], 1})
+			kept = append(kept, p[0])
 			continue
 		}
 		refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: p[0]})
@@ -769,26 +765,65 @@ func (e *exporter) copyReferrers(ctx context.Context, src transport.ReferrerSour
 			e.res.DroppedReferrers = append(e.res.DroppedReferrers, DroppedReferrers{Source: p[0], Standard: p[1], Count: len(refs)})
 		}
 	}
+	refs, err := e.copyReferrersOf(ctx, src, kept)
+	if err != nil {
+		return fmt.Errorf("export: %w (--no-referrers skips them)", err)
+	}
+	e.res.Referrers = refs
+	return nil
+}
+
+// copyReferrersOf copies and records the referrers src lists for subjects,
+// and theirs, maxReferrerDepth deep.
+func (e *exporter) copyReferrersOf(ctx context.Context, src transport.ReferrerSource, subjects []digest.Digest) ([]store.Referrer, error) {
+	type item struct {
+		subject digest.Digest
+		depth   int
+	}
+	var queue []item
+	seen := map[digest.Digest]bool{}
+	for _, d := range subjects {
+		if !seen[d] {
+			seen[d] = true
+			queue = append(queue, item{d, 1})
+		}
+	}
+	var out []store.Referrer
 	for len(queue) > 0 {
 		it := queue[0]
 		queue = queue[1:]
 		refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: it.subject})
 		if err != nil {
-			return fmt.Errorf("export: %w (--no-referrers skips them)", err)
+			return out, err
 		}
 		for _, r := range refs {
 			if err := e.copyTree(ctx, plain(r)); err != nil {
-				return fmt.Errorf("export: referrer %s of %s: %w", r.Digest, it.subject, err)
+				return out, fmt.Errorf("referrer %s of %s: %w", r.Digest, it.subject, err)
 			}
 			if err := e.s.AddReferrer(ctx, it.subject, r); err != nil {
-				return fmt.Errorf("export: %w", err)
+				return out, err
 			}
-			e.res.Referrers = append(e.res.Referrers, store.Referrer{Subject: it.subject, Descriptor: r})
+			out = append(out, store.Referrer{Subject: it.subject, Descriptor: r})
 			if !seen[r.Digest] && it.depth < maxReferrerDepth {
 				seen[r.Digest] = true
 				queue = append(queue, item{r.Digest, it.depth + 1})
 			}
 		}
 	}
-	return nil
+	return out, nil
+}
+
+// ReferrerSource is a Source that lists referrers (docker:// sources, and
+// blocks/registry's pull).
+type ReferrerSource interface {
+	transport.Source
+	transport.ReferrerSource
+}
+
+// CopyReferrers copies into s, verified, and records (store.AddReferrer)
+// the referrers that src lists for each subject, and theirs, as export does
+// for the manifests it keeps: for pull, whose image keeps its digests.
+func CopyReferrers(ctx context.Context, s *store.Store, src ReferrerSource, subjects []digest.Digest) ([]store.Referrer, error) {
+	e := &exporter{s: s, src: src}
+	return e.copyReferrersOf(ctx, src, subjects)
 }

@@ -67,9 +67,12 @@ type PullResult struct {
 	// registry (manifests included).
 	Downloaded Count `json:"downloaded"`
 	// Present counts the blobs the store already held.
-	Present  Count         `json:"present"`
-	Outputs  []string      `json:"outputs,omitempty"`
-	Duration time.Duration `json:"durationNs"`
+	Present Count `json:"present"`
+	// Referrers counts the signatures, attestations and SBOMs copied with
+	// the image (docs/SIGNING.md).
+	Referrers int           `json:"referrers,omitempty"`
+	Outputs   []string      `json:"outputs,omitempty"`
+	Duration  time.Duration `json:"durationNs"`
 }
 
 // DefaultName is the store name a pull of ref gets without one:
@@ -197,6 +200,21 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 	if err := s.Tag(ctx, res.Name, root); err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
+	// The image keeps its digests: its signatures, attestations and SBOMs
+	// still apply (docs/SIGNING.md).
+	var subjects []digest.Digest
+	for _, b := range c.Blobs {
+		if b.Kind == bundle.KindIndex || b.Kind == bundle.KindManifest {
+			subjects = append(subjects, b.Digest)
+		}
+	}
+	if !opts.Export.NoReferrers {
+		refs, err := image.CopyReferrers(ctx, s, &remoteSource{meta: meta, root: root}, subjects)
+		if err != nil {
+			return fmt.Errorf("pull %s: signatures and attestations: %w", ref, err)
+		}
+		res.Referrers = len(refs)
+	}
 	var ds []digest.Digest
 	for _, b := range c.Blobs {
 		if !b.Kind.Metadata() || b.Kind == bundle.KindConfig {
@@ -288,6 +306,7 @@ func pullWhole(ctx context.Context, s *store.Store, meta *metaFetcher, root ocis
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	res.Index, res.Standard = er.Index, er.Standard
+	res.Referrers = len(er.Referrers)
 	res.Downloaded.Blobs = int(src.blobs.Load())
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: er.Index, Standard: er.Standard}, bundle.ApplyOptions{
 		Outputs: opts.Outputs, NoMaterialize: true, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
@@ -307,6 +326,11 @@ type remoteSource struct {
 }
 
 var _ transport.Source = (*remoteSource)(nil)
+
+// Referrers lets export (and CopyReferrers) copy what refers to the image.
+func (r *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+	return transport.ListReferrers(ctx, r.meta.r.repo, r.meta.r.opts, subject.Digest)
+}
 
 func (r *remoteSource) Resolve(context.Context) (ocispec.Descriptor, error) { return r.root, nil }
 func (r *remoteSource) Close() error                                        { return nil }

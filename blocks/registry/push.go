@@ -74,6 +74,10 @@ type PushResult struct {
 	Mounted      Count `json:"mounted"`   // blobs mounted from another repository
 	Skipped      Count `json:"skipped"`   // blobs the repository had
 	Manifests    Count `json:"manifests"` // manifests and indexes put, the tagged index included
+	// Referrers are the signatures, attestations and SBOMs of the image's
+	// manifests that the store keeps, pushed after the image
+	// (docs/SIGNING.md).
+	Referrers int `json:"referrers,omitempty"`
 	// Materialized is set when standard layers missing from the store
 	// (pulled or applied without materializing) were rebuilt first.
 	Materialized bool          `json:"materialized,omitempty"`
@@ -150,6 +154,24 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 	}
 	if err != nil {
 		return nil, err
+	}
+	// Signatures, attestations and SBOMs of the image's manifests, with
+	// the tag scheme where the registry has no referrers API.
+	var subjects []digest.Digest
+	for _, b := range c.Blobs {
+		if b.Kind == bundle.KindIndex || b.Kind == bundle.KindManifest {
+			subjects = append(subjects, b.Digest)
+		}
+	}
+	refs, err := s.ReferrersClosure(ctx, subjects...)
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", imageName, err)
+	}
+	if len(refs) > 0 {
+		if err := transport.PushReferrersTo(ctx, ref, opts.Remote, s, refs); err != nil {
+			return nil, fmt.Errorf("push %s: pushed the image, but not its signatures and attestations: %w", imageName, err)
+		}
+		res.Referrers = len(refs)
 	}
 	// Remember where the blobs now are, for mounts into other repositories.
 	ds := make([]digest.Digest, 0, len(leaves))

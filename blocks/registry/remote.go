@@ -45,6 +45,7 @@ func (c *Count) add(n int64) { c.Blobs++; c.Bytes += n }
 type repo struct {
 	ref    name.Reference // as given (tag or digest)
 	repo   name.Repository
+	opts   []remote.Option // for what Puller and Pusher do not cover (referrers)
 	puller *remote.Puller
 	pusher *remote.Pusher
 	down   atomic.Int64
@@ -59,7 +60,7 @@ func newRepo(ref name.Reference, opts []remote.Option) (*repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
-	return &repo{ref: ref, repo: ref.Context(), puller: puller, pusher: pusher}, nil
+	return &repo{ref: ref, repo: ref.Context(), opts: opts, puller: puller, pusher: pusher}, nil
 }
 
 // getManifest reads a manifest or index by reference, checks its size and,

@@ -45,17 +45,20 @@ func (s *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor
 	var out []ocispec.Descriptor
 	err := s.try(func(e Endpoint) error {
 		var err error
-		out, err = listReferrers(ctx, e.Ref.Context(), append(e.Options, remote.WithContext(ctx)), subject.Digest)
+		out, err = ListReferrers(ctx, e.Ref.Context(), append(e.Options, remote.WithContext(ctx)), subject.Digest)
 		return err
 	})
 	return out, err
 }
 
-func listReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
+// ListReferrers is Registry.Referrers for callers that hold a repository and
+// its connection options (blocks/registry's pull).
+func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	if err := subject.Validate(); err != nil {
 		return nil, fmt.Errorf("referrers: subject %q: %w", subject, err)
 	}
 	where := "docker://" + repo.String()
+	opts = append(append([]remote.Option{}, opts...), remote.WithContext(ctx))
 	idx, err := remote.Referrers(repo.Digest(subject.String()), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: referrers of %s: %w", where, subject, err)
@@ -140,8 +143,19 @@ func (r Registry) PushReferrers(ctx context.Context, ref string, f Fetcher, refs
 	if err != nil {
 		return err
 	}
+	return pushReferrers(ctx, r, nr, opts, f, refs)
+}
+
+// PushReferrersTo is Registry.PushReferrers for callers that hold a parsed
+// reference and its connection options (blocks/registry's push).
+func PushReferrersTo(ctx context.Context, nr name.Reference, opts []remote.Option, f Fetcher, refs []store.Referrer) error {
+	return pushReferrers(ctx, Registry{}, nr, opts, f, refs)
+}
+
+func pushReferrers(ctx context.Context, reg Registry, nr name.Reference, opts []remote.Option, f Fetcher, refs []store.Referrer) error {
+	opts = append([]remote.Option{}, opts...)
 	repo := nr.Context()
-	sink := &remoteSink{ref: nr, opts: opts, manifests: map[digest.Digest]rawManifest{}}
+	sink := &remoteSink{reg: reg, ref: nr, opts: opts, manifests: map[digest.Digest]rawManifest{}}
 	p := &referrerPusher{f: f, sink: sink, done: map[digest.Digest]bool{}}
 	var conflicts []error
 	for _, rf := range refs {
@@ -301,5 +315,5 @@ func (r Registry) Referrers(ctx context.Context, ref string, subject digest.Dige
 	if err != nil {
 		return nil, err
 	}
-	return listReferrers(ctx, nr.Context(), opts, subject)
+	return ListReferrers(ctx, nr.Context(), opts, subject)
 }

@@ -92,7 +92,12 @@ func (s *remoteSource) try(f func(e Endpoint) error) error {
 		return errors.Join(errs...)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w (mirrors failed too: %v)", server, errors.Join(errs...))
+		// One line: the registry's error first, the mirrors' after it.
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		return fmt.Errorf("%w (mirrors failed too: %s)", server, strings.Join(msgs, "; "))
 	}
 	return server
 }

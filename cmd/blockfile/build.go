@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
 	bkclient "github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
+	"github.com/moby/buildkit/session/auth/authprovider"
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"github.com/moby/buildkit/util/progress/progressui"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/frontend"
 	"github.com/blockfile/blockfile/internal/units"
@@ -35,7 +39,8 @@ const defaultBuildkitAddr = "unix:///run/buildkit/buildkitd.sock"
 // the standard image was also written.
 type buildResult struct {
 	*image.ExportResult
-	Outputs []string `json:"outputs,omitempty"`
+	Outputs []string               `json:"outputs,omitempty"`
+	Pushed  []*registry.PushResult `json:"pushed,omitempty"`
 }
 
 func newBuildCmd() *cobra.Command {
@@ -52,9 +57,11 @@ store as the "blocks" build context, and hands the resulting OCI image straight 
 export: the store then holds the standard image and its blocked form under NAME.
 The standard manifest digest is printed.
 
---push REF then writes the standard image (exactly the digest printed) to the
-registry, and -o DEST to any destination hydrate takes (oci-archive:FILE,
-oci:DIR, docker://REF). --secret, --ssh, --cache-from and --cache-to take the
+--push REF then pushes the image as 'blockfile push' does (one tag: an index
+of the standard image, exactly the digest printed, and its blocked form, so
+'blockfile pull' fetches only missing blocks), and -o DEST writes the standard
+image alone to any destination hydrate takes (oci-archive:FILE, oci:DIR,
+docker://REF). --secret, --ssh, --cache-from and --cache-to take the
 values docker buildx build takes and are passed to BuildKit as it does.
 
 Blocks are verified before the build uses them (BuildKit does not hash local
@@ -71,6 +78,7 @@ ignored here, since the frontend runs in-process.`,
 		Args: exactArgs(1),
 	}
 	openStore := createStoreFlag(cmd)
+	reg := registryFlags(cmd) // for --push and -o docker://
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "buildkitd address (default $BUILDKIT_HOST, else "+defaultBuildkitAddr+")")
 	f.StringVarP(&file, "file", "f", "", "the Dockerfile (default CONTEXT/Dockerfile)")
@@ -82,7 +90,7 @@ ignored here, since the frontend runs in-process.`,
 	f.StringArrayVar(&sshs, "ssh", nil, "an SSH agent or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]] (repeatable, as buildx)")
 	f.StringArrayVar(&cacheFrom, "cache-from", nil, "cache source: type=registry,ref=REF | type=local,src=DIR | REF (repeatable, as buildx)")
 	f.StringArrayVar(&cacheTo, "cache-to", nil, "cache destination: type=registry,ref=REF[,mode=max] | type=local,dest=DIR[,mode=max] | type=inline (repeatable, as buildx)")
-	f.StringArrayVar(&pushes, "push", nil, "push the standard image to the registry reference REF after export (repeatable)")
+	f.StringArrayVar(&pushes, "push", nil, "after export, push the image to the registry tag REF as 'blockfile push' does: the standard image and its blocked form (repeatable)")
 	addOutputsFlag(cmd, &outputs, "also write the standard image to DEST: oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF (repeatable)")
 	addProgressFlag(cmd, &progress)
 	f.StringVar(&compression, "compression", "gzip", "layer compression in the store: gzip or zstd")
@@ -140,8 +148,17 @@ ignored here, since the frontend runs in-process.`,
 		} else if a != nil {
 			opt.session = append(opt.session, a)
 		}
+		// BuildKit pulls bases and pushes/pulls registry caches with the
+		// credentials blockfile uses (--authfile, else the docker config).
+		auth, err := dockerAuthAttachable(reg.AuthFile, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		opt.session = append(opt.session, auth)
 		for _, p := range pushes {
-			outputs = append(outputs, "docker://"+strings.TrimPrefix(p, "docker://"))
+			if _, _, err := reg.Remote(cmd.Context(), p); err != nil {
+				return usageError{fmt.Errorf("--push %q: %w", p, err)}
+			}
 		}
 		if addr == "" {
 			addr = os.Getenv("BUILDKIT_HOST")
@@ -205,7 +222,7 @@ ignored here, since the frontend runs in-process.`,
 		// Push/write the standard image: the digest just printed, byte for
 		// byte (hydrate verifies every blob on the way).
 		for _, o := range outputs {
-			dst, err := transport.ParseSink(ctx, o, transport.WithDefaultName(name))
+			dst, err := transport.ParseSink(ctx, o, transport.WithDefaultName(name), transport.WithRegistry(*reg))
 			if err != nil {
 				return err
 			}
@@ -216,12 +233,40 @@ ignored here, since the frontend runs in-process.`,
 			if d.Digest != res.Standard.Digest {
 				return fmt.Errorf("write %s to %s: wrote %s, want the standard image %s", name, o, d.Digest, res.Standard.Digest)
 			}
+			if ref, ok := strings.CutPrefix(o, "docker://"); ok {
+				// Signatures, attestations and SBOMs the store keeps for it, as hydrate does.
+				if _, err := image.PushReferrers(ctx, s, d, *reg, ref); err != nil {
+					return fmt.Errorf("write %s to %s: pushed the image, but not its signatures and attestations: %w", name, o, err)
+				}
+			}
 			if !asJSON {
 				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s to %s\n", d.Digest, o)
 			}
 		}
+		// --push: what 'blockfile push' does, so pull and site mirrors get
+		// the blocked form beside the standard image.
+		var pushed []*registry.PushResult
+		for _, p := range pushes {
+			ref, ropts, err := reg.Remote(ctx, p)
+			if err != nil {
+				return usageError{fmt.Errorf("--push %q: %w", p, err)}
+			}
+			pr, err := registry.Push(ctx, s, name, ref, registry.PushOptions{
+				Remote: ropts, Progress: pw, PlainProgress: plain, TagChildren: true,
+			})
+			if err != nil {
+				return fmt.Errorf("push %s to %s: %w", name, p, err)
+			}
+			if pr.Standard.Digest != res.Standard.Digest {
+				return fmt.Errorf("push %s to %s: pushed the standard image %s, want %s", name, p, pr.Standard.Digest, res.Standard.Digest)
+			}
+			pushed = append(pushed, pr)
+			if !asJSON {
+				fmt.Fprintf(cmd.ErrOrStderr(), "pushed %s to %s (index %s)\n", pr.Standard.Digest, pr.Ref, pr.Index.Digest)
+			}
+		}
 		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), buildResult{res, outputs})
+			return writeJSON(cmd.OutOrStdout(), buildResult{res, outputs, pushed})
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), res.Standard.Digest)
 		return nil
@@ -435,4 +480,30 @@ func sshAttachable(vals []string) (session.Attachable, error) {
 		return nil, fmt.Errorf("--ssh: %w", err)
 	}
 	return a, nil
+}
+
+// dockerAuthAttachable gives BuildKit the registry credentials, as buildx
+// does: from authFile (--authfile, else $REGISTRY_AUTH_FILE, a docker
+// config.json), else the docker config and its credential helpers.
+func dockerAuthAttachable(authFile string, stderr io.Writer) (session.Attachable, error) {
+	if authFile == "" {
+		authFile = os.Getenv("REGISTRY_AUTH_FILE")
+	}
+	var cf *configfile.ConfigFile
+	if authFile != "" {
+		f, err := os.Open(authFile)
+		if err != nil {
+			return nil, fmt.Errorf("--authfile: %w", err)
+		}
+		defer f.Close()
+		cf = configfile.New(authFile)
+		if err := cf.LoadFromReader(f); err != nil {
+			return nil, fmt.Errorf("--authfile %s: %w", authFile, err)
+		}
+	} else {
+		cf = config.LoadDefaultConfigFile(stderr)
+	}
+	return authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
+		AuthConfigProvider: authprovider.LoadAuthConfig(cf),
+	}), nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	gname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
@@ -37,6 +39,7 @@ func newBundleCreateCmd() *cobra.Command {
 		asJSON    bool
 		progress  string
 		noPatches bool
+		noDeltas  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create [flags] (--from NAME... | --have FILE | --full) NAME... -o FILE",
@@ -47,7 +50,11 @@ comma-separated), or an inventory brought back from it (--have, made there by
 'blockfile inventory'). --full makes a bundle for a first install, carrying
 everything. Blobs shared by several images travel once. A changed blocked
 layer, block set or config travels as a patch against the blob the site holds
-where that is smaller (--no-patches: always whole).
+where that is smaller (--no-patches: always whole). A changed block (a rebuilt
+binary, a JDK's lib/modules, a jar) travels as a binary delta against the
+block the site holds at the same path, at the same path without version, or
+with similar content, where that saves at least an eighth (--no-deltas: never;
+--no-patches turns deltas off too).
 
 A --from docker://REF names a base in a registry: its blocked form is pulled
 into the store first (as 'blockfile pull --materialize=false': no standard
@@ -63,6 +70,7 @@ layer), so CI with an empty store can make an update bundle.`,
 	addJSONFlag(cmd, &asJSON, "print the bundle header as JSON")
 	addProgressFlag(cmd, &progress)
 	cmd.Flags().BoolVar(&noPatches, "no-patches", false, "ship changed blobs whole, never as patches against what the site holds")
+	cmd.Flags().BoolVar(&noDeltas, "no-deltas", false, "ship changed blocks whole, never as deltas against blocks the site holds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		n := 0
 		for _, set := range []bool{len(from) > 0, have != "", full} {
@@ -80,7 +88,7 @@ layer), so CI with an empty store can make an update bundle.`,
 		if err != nil {
 			return err
 		}
-		opts := bundle.CreateOptions{From: from, Full: full, NoPatches: noPatches}
+		opts := bundle.CreateOptions{From: from, Full: full, NoPatches: noPatches, NoDeltas: noDeltas}
 		if have != "" {
 			f, err := os.Open(have)
 			if err != nil {
@@ -100,11 +108,12 @@ layer), so CI with an empty store can make an update bundle.`,
 			if !strings.HasPrefix(f, "docker://") {
 				continue
 			}
-			ref, ropts, err := reg.Remote(cmd.Context(), f)
-			if err != nil {
-				return usageError{err}
-			}
-			res, err := registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+			var res *registry.PullResult
+			err := readFrom(cmd.Context(), reg, f, func(ref gname.Reference, ropts []remote.Option) error {
+				var err error
+				res, err = registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("--from %s: %w", f, err)
 			}
@@ -255,6 +264,7 @@ func printHeader(w io.Writer, h *bundle.Header) {
 			}
 		}
 		fmt.Fprintf(w, "  %d of them travel as patches: %s for %s\n", p.Blobs, sizeString(p.Bytes), sizeString(whole))
+		printDeltas(w, h)
 	}
 	r := h.Requires
 	fmt.Fprintf(w, "requires %d blobs (%s) in the target store\n", r.Blobs, sizeString(r.Bytes))
@@ -301,4 +311,17 @@ func progressFunc(w io.Writer, plain bool) (bundle.ProgressFunc, func()) {
 			fmt.Fprintf(w, "%s: %s of %s\n", st, sizeString(done), sizeString(total))
 		}
 	}, finish
+}
+
+// printDeltas lists the blocks that travel as deltas: which base each
+// uses and what it saved.
+func printDeltas(w io.Writer, h *bundle.Header) {
+	for _, b := range h.Blobs {
+		p := b.Patch
+		if p == nil || p.Encoding != bundle.PatchDeltaMember {
+			continue
+		}
+		fmt.Fprintf(w, "    delta %s: %s for %s (saves %s) against %s (%s)\n",
+			p.Path, sizeString(p.Size), sizeString(b.Size), sizeString(b.Size-p.Size), p.BasePath, p.BaseChoice)
+	}
 }

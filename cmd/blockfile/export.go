@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 
+	gname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
@@ -129,17 +131,18 @@ func referrerKind(d ocispec.Descriptor) string {
 // standard image and splitting it again would download every layer whole
 // and re-frame it); done is false when it does not.
 func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg *transport.Registry, src, name string, asJSON bool, pw io.Writer, plain bool) (done bool, err error) {
-	ref, ropts, err := reg.Remote(ctx, src)
-	if err != nil {
-		return false, usageError{err}
-	}
-	blocked, err := registry.HasBlockedForm(ctx, ref, ropts)
-	if err != nil || !blocked {
-		return false, err
-	}
-	res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Progress: pw, PlainProgress: plain})
-	if err != nil {
-		return true, err
+	var res *registry.PullResult
+	err = readFrom(ctx, reg, src, func(ref gname.Reference, ropts []remote.Option) error {
+		blocked, err := registry.HasBlockedForm(ctx, ref, ropts)
+		if err != nil || !blocked {
+			return err
+		}
+		done = true
+		res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Progress: pw, PlainProgress: plain})
+		return err
+	})
+	if err != nil || !done {
+		return done, err
 	}
 	if asJSON {
 		return true, writeJSON(cmd.OutOrStdout(), res)

@@ -6,6 +6,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	gname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/blockfile/blockfile/blocks"
@@ -81,18 +83,19 @@ the size of the standard image a plain client would have downloaded.`,
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		ref, ropts, err := reg.Remote(ctx, args[0])
-		if err != nil {
-			return usageError{err}
-		}
 		name := ""
 		if len(args) == 2 {
 			name = args[1]
 		}
-		res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{
-			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
-			NoMaterialize: !materialize, Outputs: outputs,
-			Export: image.ExportOptions{Compression: c, MinBlockSize: size},
+		var res *registry.PullResult
+		err = readFrom(ctx, reg, args[0], func(ref gname.Reference, ropts []remote.Option) error {
+			var err error
+			res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{
+				Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
+				NoMaterialize: !materialize, Outputs: outputs,
+				Export: image.ExportOptions{Compression: c, MinBlockSize: size},
+			})
+			return err
 		})
 		if err != nil {
 			return err

@@ -71,7 +71,7 @@ collector follows indexes, such as distribution 3).`,
 			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain, TagChildren: tagChildren,
 		})
 		if err != nil {
-			return err
+			return reg.Explain(ref, err)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)

@@ -1,6 +1,11 @@
 package main
 
 import (
+	"context"
+	"fmt"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/blockfile/blockfile/blocks/transport"
@@ -26,4 +31,30 @@ func registryFlags(cmd *cobra.Command) *transport.Registry {
 		return nil
 	}
 	return &r
+}
+
+// readFrom runs read against each endpoint ref is read from (the hosts.toml
+// mirrors that may pull, then the registry, as containerd orders them) until
+// one succeeds. When all fail it returns the registry's own error, explained
+// (one clear message for a refused login).
+func readFrom(ctx context.Context, reg *transport.Registry, ref string, read func(ref name.Reference, opts []remote.Option) error) error {
+	eps, err := reg.PullEndpoints(ctx, ref)
+	if err != nil {
+		return usageError{err}
+	}
+	var last error
+	for _, e := range eps {
+		err := read(e.Ref, e.Options)
+		if err == nil {
+			return nil
+		}
+		last = reg.Explain(e.Ref, err)
+		if e.Mirror {
+			last = fmt.Errorf("mirror %s: %w", e.Host, last)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return last
 }

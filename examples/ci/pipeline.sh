@@ -6,7 +6,7 @@
 #   examples/ci/pipeline.sh blocks   # the jars into the block store
 #   examples/ci/pipeline.sh build    # docker buildx build (IMPORT) -> OCI archive
 #   examples/ci/pipeline.sh export   # -> standard image + blocked form in the store
-#   examples/ci/pipeline.sh push     # the standard image -> $REGISTRY/$IMAGE:$TAG
+#   examples/ci/pipeline.sh push     # standard image + blocked form -> $REGISTRY/$IMAGE:$TAG
 #   examples/ci/pipeline.sh bundle   # offline update bundle for sites on $PREVIOUS
 #   examples/ci/pipeline.sh verify   # re-hash the store
 #   examples/ci/pipeline.sh all      # all of the above, in order
@@ -69,7 +69,9 @@ export_() {
 	"$BLOCKFILE" inspect "$IMAGE:$TAG" >&2
 }
 
-# push: the standard image, byte for byte, to the registry.
+# push: one tag naming the standard image (what every client pulls, byte for
+# byte) and its blocked form (what `blockfile pull` and site mirrors use to
+# fetch only missing blocks).
 push() {
 	if [[ -z ${REGISTRY:-} ]]; then
 		step "push: skipped (no REGISTRY)"
@@ -77,7 +79,7 @@ push() {
 	fi
 	step "push: $REGISTRY/$IMAGE:$TAG"
 	# shellcheck disable=SC2086 # PUSH_FLAGS are words
-	"$BLOCKFILE" hydrate ${PUSH_FLAGS:-} "$IMAGE:$TAG" -o "docker://$REGISTRY/$IMAGE:$TAG"
+	"$BLOCKFILE" push ${PUSH_FLAGS:-} "$IMAGE:$TAG" "$REGISTRY/$IMAGE:$TAG"
 }
 
 # bundle: what a site on $PREVIOUS needs to run $TAG, in one file.

@@ -165,26 +165,31 @@ func run(ctx context.Context, scen, work string) error {
 
 	// 3. Bundles, and the baselines on the same trees.
 	type row struct {
-		name                                            string
-		bundle, whole, plain, save, split, jib, perFile int64
+		name                                                      string
+		bundle, whole, noDeltas, plain, save, split, jib, perFile int64
+		xdelta                                                    int64
+		create                                                    time.Duration
 	}
 	var rows []row
 	v1Files, err := b.fileHashes(split["v1"])
 	if err != nil {
 		return err
 	}
-	bundleSize := func(v, base string, noPatches bool) (int64, error) {
+	var lastCreate time.Duration
+	bundleSize := func(v, base string, mode string) (int64, error) {
 		out := filepath.Join(work, v+".bundle")
-		if noPatches {
-			out = filepath.Join(work, v+".no-patches.bundle")
+		if mode != "" {
+			out = filepath.Join(work, v+"."+mode+".bundle")
 		}
-		opts := bundle.CreateOptions{From: []string{base}, NoPatches: noPatches}
+		opts := bundle.CreateOptions{From: []string{base}, NoPatches: mode == "no-patches", NoDeltas: mode == "no-deltas"}
 		if v == base {
 			opts = bundle.CreateOptions{Full: true}
 		}
+		t := time.Now()
 		if _, err := bundle.Create(ctx, s, []string{v}, out, opts); err != nil {
 			return 0, err
 		}
+		lastCreate = time.Since(t)
 		fi, err := os.Stat(out)
 		if err != nil {
 			return 0, err
@@ -192,19 +197,29 @@ func run(ctx context.Context, scen, work string) error {
 		return fi.Size(), nil
 	}
 	for _, v := range variants {
-		plain, err := bundleSize(v, "v1", false)
+		plain, err := bundleSize(v, "v1", "")
 		if err != nil {
 			return err
 		}
-		imported, err := bundleSize(v+"+import", "v1+import", false)
+		imported, err := bundleSize(v+"+import", "v1+import", "")
 		if err != nil {
 			return err
 		}
-		whole, err := bundleSize(v+"+import", "v1+import", true)
+		created := lastCreate
+		whole, err := bundleSize(v+"+import", "v1+import", "no-patches")
 		if err != nil {
 			return err
 		}
-		r := row{name: v, bundle: imported, whole: whole, plain: plain, save: b.saveSize(split[v])}
+		noDeltas, err := bundleSize(v+"+import", "v1+import", "no-deltas")
+		if err != nil {
+			return err
+		}
+		r := row{name: v, bundle: imported, whole: whole, noDeltas: noDeltas, plain: plain, save: b.saveSize(split[v]), create: created}
+		if v != "v1" {
+			if r.xdelta, err = b.xdelta(split["v1"], split[v]); err != nil {
+				return err
+			}
+		}
 		base := map[string]bool{}
 		var have map[string]bool
 		if v != "v1" {
@@ -293,10 +308,15 @@ func run(ctx context.Context, scen, work string) error {
 
 	// 5. The tables.
 	mb := func(n int64) string { return fmt.Sprintf("%.2f", float64(n)/1e6) }
-	fmt.Println("| upgrade | blockfile bundle (jars IMPORTed) | same, --no-patches | blockfile bundle (no IMPORT) | docker save (whole image) | 5-layer split | Jib-style | ideal per-file | bundle - ideal (KiB) |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| upgrade | blockfile bundle (jars IMPORTed) | same, --no-deltas | same, --no-patches | blockfile bundle (no IMPORT) | docker save (whole image) | 5-layer split | Jib-style | ideal per-file | xdelta3 -9 of the changed layers | bundle / (xdelta3 + 32 KiB) | bundle - ideal (KiB) | create, s |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %+.1f |\n", r.name, mb(r.bundle), mb(r.whole), mb(r.plain), mb(r.save), mb(r.split), mb(r.jib), mb(r.perFile), float64(r.bundle-r.perFile)/1024)
+		xd, ratio := "-", "-"
+		if r.xdelta > 0 {
+			xd = mb(r.xdelta)
+			ratio = fmt.Sprintf("%.2f", float64(r.bundle)/float64(r.xdelta+32<<10))
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %+.1f | %.1f |\n", r.name, mb(r.bundle), mb(r.noDeltas), mb(r.whole), mb(r.plain), mb(r.save), mb(r.split), mb(r.jib), mb(r.perFile), xd, ratio, float64(r.bundle-r.perFile)/1024, r.create.Seconds())
 	}
 	fmt.Printf("\nMB = 10^6 bytes. v1 is a first install (--full); v2-* are bundles --from v1. \"jars IMPORTed\": the image config carries the %s label a Blockfile build with IMPORT of /app/libs/ and /app/app.jar records, so every jar is a block; \"no IMPORT\": only files of at least %d bytes are blocks. v1 bundle / docker save = %.4f (no IMPORT: %.4f).\n\n", blocks.LabelImports, minBlockSize, float64(rows[0].bundle)/float64(rows[0].save), float64(rows[0].plain)/float64(rows[0].save))
 	fmt.Println("| operation (full v1 image) | seconds |")
@@ -422,6 +442,56 @@ func (b *bench) saveSize(layers []*layer) int64 {
 		n += l.desc.Size
 	}
 	return n + 2000
+}
+
+// xdelta is the size of `xdelta3 -9` of each layer of to that differs
+// from the layer at the same position of from (uncompressed tars, the
+// source window covering the whole old tar), summed: what a binary delta
+// of the changed layers ships.
+func (b *bench) xdelta(from, to []*layer) (int64, error) {
+	var n int64
+	for i, l := range to {
+		if i < len(from) && from[i].name == l.name {
+			continue
+		}
+		old, cur := filepath.Join(b.work, "xd-old.tar"), filepath.Join(b.work, "xd-new.tar")
+		for _, f := range []struct {
+			path string
+			l    *layer
+		}{{old, from[i]}, {cur, l}} {
+			w, err := os.Create(f.path)
+			if err != nil {
+				return 0, err
+			}
+			bw := bufio.NewWriterSize(w, 1<<20)
+			err = benchimg.WriteTar(context.Background(), filepath.Join(b.scen, "layers", f.l.name), bw)
+			if err == nil {
+				err = bw.Flush()
+			}
+			if err := errors.Join(err, w.Close()); err != nil {
+				return 0, err
+			}
+		}
+		out := filepath.Join(b.work, "xd.delta")
+		window := int64(1 << 20)
+		for window < from[i].tarSize {
+			window *= 2
+		}
+		cmd := exec.Command("xdelta3", "-9", "-f", "-e", "-B", fmt.Sprint(window), "-s", old, cur, out)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			return 0, fmt.Errorf("xdelta3 %s -> %s: %w", from[i].name, l.name, err)
+		}
+		fi, err := os.Stat(out)
+		if err != nil {
+			return 0, err
+		}
+		n += fi.Size()
+		os.Remove(old)
+		os.Remove(cur)
+		os.Remove(out)
+	}
+	return n, nil
 }
 
 // changedSize is the bytes of the layers not in base (plus the config).
