@@ -60,6 +60,7 @@ race:
 
 darwin:
 	GOOS=darwin GOARCH=arm64 $(GO) build ./...
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./blocks/...
 
 test-unit:
 	$(GO) test -short ./...
@@ -122,13 +123,6 @@ bench-import:
 # split, Jib and the ideal per-file bytes; apply time against extract-and-repack.
 bench-bundles:
 	$(GO) run ./integration/bench/bundles
-
-# The module builds for macOS too (the store's syncs are per OS:
-# blocks/internal/fsutil); the CI checks call this.
-.PHONY: check-darwin
-check-darwin:
-	GOOS=darwin $(GO) build ./...
-	GOOS=darwin $(GO) vet ./blocks/...
 
 clean:
 	rm -rf bin
