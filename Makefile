@@ -60,6 +60,7 @@ race:
 
 darwin:
 	GOOS=darwin GOARCH=arm64 $(GO) build ./...
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./blocks/...
 
 test-unit:
 	$(GO) test -short ./...
@@ -127,13 +128,6 @@ bench-bundles:
 # the disk of each, on the v1 image of ../shared/bench (BENCH=/tmp/bench).
 bench-serve:
 	$(GO) run ./integration/bench/serve
-
-# The module builds for macOS too (the store's syncs are per OS:
-# blocks/internal/fsutil); the CI checks call this.
-.PHONY: check-darwin
-check-darwin:
-	GOOS=darwin $(GO) build ./...
-	GOOS=darwin $(GO) vet ./blocks/...
 
 clean:
 	rm -rf bin

@@ -119,8 +119,9 @@ func TestBundleCarriesReferrers(t *testing.T) {
 			}
 		}
 	}
-	if err := site.Verify(ctx, nil); err != nil {
-		t.Fatalf("site store after apply: %v", err)
+	var problems []string
+	if err := site.Verify(ctx, func(p store.Problem) { problems = append(problems, p.String()) }); err != nil {
+		t.Fatalf("site store after apply: %v\n%s", err, strings.Join(problems, "\n"))
 	}
 
 	// A signature added later travels in an upgrade bundle on its own: the
