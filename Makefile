@@ -124,6 +124,11 @@ bench-import:
 bench-bundles:
 	$(GO) run ./integration/bench/bundles
 
+# Push and pull of v1 and each upgrade of ../shared/bench through a local
+# registry (docker-registry), bytes and times next to skopeo copy.
+bench-registry:
+	$(GO) run ./integration/bench/registry
+
 # Pulls through blockfile serve (cold, warm) next to a plain registry, and
 # the disk of each, on the v1 image of ../shared/bench (BENCH=/tmp/bench).
 bench-serve:
