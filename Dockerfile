@@ -1,12 +1,18 @@
 # The Blockfile frontend image.
 #
-#   release (default): builds the frontend from source in a golang image and
-#     ships the static binary in an otherwise empty image.
-#     docker buildx build -t REGISTRY/blockfile-frontend:TAG --push .
-#   frontend-host: packages a binary already built on the host as
-#     bin/blockfile-frontend (`make build`), so nothing needs to be pulled;
-#     integration/harness builds the frontend image this way.
-#     docker buildx build --target frontend-host -t ... .
+#   release (default): cross-compiles the frontend on the build platform (no
+#     emulation: FROM --platform=$BUILDPLATFORM, GOOS/GOARCH from the target
+#     platform) and ships the static binary in an otherwise empty image.
+#       make frontend-image REGISTRY=registry.example/team
+#     is
+#       docker buildx build --platform linux/amd64,linux/arm64 --target release \
+#         --build-arg VERSION=... --build-arg COMMIT=... \
+#         -t REGISTRY/blockfile-frontend:TAG --push .
+#   frontend-host: packages binaries already cross-compiled on the host as
+#     bin/<os>_<arch>/blockfile-frontend, so nothing needs to be pulled
+#     (make frontend-image-host; integration/harness builds the frontend
+#     image this way):
+#       docker buildx build --platform linux/amd64,linux/arm64 --target frontend-host -t ... .
 #
 # The labels tell BuildKit the frontend needs no network and supports inputs,
 # subrequests and named contexts (buildx refuses --build-context without the
@@ -23,15 +29,24 @@ LABEL moby.buildkit.frontend.network.none="true" \
 ENTRYPOINT ["/bin/blockfile-frontend"]
 
 FROM frontend-base AS frontend-host
-COPY bin/blockfile-frontend /bin/blockfile-frontend
+ARG TARGETOS
+ARG TARGETARCH
+COPY bin/${TARGETOS}_${TARGETARCH}/blockfile-frontend /bin/blockfile-frontend
 
-FROM golang:${GO_VERSION}-bookworm AS build
+# The Go toolchain runs on the build platform and cross-compiles: no QEMU.
+FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
+ARG TARGETOS
+ARG TARGETARCH
+ARG VERSION=
+ARG COMMIT=
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/blockfile-frontend ./cmd/blockfile-frontend
+    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
+      -ldflags="-s -X github.com/blockfile/blockfile/internal/version.Version=${VERSION} -X github.com/blockfile/blockfile/internal/version.Commit=${COMMIT}" \
+      -o /out/blockfile-frontend ./cmd/blockfile-frontend
 
 FROM frontend-base AS release
 COPY --from=build /out/blockfile-frontend /bin/blockfile-frontend

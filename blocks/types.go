@@ -76,6 +76,15 @@ const (
 	// checks it only when present.
 	AnnotationBlockDigest = "dev.blockfile.block.digest"
 
+	// AnnotationReferrerTag, on a referrer descriptor the store records
+	// (store.AddReferrer, bundle headers), is the suffix of the tag under
+	// which a registry without the referrers API finds it: "sig", "att" or
+	// "sbom" for cosign's sha256-<subject hex>.<suffix> tags. Absent for an
+	// OCI 1.1 referrer (a manifest whose subject field names the subject),
+	// which registries list through the referrers API or the
+	// sha256-<subject hex> fallback index. Never written into a manifest.
+	AnnotationReferrerTag = "dev.blockfile.referrer.tag"
+
 	// LabelImports is the image config label in which the frontend records
 	// what IMPORT placed where: a JSON object mapping an absolute path in the
 	// image to a block digest ("sha256:<hex>"). A path ending in "/" names

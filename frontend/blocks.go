@@ -54,6 +54,9 @@ type resolver struct {
 	// requires are build steps every import state depends on (the
 	// verification of local blocks).
 	requires []llb.State
+	// local verifies blocks of the local store in this process (see
+	// BuildWithStore); nil when the frontend runs as an image.
+	local BlockVerifier
 }
 
 // where returns the locations of the IMPORTs that name d.
@@ -216,10 +219,20 @@ func (r *resolver) store(ctx context.Context, top []digest.Digest) (llbgen.Block
 		return nil, nil, fmt.Errorf("%w (%v)", ErrNoSource, gatewayErr(err))
 	}
 	image := r.opts[keySource]
+	// In the process that owns the store (blockfile build), blocks are
+	// checked on disk through the store's verified-block cache, unless the
+	// "blocks" context was redirected somewhere else.
+	_, named := r.opts["context:"+ContextName]
+	local := image == "" && r.local != nil && !named
 	var trees map[digest.Digest]*tree.Tree
-	if image != "" {
+	switch {
+	case image != "":
 		trees, err = r.findTrees(ctx, ref, llbgen.Store{State: st}, top)
-	} else {
+	case local:
+		if err = r.verifyLocal(ctx, top, nil); err == nil {
+			trees, err = r.findTrees(ctx, ref, llbgen.Store{State: st}, top)
+		}
+	default:
 		trees, err = r.verifyAll(ctx, ref, llbgen.Store{State: st}, top, nil)
 	}
 	if err != nil {
@@ -256,7 +269,12 @@ func (r *resolver) store(ctx context.Context, top []digest.Digest) (llbgen.Block
 		if ref, err = r.solve(ctx, st); err != nil {
 			return nil, nil, fmt.Errorf("%w (%v)", ErrNoSource, gatewayErr(err))
 		}
-		if image == "" {
+		switch {
+		case local:
+			if err := r.verifyLocal(ctx, all[len(top):], owner); err != nil {
+				return nil, nil, err
+			}
+		case image == "":
 			if _, err := r.verifyAll(ctx, ref, llbgen.Store{State: st}, all[len(top):], owner); err != nil {
 				return nil, nil, err
 			}
@@ -323,6 +341,31 @@ func treeAt(ctx context.Context, ref gwclient.Reference, p string, d digest.Dige
 		return nil, fmt.Errorf("tree: %w", err)
 	}
 	return t, nil
+}
+
+// verifyLocal checks each block of ds in the local store with r.local
+// (hashing only blocks that changed since they were last verified). owner
+// maps a tree's file block to its tree, for messages.
+func (r *resolver) verifyLocal(ctx context.Context, ds []digest.Digest, owner map[digest.Digest]digest.Digest) error {
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.SetLimit(4)
+	for _, d := range ds {
+		eg.Go(func() error {
+			if _, err := r.local.VerifyBlob(ctx, d); err != nil {
+				at := d
+				if o, ok := owner[d]; ok {
+					at = o
+				}
+				what := fmt.Sprintf("IMPORT on line %d: block %s", r.lineOf(at), d)
+				if at != d {
+					what = fmt.Sprintf("IMPORT on line %d: block %s of tree %s", r.lineOf(at), d, at)
+				}
+				return r.located(fmt.Errorf("%s: %w", what, err), at)
+			}
+			return nil
+		})
+	}
+	return eg.Wait()
 }
 
 // verifyAll hashes each block of ds in ref and parses those that are tree

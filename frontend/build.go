@@ -37,6 +37,26 @@ import (
 // builds that Dockerfile with a client that serves the generated contexts
 // (the import layers) as frontend inputs.
 func Build(ctx context.Context, c gwclient.Client) (*gwclient.Result, error) {
+	return build(ctx, c, nil)
+}
+
+// BlockVerifier checks a block of the local store on disk (store.Store
+// implements it, with a cache of blocks already verified and unchanged).
+type BlockVerifier interface {
+	VerifyBlob(ctx context.Context, d digest.Digest) (cached bool, err error)
+}
+
+// BuildWithStore is Build for a frontend running in the process that owns
+// the local block store sent as the "blocks" context (blockfile build): v
+// checks the blocks on disk instead of the frontend reading every byte back
+// through the gateway, so a warm build reads only blocks that changed.
+func BuildWithStore(v BlockVerifier) gwclient.BuildFunc {
+	return func(ctx context.Context, c gwclient.Client) (*gwclient.Result, error) {
+		return build(ctx, c, v)
+	}
+}
+
+func build(ctx context.Context, c gwclient.Client, local BlockVerifier) (*gwclient.Result, error) {
 	bc, err := dockerui.NewClient(c)
 	if err != nil {
 		return nil, err
@@ -74,7 +94,7 @@ func Build(ctx context.Context, c gwclient.Client) (*gwclient.Result, error) {
 		// would hand a `# syntax=` Dockerfile to that image again.
 		wopts["cmdline"] = "blockfile"
 	}
-	res := &resolver{c: c, bc: bc, opts: opts, sm: src.SourceMap, df: df}
+	res := &resolver{c: c, bc: bc, opts: opts, sm: src.SourceMap, df: df, local: local}
 	imports := func() (map[string]llb.State, error) { return res.states(ctx) }
 	if opts[keyRequestID] != "" {
 		// A subrequest (--check, --call=outline/targets) only converts the

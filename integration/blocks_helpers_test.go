@@ -92,7 +92,7 @@ func bfMust(t testing.TB, bin string, args ...string) bfResult {
 // bfExport runs `blockfile export --json` and decodes the result.
 func bfExport(t testing.TB, bin, storeDir, src, name string, extra ...string) *image.ExportResult {
 	t.Helper()
-	args := append([]string{"export", "--store", storeDir, "--json", "--progress", "none"}, extra...)
+	args := append([]string{"export", "--store", storeDir, "--json", "--progress", "quiet"}, extra...)
 	r := bfMust(t, bin, append(args, src, name)...)
 	var res image.ExportResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
@@ -104,7 +104,7 @@ func bfExport(t testing.TB, bin, storeDir, src, name string, extra ...string) *i
 // bfHydrate runs `blockfile hydrate` and returns the digest it printed.
 func bfHydrate(t testing.TB, bin, storeDir, name, dest string) string {
 	t.Helper()
-	r := bfMust(t, bin, "hydrate", "--store", storeDir, "--progress", "none", name, dest)
+	r := bfMust(t, bin, "hydrate", "--store", storeDir, "--progress", "quiet", name, dest)
 	return strings.TrimSpace(r.stdout)
 }
 
@@ -256,7 +256,7 @@ func copyStore(t testing.TB, src string) string {
 // openStoreT opens a store directory in-process.
 func openStoreT(t testing.TB, dir string) *store.Store {
 	t.Helper()
-	s, err := store.Open(dir)
+	s, err := store.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

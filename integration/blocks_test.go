@@ -481,7 +481,7 @@ func TestBlocksTamperFailsClosed(t *testing.T) {
 			c.tamper(t, storeDir)
 			out := t.TempDir()
 			for _, dest := range []string{"oci-archive:" + filepath.Join(out, "x.tar"), "oci:" + filepath.Join(out, "x")} {
-				r := bfRun(t, bin, "hydrate", "--store", storeDir, "--progress", "none", f.name, dest)
+				r := bfRun(t, bin, "hydrate", "--store", storeDir, "--progress", "quiet", f.name, dest)
 				if r.code != 1 {
 					t.Fatalf("hydrate to %s: exit %d, want 1\nstdout: %s\nstderr: %s", dest, r.code, r.stdout, r.stderr)
 				}
@@ -566,7 +566,7 @@ func TestBlocksMemoryFlat2GB(t *testing.T) {
 
 	storeDir := filepath.Join(t.TempDir(), "store")
 	start = time.Now()
-	r := bfMeasured(t, bin, "export", "--store", storeDir, "--json", "--progress", "none", "oci:"+layout, "big")
+	r := bfMeasured(t, bin, "export", "--store", storeDir, "--json", "--progress", "quiet", "oci:"+layout, "big")
 	t.Logf("export: %s, peak RSS %s", time.Since(start).Round(time.Second), fmtKiB(r.maxRSSKiB))
 	var res image.ExportResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
@@ -580,7 +580,7 @@ func TestBlocksMemoryFlat2GB(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "big.tar")
 	start = time.Now()
-	r = bfMeasured(t, bin, "hydrate", "--store", storeDir, "--progress", "none", "big", "oci-archive:"+out)
+	r = bfMeasured(t, bin, "hydrate", "--store", storeDir, "--progress", "quiet", "big", "oci-archive:"+out)
 	t.Logf("hydrate: %s, peak RSS %s", time.Since(start).Round(time.Second), fmtKiB(r.maxRSSKiB))
 	if strings.TrimSpace(r.stdout) != res.Standard.Digest.String() {
 		t.Errorf("hydrate printed %s, want %s", r.stdout, res.Standard.Digest)
@@ -689,7 +689,7 @@ func TestBlocksInterruptLeavesNothing(t *testing.T) {
 	bin := env.BlockfileBin(t)
 	f := richFixture(t)
 	out := t.TempDir()
-	cmd := exec.Command(bin, "hydrate", "--store", f.store, "--progress", "none", f.name, "oci-archive:"+filepath.Join(out, "x.tar"))
+	cmd := exec.Command(bin, "hydrate", "--store", f.store, "--progress", "quiet", f.name, "oci-archive:"+filepath.Join(out, "x.tar"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

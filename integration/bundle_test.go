@@ -88,7 +88,7 @@ func bundleHeader(t *testing.T, bin, file string) *bundle.Header {
 // applyJSON runs `bundle apply --json`, which must succeed.
 func applyJSON(t *testing.T, bin, storeDir, file string, extra ...string) *bundle.ApplyResult {
 	t.Helper()
-	args := append([]string{"bundle", "apply", "--store", storeDir, "--progress", "none", "--json", file}, extra...)
+	args := append([]string{"bundle", "apply", "--store", storeDir, "--progress", "quiet", "--json", file}, extra...)
 	var res bundle.ApplyResult
 	if err := json.Unmarshal([]byte(bfMust(t, bin, args...).stdout), &res); err != nil {
 		t.Fatal(err)
@@ -138,8 +138,8 @@ func TestBundleUpgrade(t *testing.T) {
 	bin := env.BlockfileBin(t)
 	dir := t.TempDir()
 	full, up := filepath.Join(dir, "v1.bundle"), filepath.Join(dir, "v2.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--from", b.v1.Name, b.v2.Name, "-o", up)
 
 	h := bundleHeader(t, bin, up)
 	// v2 changed netty.jar and app.jar: exactly two new block members, and
@@ -190,7 +190,7 @@ func TestBundleUpgrade(t *testing.T) {
 		t.Errorf("the upgrade carries no patch: %+v", h.Blobs)
 	}
 	whole := filepath.Join(dir, "v2-whole.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--no-patches", "--from", b.v1.Name, b.v2.Name, "-o", whole)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--no-patches", "--from", b.v1.Name, b.v2.Name, "-o", whole)
 	if hw := bundleHeader(t, bin, whole); hw.Patched != nil || hw.Shipped() <= h.Shipped() {
 		t.Errorf("--no-patches bundle: patched %+v, %d blob bytes; with patches %d", hw.Patched, hw.Shipped(), h.Shipped())
 	}
@@ -202,7 +202,11 @@ func TestBundleUpgrade(t *testing.T) {
 
 	// containerd imports the written v2 archive and runs it.
 	_, ctr := env.Containerd(t)
-	archive := strings.TrimPrefix(bundle.OutputFor("oci-archive:"+filepath.Join(dir, "out-{name}.tar"), b.v2.Name), "oci-archive:")
+	archiveOut, err := bundle.OutputFor("oci-archive:"+filepath.Join(dir, "out-{name}.tar"), b.v2.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := strings.TrimPrefix(archiveOut, "oci-archive:")
 	cmdOut(t, ctr("images", "import", archive))
 	t.Cleanup(func() { _ = ctr("images", "rm", b.v2.Name).Run() })
 	out := cmdOut(t, ctr("run", "--rm", b.v2.Name, "bundle-upgrade-run", "sha256sum", "/app/libs/netty.jar", "/app/app.jar"))
@@ -218,7 +222,7 @@ func TestBundleUpgrade(t *testing.T) {
 	inv := filepath.Join(dir, "site1.inventory")
 	bfMust(t, bin, "inventory", "--store", site1, "-o", inv)
 	viaHave := filepath.Join(dir, "v2-have.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--have", inv, b.v2.Name, "-o", viaHave)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--have", inv, b.v2.Name, "-o", viaHave)
 	a, _ := os.ReadFile(up)
 	c, _ := os.ReadFile(viaHave)
 	if string(a) != string(c) {
@@ -241,14 +245,14 @@ func TestBundleMissingBase(t *testing.T) {
 	bin := harness.Get(t).BlockfileBin(t)
 	dir := t.TempDir()
 	full, up := filepath.Join(dir, "v1.bundle"), filepath.Join(dir, "v2.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--from", b.v1.Name, b.v2.Name, "-o", up)
 
 	// A fresh store lacks all of v1.
 	empty := filepath.Join(dir, "empty")
-	bfMust(t, bin, "inventory", "--store", empty, "-o", filepath.Join(dir, "inv")) // creates the store
+	openStoreT(t, empty) // creates the store (read verbs such as inventory do not)
 	before := storeListing(t, empty)
-	r := bfRun(t, bin, "bundle", "apply", "--store", empty, "--progress", "none", up)
+	r := bfRun(t, bin, "bundle", "apply", "--store", empty, "--progress", "quiet", up)
 	if r.code != 1 || !strings.Contains(r.stderr, "lacks") {
 		t.Fatalf("apply to an empty store: exit %d, stderr:\n%s", r.code, r.stderr)
 	}
@@ -286,7 +290,7 @@ func TestBundleMissingBase(t *testing.T) {
 		}
 	}
 	before = storeListing(t, site)
-	r = bfRun(t, bin, "bundle", "apply", "--store", site, "--progress", "none", up)
+	r = bfRun(t, bin, "bundle", "apply", "--store", site, "--progress", "quiet", up)
 	if r.code != 1 {
 		t.Fatalf("apply to a store missing part of v1: exit %d\n%s", r.code, r.stderr)
 	}
@@ -308,7 +312,7 @@ func TestBundleCorruptChangesNothing(t *testing.T) {
 	bin := harness.Get(t).BlockfileBin(t)
 	dir := t.TempDir()
 	full := filepath.Join(dir, "v1.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, "-o", full)
 	data, err := os.ReadFile(full)
 	if err != nil {
 		t.Fatal(err)
@@ -331,7 +335,7 @@ func TestBundleCorruptChangesNothing(t *testing.T) {
 		if err := os.WriteFile(p, content, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r := bfRun(t, bin, "bundle", "apply", "--store", site, "--progress", "none", p)
+		r := bfRun(t, bin, "bundle", "apply", "--store", site, "--progress", "quiet", p)
 		if r.code != 1 {
 			t.Errorf("%s: exit %d", name, r.code)
 		}
@@ -351,7 +355,7 @@ func TestBundleApplySIGKILL(t *testing.T) {
 	bin := harness.Get(t).BlockfileBin(t)
 	dir := t.TempDir()
 	full := filepath.Join(dir, "all.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, b.v2.Name, b.other.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, b.v2.Name, b.other.Name, "-o", full)
 	hydrated := map[string]bool{}
 	src, err := store.Open(b.src)
 	if err != nil {
@@ -451,8 +455,8 @@ func TestBundleApplySIGKILL(t *testing.T) {
 	// patches, killed while it is checked and ingested: the same holds.
 	v1 := filepath.Join(dir, "v1.bundle")
 	up := filepath.Join(dir, "up.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", v1)
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, "-o", v1)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--from", b.v1.Name, b.v2.Name, "-o", up)
 	if h := bundleHeader(t, bin, up); h.Patched == nil {
 		t.Fatalf("the upgrade carries no patch")
 	}
@@ -508,7 +512,7 @@ func TestBundleApplyNoMaterialize(t *testing.T) {
 	bin := harness.Get(t).BlockfileBin(t)
 	dir := t.TempDir()
 	full := filepath.Join(dir, "v1.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", full)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, "-o", full)
 	src, err := store.Open(b.src)
 	if err != nil {
 		t.Fatal(err)
@@ -567,8 +571,8 @@ func TestBundleSharedBlocksCostOnce(t *testing.T) {
 	bin := harness.Get(t).BlockfileBin(t)
 	dir := t.TempDir()
 	one, both := filepath.Join(dir, "one.bundle"), filepath.Join(dir, "both.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, "-o", one)
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--full", b.v1.Name, b.other.Name, "-o", both)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, "-o", one)
+	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "quiet", "--full", b.v1.Name, b.other.Name, "-o", both)
 	h1, h2 := bundleHeader(t, bin, one), bundleHeader(t, bin, both)
 	// v1: busybox, guava, jackson, netty, app.jar; the other service adds
 	// only its netty and svc.jar.
@@ -597,7 +601,7 @@ func TestBundleIsPlainOCI(t *testing.T) {
 		{"--from", b.v1.Name, b.v2.Name},
 	} {
 		file := filepath.Join(dir, "b.bundle")
-		bfMust(t, bin, append(append([]string{"bundle", "create", "--store", b.src, "--progress", "none"}, args...), "-o", file)...)
+		bfMust(t, bin, append(append([]string{"bundle", "create", "--store", b.src, "--progress", "quiet"}, args...), "-o", file)...)
 		x := t.TempDir()
 		cmdOut(t, exec.Command("tar", "-xf", file, "-C", x))
 		name := args[len(args)-1]

@@ -33,7 +33,7 @@ import (
 func feStore(t testing.TB) (string, *store.Store) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "store")
-	s, err := store.Open(dir)
+	s, err := store.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

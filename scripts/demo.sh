@@ -7,7 +7,8 @@
 # Each step is a function below; add new steps at the end of main.
 #
 # Usage: scripts/demo.sh            (or: make demo)
-# Needs: Go, runc, docker-registry and busybox-static (see .ci/run).
+# Needs: Go, runc, docker-registry and busybox-static (scripts/setup.sh
+# installs them; make demo runs it first).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // ApplyOptions say where apply writes the images besides the store.
@@ -37,6 +38,11 @@ type ApplyOptions struct {
 	// each output.
 	HydrateProgress io.Writer
 	PlainProgress   bool
+
+	// Registry says how docker:// outputs are reached (credentials, TLS,
+	// hosts.toml), for the images and for their signatures and attestations
+	// (transport.Registry.PushReferrers); the zero value is the default.
+	Registry transport.Registry
 }
 
 // ApplyResult says what apply did.
@@ -90,6 +96,13 @@ func (e *MissingError) Error() string {
 func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) (*ApplyResult, error) {
 	start := time.Now()
 	res := &ApplyResult{}
+	// The lease keeps gc from sweeping the prerequisites found present and
+	// the blobs ingested until the images are tagged and hydrated.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", path, err)
+	}
+	defer release()
 	h, err := verifyBundle(ctx, s, path, res, opts)
 	if err != nil {
 		return nil, err
@@ -100,6 +113,11 @@ func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) 
 	for _, im := range h.Images {
 		if err := s.Tag(ctx, im.Name, im.Index); err != nil {
 			return nil, fmt.Errorf("tag %s: %w", im.Name, err)
+		}
+		for _, r := range im.Referrers {
+			if err := s.AddReferrer(ctx, r.Subject, r.Descriptor); err != nil {
+				return nil, fmt.Errorf("image %s: %w", im.Name, err)
+			}
 		}
 	}
 	for _, im := range h.Images {
@@ -146,7 +164,17 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 			}
 		}
 	}
+	// Every output is expanded for every image now, so a name that would
+	// leave the output directory fails before anything is written.
+	for _, im := range h.Images {
+		for _, o := range opts.Outputs {
+			if _, err := OutputFor(o, im.Name); err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", path, err)
+			}
+		}
+	}
 	meta := memFetcher{blobs: map[digest.Digest][]byte{}, next: s}
+	budget := newDeflateBudget()
 	var done int64
 	shipped := h.Shipped()
 	report := func(n int64) {
@@ -180,7 +208,7 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 				report(got.Patch.Size)
 				continue
 			}
-			if rd, err = unpatched(ctx, s, got, rd); err != nil {
+			if rd, err = unpatched(ctx, s, got, rd, budget); err != nil {
 				return nil, err
 			}
 		}
@@ -224,7 +252,7 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 			continue
 		}
 		rd = store.VerifyReader(rd, b.entry())
-		if rd, err = unpatched(ctx, s, b, rd); err != nil {
+		if rd, err = unpatched(ctx, s, b, rd, budget); err != nil {
 			return nil, err
 		}
 		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
@@ -245,8 +273,8 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 
 // unpatched returns a reader of blob b rebuilt from its patch (read from
 // rd) and its base in s, verified against b's digest and size at EOF.
-func unpatched(ctx context.Context, s *store.Store, b Blob, rd io.Reader) (io.Reader, error) {
-	out, closeDec, err := openPatched(ctx, s, b, rd)
+func unpatched(ctx context.Context, s *store.Store, b Blob, rd io.Reader, budget *deflateBudget) (io.Reader, error) {
+	out, closeDec, err := openPatched(ctx, s, b, rd, budget)
 	if err != nil {
 		return nil, err
 	}
@@ -282,6 +310,9 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	for _, im := range h.Images {
 		c, err := walk(ctx, meta, im.Name, im.Index, true)
 		if err != nil {
+			return fmt.Errorf("bundle %s: %w", path, err)
+		}
+		if err := c.addReferrers(ctx, meta, im.Referrers, true); err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
 		}
 		if len(c.Missing) == 0 && (c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size) {
@@ -391,6 +422,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 	}
 	defer r.Close()
 	batch := s.NewBatch()
+	budget := newDeflateBudget()
 	defer func() {
 		if err != nil {
 			batch.Discard()
@@ -420,7 +452,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			if b.Patch != nil {
 				// The BlobWriter checks the rebuilt blob; a damaged patch
 				// fails to decode or to match.
-				out, closeDec, err := openPatched(ctx, s, b, rd)
+				out, closeDec, err := openPatched(ctx, s, b, rd, budget)
 				if err != nil {
 					return err
 				}

@@ -200,7 +200,10 @@ func TestApplyRefusesTruncatedBundle(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := applyMustFail(t, f.site, p)
-		t.Logf("cut at %d of %d: %v", cut, len(data), err)
+		// Refused as cut short, not as some other damage.
+		if !errors.Is(err, io.ErrUnexpectedEOF) && !strings.Contains(err.Error(), "truncated") {
+			t.Errorf("cut at %d of %d: %v; want it reported as truncated", cut, len(data), err)
+		}
 	}
 }
 
@@ -213,18 +216,26 @@ func TestApplyRefusesFlippedByte(t *testing.T) {
 	last := f.header.Blobs[len(f.header.Blobs)-1]
 	// The last blob's data ends 1024 (end of archive) + padding before EOF.
 	pad := (512 - last.Size%512) % 512
-	for name, off := range map[string]int{
-		"header":    520,
-		"last blob": len(data) - 1024 - int(pad) - 1,
+	for name, tc := range map[string]struct {
+		off  int
+		want func(error) bool
+	}{
+		// Inside the header's JSON: refused while the header is read.
+		"header": {520, func(err error) bool { return strings.Contains(err.Error(), HeaderName) }},
+		// Inside the last blob's data: its digest check.
+		"last blob": {len(data) - 1024 - int(pad) - 1, func(err error) bool {
+			return errors.Is(err, store.ErrDigestMismatch) && strings.Contains(err.Error(), last.Digest.String())
+		}},
 	} {
 		bad := bytes.Clone(data)
-		bad[off] ^= 0x01
+		bad[tc.off] ^= 0x01
 		p := filepath.Join(t.TempDir(), "flipped.bundle")
 		if err := os.WriteFile(p, bad, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		err := applyMustFail(t, f.site, p)
-		t.Logf("%s: %v", name, err)
+		if err := applyMustFail(t, f.site, p); !tc.want(err) {
+			t.Errorf("flipped byte in the %s: %v; the wrong check fired", name, err)
+		}
 	}
 }
 
@@ -282,6 +293,13 @@ func TestApplyRefusesLyingHeader(t *testing.T) {
 	f := newFixture(t)
 	h := *f.header
 	h.Images = append([]Image{}, h.Images...)
-	h.Images[0].Standard.Digest = digest.FromString("another image")
-	applyMustFail(t, f.site, writeHeader(t, f.src, &h))
+	lie := digest.FromString("another image")
+	h.Images[0].Standard.Digest = lie
+	err := applyMustFail(t, f.site, writeHeader(t, f.src, &h))
+	// The closure check must be what refused it: the header's standard
+	// image against the one the image index names.
+	want := "the header says standard image " + lie.String() + ", its index says " + f.header.Images[0].Standard.Digest.String()
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("apply = %v\nwant the check of the standard image: %q", err, want)
+	}
 }

@@ -148,6 +148,52 @@ func walk(ctx context.Context, f Fetcher, name string, idx ocispec.Descriptor, t
 	return c, nil
 }
 
+// maxImageReferrers caps the referrers one image may carry in a bundle.
+const maxImageReferrers = 4096
+
+// addReferrers adds to c the referrers refs (as recorded in a store or
+// listed in a bundle header) and every blob they name, each once. Each
+// subject must be a manifest or index of the image or an earlier referrer:
+// a bundle cannot attach something to content it does not deliver.
+func (c *Closure) addReferrers(ctx context.Context, f Fetcher, refs []store.Referrer, tolerant bool) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	if len(refs) > maxImageReferrers {
+		return fmt.Errorf("image %s: %d referrers, more than the %d allowed", c.Name, len(refs), maxImageReferrers)
+	}
+	w := &walker{
+		tolerant: tolerant,
+		f:        f,
+		pos:      map[digest.Digest]int{},
+		layers:   map[digest.Digest][]ocispec.Descriptor{},
+		entry:    map[digest.Digest]ocispec.Descriptor{},
+	}
+	subjects := map[digest.Digest]bool{c.Standard.Digest: true, c.Index.Digest: true}
+	for _, b := range c.Blobs {
+		if b.Kind == KindIndex || b.Kind == KindManifest {
+			subjects[b.Digest] = true
+		}
+		w.pos[b.Digest] = -1 // already in the closure: not added again
+	}
+	for _, r := range refs {
+		if err := store.CheckReferrer(r.Descriptor); err != nil {
+			return fmt.Errorf("image %s: %w", c.Name, err)
+		}
+		if !subjects[r.Subject] {
+			return fmt.Errorf("image %s: referrer %s names subject %s, which is not a manifest of the image or an earlier referrer", c.Name, r.Descriptor.Digest, r.Subject)
+		}
+		subjects[r.Descriptor.Digest] = true
+		if err := w.manifest(ctx, plainDescriptor(r.Descriptor)); err != nil {
+			return fmt.Errorf("image %s: referrer %s of %s: %w", c.Name, r.Descriptor.Digest, r.Subject, err)
+		}
+	}
+	c.Blobs = append(c.Blobs, w.blobs...)
+	c.Missing = append(c.Missing, w.missing...)
+	c.Referrers = refs
+	return nil
+}
+
 type blockedManifest struct {
 	entry  ocispec.Descriptor
 	layers []ocispec.Descriptor

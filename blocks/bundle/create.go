@@ -12,6 +12,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/store"
@@ -52,6 +53,21 @@ func Closures(ctx context.Context, s *store.Store, names []string) ([]*Closure, 
 		}
 		c, err := Walk(ctx, s, n, desc)
 		if err != nil {
+			return nil, err
+		}
+		// The signatures, attestations and SBOMs of the image's manifests
+		// travel with it.
+		var subjects []digest.Digest
+		for _, b := range c.Blobs {
+			if b.Kind == KindIndex || b.Kind == KindManifest {
+				subjects = append(subjects, b.Digest)
+			}
+		}
+		refs, err := s.ReferrersClosure(ctx, subjects...)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", n, err)
+		}
+		if err := c.addReferrers(ctx, s, refs, false); err != nil {
 			return nil, err
 		}
 		out = append(out, c)

@@ -5,6 +5,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks/store"
 )
 
 // A bundle is one uncompressed tar file (blobs are already compressed)
@@ -35,10 +37,11 @@ const (
 )
 
 // Limits that keep a hostile bundle from making apply allocate without bound.
+// docs/FORMAT.md section 9 lists them all.
 const (
-	maxHeaderSize = 256 << 20 // the header lists every shipped blob: ~150 bytes each
+	maxHeaderSize = 64 << 20  // the header lists every shipped blob: ~200 bytes each, so ~300,000 blobs
 	maxJSONSize   = 16 << 20  // one index or manifest
-	maxMetaTotal  = 512 << 20 // all manifests held in memory while verifying
+	maxMetaTotal  = 256 << 20 // all manifests held in memory while verifying
 )
 
 // Header is blockfile-bundle.json: what the bundle holds and what it needs.
@@ -116,6 +119,13 @@ type Image struct {
 
 	// Platforms of the standard manifests, as os/arch[/variant].
 	Platforms []string `json:"platforms,omitempty"`
+
+	// Referrers are the signatures, attestations and SBOMs the source store
+	// recorded for the image's manifests (store.AddReferrer), and theirs in
+	// turn: each subject is a manifest or index of the image or another
+	// referrer. Their manifests and blobs are part of the image's closure;
+	// apply records them and pushes them with docker:// outputs.
+	Referrers []store.Referrer `json:"referrers,omitempty"`
 }
 
 // Kind says what role a blob plays in an image.

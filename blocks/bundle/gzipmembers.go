@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"github.com/blockfile/blockfile/blocks/layer"
 )
@@ -42,6 +43,47 @@ const (
 	maxMemberDict   = 64 << 20
 	maxMemberRecord = 16 << 20
 )
+
+// Bounds of the deflate work a member patch asks for (docs/FORMAT.md
+// section 9). A 'D' record's bytes must deflate to at least one byte per
+// maxDeflateRatio of them (plus deflateSlack): a member that compresses
+// better is cheap to ship as it is ('L'), and without the bound a few
+// kilobytes of zstd could ask for gigabytes of zeros to be deflated. All
+// the 'D' records of one blob hold at most maxMemberDict bytes, as made.
+const (
+	maxDeflateRatio = 32
+	deflateSlack    = 1024
+)
+
+// MaxDeflatedBytes bounds the uncompressed bytes that the member patches of
+// one bundle ask apply to deflate (in each of its two passes). Create
+// stops making member patches before it (the blob then travels as a
+// zstd-dict patch, which costs no deflate).
+const MaxDeflatedBytes = 256 << 20
+
+// deflateBudget counts the bytes deflated for member patches in one pass
+// over a bundle, against MaxDeflatedBytes.
+type deflateBudget struct {
+	used atomic.Int64
+	max  int64
+}
+
+func newDeflateBudget() *deflateBudget { return &deflateBudget{max: MaxDeflatedBytes} }
+
+// take reserves n bytes of deflate work.
+func (d *deflateBudget) take(n int64) error {
+	if d == nil {
+		return nil
+	}
+	if used := d.used.Add(n); used > d.max {
+		return fmt.Errorf("member patches ask for more than %d bytes to be deflated in one bundle: %w", d.max, ErrBound)
+	}
+	return nil
+}
+
+// deflateWithinBound reports whether n uncompressed bytes that deflate to c
+// bytes may travel as a 'D' record.
+func deflateWithinBound(n, c int) bool { return n <= maxDeflateRatio*c+deflateSlack }
 
 // gzipSpan is one gzip member of a blob.
 type gzipSpan struct {
@@ -92,7 +134,7 @@ func memberDict(spans []gzipSpan) []byte {
 // (both gzip member sequences, in memory within the patch limits). It
 // returns errNoMemberPatch when the blobs are not such sequences or are too
 // large.
-func makeMemberPatch(w io.Writer, blob, base []byte, tmpDir string) error {
+func makeMemberPatch(w io.Writer, blob, base []byte, tmpDir string, budget *deflateBudget) error {
 	bs, err := gzipSpans(base, maxMemberDict)
 	if err != nil {
 		return fmt.Errorf("%w: base: %v", errNoMemberPatch, err)
@@ -135,7 +177,10 @@ func makeMemberPatch(w io.Writer, blob, base []byte, tmpDir string) error {
 				form, ok = f, bytes.Equal(rebuilt.Bytes(), c)
 			}
 		}
-		if ok {
+		if ok && deflateWithinBound(len(s.raw), len(c)) {
+			if err := budget.take(int64(len(s.raw))); err != nil {
+				return fmt.Errorf("%w: %v", errNoMemberPatch, err)
+			}
 			bw.WriteByte('D')
 			bw.WriteByte(byte(form))
 			bw.Write(binary.AppendUvarint(nil, uint64(len(s.raw))))
@@ -168,7 +213,7 @@ var errNoMemberPatch = errors.New("no member patch")
 // unpatchMembers returns a reader of blob b rebuilt from its gzip-members
 // patch (read from r) and its base (compressed, in memory). At most
 // b.Size+1 bytes come out; callers verify digest and size.
-func unpatchMembers(r io.Reader, b Blob, base []byte) (io.Reader, func(), error) {
+func unpatchMembers(r io.Reader, b Blob, base []byte, budget *deflateBudget) (io.Reader, func(), error) {
 	spans, err := gzipSpans(base, maxMemberDict)
 	if err != nil {
 		return nil, nil, fmt.Errorf("blob %s: patch base %s: %w", b.Digest, b.Patch.Base.Digest, err)
@@ -179,7 +224,7 @@ func unpatchMembers(r io.Reader, b Blob, base []byte) (io.Reader, func(), error)
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		err := rebuildMembers(pw, bufio.NewReader(dec), spans, base, b.Size)
+		err := rebuildMembers(pw, bufio.NewReader(dec), spans, base, b.Size, budget)
 		dec.Close()
 		pw.CloseWithError(err)
 	}()
@@ -188,9 +233,10 @@ func unpatchMembers(r io.Reader, b Blob, base []byte) (io.Reader, func(), error)
 }
 
 // rebuildMembers writes the blob a member description stands for.
-func rebuildMembers(w io.Writer, r *bufio.Reader, spans []gzipSpan, base []byte, size int64) error {
+func rebuildMembers(w io.Writer, r *bufio.Reader, spans []gzipSpan, base []byte, size int64, budget *deflateBudget) error {
 	cw := &countingWriter{w: w}
-	for {
+	var deflated int64 // uncompressed bytes of the 'D' records so far
+	for record := 0; ; record++ {
 		op, err := r.ReadByte()
 		if err == io.EOF {
 			return nil
@@ -220,12 +266,22 @@ func rebuildMembers(w io.Writer, r *bufio.Reader, spans []gzipSpan, base []byte,
 			if err != nil || n > maxMemberRecord || !layer.MemberForm(form).Valid() {
 				return fmt.Errorf("member patch: bad deflate record (form %d, %d bytes): %v", form, n, err)
 			}
+			if deflated += int64(n); deflated > maxMemberDict {
+				return fmt.Errorf("member patch: record %d: more than %d uncompressed bytes to deflate in one blob: %w", record, maxMemberDict, ErrBound)
+			}
+			if err := budget.take(int64(n)); err != nil {
+				return fmt.Errorf("member patch: record %d: %w", record, err)
+			}
 			raw := make([]byte, n)
 			if _, err := io.ReadFull(r, raw); err != nil {
 				return fmt.Errorf("member patch: %w", err)
 			}
+			before := cw.n
 			if err := layer.GzipMember(cw, raw, layer.MemberForm(form)); err != nil {
 				return err
+			}
+			if c := cw.n - before; !deflateWithinBound(int(n), int(c)) {
+				return fmt.Errorf("member patch: record %d: %d bytes deflate to %d, more than %d per byte (+%d): %w", record, n, c, maxDeflateRatio, deflateSlack, ErrBound)
 			}
 		case 'L':
 			n, err := binary.ReadUvarint(r)

@@ -40,7 +40,7 @@ func FuzzRebuildMembers(f *testing.F) {
 		}
 		const size = 4096
 		var out bytes.Buffer
-		err = rebuildMembers(&out, bufio.NewReader(bytes.NewReader(desc)), spans, base, size)
+		err = rebuildMembers(&out, bufio.NewReader(bytes.NewReader(desc)), spans, base, size, newDeflateBudget())
 		if err == nil && out.Len() > size+maxMemberRecord+64 {
 			t.Fatalf("%d bytes out for a %d-byte blob", out.Len(), size)
 		}
@@ -60,11 +60,11 @@ func TestMemberPatchRoundTrip(t *testing.T) {
 	foreign := []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 1, 3, 0, 0xfc, 0xff, 'a', 'b', 'c', 0xc2, 0x41, 0x24, 0x35, 3, 0, 0, 0}
 	blob.Write(foreign)
 	var patch bytes.Buffer
-	if err := makeMemberPatch(&patch, blob.Bytes(), base, t.TempDir()); err != nil {
+	if err := makeMemberPatch(&patch, blob.Bytes(), base, t.TempDir(), newDeflateBudget()); err != nil {
 		t.Fatal(err)
 	}
 	b := Blob{Digest: "sha256:x", Size: int64(blob.Len()), Patch: &Patch{Encoding: PatchZstdGzipMembers}}
-	rd, stop, err := unpatchMembers(&patch, b, base)
+	rd, stop, err := unpatchMembers(&patch, b, base, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ type synthLayer struct {
 // docs/ARCHITECTURE.md), an image index for layers and tags it name. The
 // blobs are not real tar+gzip, which the bundle code never looks inside:
 // the planner and the bundle reader only follow descriptors.
-func putSynth(t *testing.T, s *store.Store, name string, layers []synthLayer) ocispec.Descriptor {
+func putSynth(t testing.TB, s *store.Store, name string, layers []synthLayer) ocispec.Descriptor {
 	t.Helper()
 	ctx := context.Background()
 	push := func(mt string, content []byte) ocispec.Descriptor {
@@ -127,9 +127,9 @@ var (
 	}
 )
 
-func openStore(t *testing.T) *store.Store {
+func openStore(t testing.TB) *store.Store {
 	t.Helper()
-	s, err := store.Open(filepath.Join(t.TempDir(), "store"))
+	s, err := store.Create(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func openStore(t *testing.T) *store.Store {
 
 // copyClosure copies what a target holds after applying name: the closure
 // and the standard layers hydrate writes.
-func copyClosure(t *testing.T, from, to *store.Store, name string) {
+func copyClosure(t testing.TB, from, to *store.Store, name string) {
 	t.Helper()
 	ctx := context.Background()
 	cs, err := Closures(ctx, from, []string{name})

@@ -2,9 +2,12 @@ package bundle
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
@@ -35,8 +38,11 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 	}
 	var outs []string
 	for _, o := range opts.Outputs {
-		out := OutputFor(o, im.Name)
-		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name))
+		out, err := OutputFor(o, im.Name)
+		if err != nil {
+			return outs, fmt.Errorf("image %s: %w", blocks.Quote(im.Name), err)
+		}
+		sink, err := transport.ParseSink(ctx, out, transport.WithDefaultName(im.Name), transport.WithRegistry(opts.Registry))
 		if err != nil {
 			return outs, fmt.Errorf("image %s: output %s: %w", im.Name, out, err)
 		}
@@ -46,6 +52,13 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 		}
 		if got.Digest != im.Standard.Digest {
 			return outs, fmt.Errorf("image %s: output %s: wrote %s, the bundle says %s", im.Name, out, got.Digest, im.Standard.Digest)
+		}
+		if ref, ok := strings.CutPrefix(out, "docker://"); ok {
+			// The signatures, attestations and SBOMs of the standard
+			// image: those the bundle brought, and any the site added.
+			if _, err := image.PushReferrers(ctx, s, im.Standard, opts.Registry, ref); err != nil {
+				return outs, fmt.Errorf("image %s: output %s: signatures and attestations: %w", im.Name, out, err)
+			}
 		}
 		outs = append(outs, out)
 	}
@@ -58,16 +71,53 @@ func hydrate(ctx context.Context, s *store.Store, im Image, opts ApplyOptions) (
 // end the path; in a REF (after the path's colon) and in docker:// it is
 // the name itself: oci-archive:/out/{name}.tar, oci:/out/layout:{name},
 // docker://registry.local/{name}.
-func OutputFor(output, name string) string {
-	for _, kind := range []string{"oci:", "oci-archive:"} {
-		if rest, ok := strings.CutPrefix(output, kind); ok {
-			path, ref, hasRef := strings.Cut(rest, ":")
-			out := kind + strings.ReplaceAll(path, "{name}", strings.NewReplacer("/", "_", ":", "_").Replace(name))
-			if hasRef {
-				out += ":" + strings.ReplaceAll(ref, "{name}", name)
-			}
-			return out
-		}
+//
+// The name comes from a bundle: it must be a valid image reference
+// (blocks.ValidateName), and the expanded path must stay inside the
+// directory the output names before {name} (so no name, whatever it is,
+// can write beside or above it).
+func OutputFor(output, name string) (string, error) {
+	if !strings.Contains(output, "{name}") {
+		return output, nil
 	}
-	return strings.ReplaceAll(output, "{name}", name)
+	if err := blocks.ValidateName(name); err != nil {
+		return "", fmt.Errorf("output %s: %w", blocks.Quote(output), err)
+	}
+	for _, kind := range []string{"oci:", "oci-archive:"} {
+		rest, ok := strings.CutPrefix(output, kind)
+		if !ok {
+			continue
+		}
+		path, ref, hasRef := strings.Cut(rest, ":")
+		safe := strings.NewReplacer("/", "_", ":", "_").Replace(name)
+		expanded := strings.ReplaceAll(path, "{name}", safe)
+		if i := strings.Index(path, "{name}"); i >= 0 {
+			// The directory the user named: what precedes {name}, up to
+			// its last separator.
+			dir := filepath.Dir(path[:i] + "x")
+			if err := within(dir, expanded); err != nil {
+				return "", fmt.Errorf("output %s for image %s: %w", blocks.Quote(output), blocks.Quote(name), err)
+			}
+		}
+		out := kind + expanded
+		if hasRef {
+			out += ":" + strings.ReplaceAll(ref, "{name}", name)
+		}
+		return out, nil
+	}
+	return strings.ReplaceAll(output, "{name}", name), nil
+}
+
+// ErrOutsideOutput: an expanded output path would leave the directory the
+// output names.
+var ErrOutsideOutput = errors.New("path leaves the output directory")
+
+// within checks that p, once cleaned, is dir or below it and not dir itself
+// with nothing added.
+func within(dir, p string) error {
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(p))
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return fmt.Errorf("%s is not inside %s: %w", blocks.Quote(p), blocks.Quote(dir), ErrOutsideOutput)
+	}
+	return nil
 }

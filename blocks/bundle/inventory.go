@@ -35,7 +35,7 @@ const (
 	DefaultPrefix = 16
 
 	minPrefix       = 8
-	maxInventoryLen = 1 << 24 // 16 M blobs: far above any store, bounds memory
+	maxInventoryLen = 1 << 22 // 4 M blobs: far above any store; bounds memory (docs/FORMAT.md section 9)
 )
 
 // Inventory is a set of sha256 digests, possibly truncated.
@@ -140,17 +140,22 @@ func ReadInventory(r io.Reader) (*Inventory, error) {
 	if err1 != nil || err2 != nil || prefix < minPrefix || prefix > 32 || count < 0 || count > maxInventoryLen {
 		return nil, fmt.Errorf("inventory: header %q: bad prefix or count", strings.TrimSpace(line))
 	}
-	keys := make([]byte, prefix*count)
-	if _, err := io.ReadFull(br, keys); err != nil {
-		return nil, fmt.Errorf("inventory: truncated: %d digests announced: %w", count, err)
+	// Memory grows with the digests actually read, each checked in order
+	// as it arrives, never with the count a header announces: a few bytes
+	// of gzip claiming millions of digests cost nothing.
+	keys := make([]byte, 0, min(prefix*count, 1<<20))
+	key := make([]byte, prefix)
+	for i := range count {
+		if _, err := io.ReadFull(br, key); err != nil {
+			return nil, fmt.Errorf("inventory: truncated: %d digests announced, %d read: %w", count, i, noEOF(err))
+		}
+		if i > 0 && bytes.Compare(keys[len(keys)-prefix:], key) >= 0 {
+			return nil, fmt.Errorf("inventory: digest %d is out of order", i)
+		}
+		keys = append(keys, key...)
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		return nil, fmt.Errorf("inventory: data after the %d announced digests: %w", count, errOr(err, "trailing bytes"))
-	}
-	for i := 1; i < count; i++ {
-		if bytes.Compare(keys[(i-1)*prefix:i*prefix], keys[i*prefix:(i+1)*prefix]) >= 0 {
-			return nil, fmt.Errorf("inventory: digest %d is out of order", i)
-		}
 	}
 	return &Inventory{prefix: prefix, keys: keys}, nil
 }

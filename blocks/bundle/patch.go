@@ -3,6 +3,7 @@ package bundle
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
@@ -47,7 +48,18 @@ const (
 	maxPatchTarget = 64 << 20
 	maxPatchWindow = 256 << 20 // a frame's window covers base + blob
 	minPatchTarget = 512       // below this a patch cannot save much
+
+	// MaxPatchedBytes bounds the bytes of all the blobs of one bundle that
+	// travel as patches: apply rebuilds each (decoding, and deflating
+	// member patches) in its check pass and again while ingesting, so this
+	// is the bundle's budget of patch work. Create patches no more; apply
+	// refuses a header that declares more, before reading any patch.
+	MaxPatchedBytes = 1 << 30
 )
+
+// ErrBound: an input exceeds one of the limits of docs/FORMAT.md section
+// 9. The error says which.
+var ErrBound = errors.New("exceeds a bound of the bundle format")
 
 // Patch says that a blob travels as a patch against a blob the target
 // already holds.
@@ -122,14 +134,15 @@ func loadBase(ctx context.Context, s *store.Store, ref BlobRef) ([]byte, error) 
 // openPatched returns a reader of blob b rebuilt from its patch (read from
 // r) and its base, read from s and verified. The reader yields at most
 // b.Size+1 bytes; callers verify digest and size. close releases what the
-// decoder holds (call it when done, also after an error).
-func openPatched(ctx context.Context, s *store.Store, b Blob, r io.Reader) (io.Reader, func(), error) {
+// decoder holds (call it when done, also after an error). budget counts the
+// deflate work of member patches across one pass over the bundle.
+func openPatched(ctx context.Context, s *store.Store, b Blob, r io.Reader, budget *deflateBudget) (io.Reader, func(), error) {
 	base, err := loadBase(ctx, s, b.Patch.Base)
 	if err != nil {
 		return nil, nil, err
 	}
 	if b.Patch.Encoding == PatchZstdGzipMembers {
-		return unpatchMembers(r, b, base)
+		return unpatchMembers(r, b, base, budget)
 	}
 	return unpatch(r, b, base)
 }

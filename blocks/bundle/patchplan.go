@@ -39,6 +39,9 @@ type patcher struct {
 	layers []baseLayer
 	mans   []*image.Manifest
 	usable map[digest.Digest]bool
+	// deflate is what apply will deflate for the member patches made so
+	// far, within MaxDeflatedBytes.
+	deflate *deflateBudget
 }
 
 // addPatches turns blobs of p.Ship into patches against blobs the target
@@ -53,7 +56,7 @@ type patcher struct {
 // manifest sharing most layers. The patches are written under dir; the
 // returned map gives their paths by patch digest.
 func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []string, base Base, dir string) (map[digest.Digest]string, error) {
-	pt := &patcher{s: s, base: base, dir: dir, files: map[digest.Digest]string{}, usable: map[digest.Digest]bool{}}
+	pt := &patcher{s: s, base: base, dir: dir, files: map[digest.Digest]string{}, usable: map[digest.Digest]bool{}, deflate: newDeflateBudget()}
 	for _, name := range view {
 		img, err := image.Resolve(ctx, s, name)
 		if err != nil {
@@ -76,9 +79,10 @@ func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []strin
 	for _, b := range p.Requires {
 		required[b.Digest] = true
 	}
+	var patchedBytes int64 // within MaxPatchedBytes, which apply enforces
 	use := func(i int, baseBlob Blob) error {
 		b := &p.Ship[i]
-		if b.Patch != nil || b.Size < minPatchTarget || b.Size > maxPatchTarget {
+		if b.Patch != nil || b.Size < minPatchTarget || b.Size > maxPatchTarget || patchedBytes+b.Size > MaxPatchedBytes {
 			return nil
 		}
 		patch, err := pt.try(ctx, *b, baseBlob)
@@ -86,6 +90,7 @@ func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []strin
 			return err
 		}
 		b.Patch = patch
+		patchedBytes += b.Size
 		if !required[baseBlob.Digest] {
 			required[baseBlob.Digest] = true
 			p.Requires = append(p.Requires, baseBlob)
@@ -303,7 +308,7 @@ func (pt *patcher) try(ctx context.Context, b Blob, base Blob) (*Patch, error) {
 		if err != nil {
 			return nil, fmt.Errorf("blob %s: %w", b.Digest, err)
 		}
-		err = makeMemberPatch(cw, blob, dict, pt.dir)
+		err = makeMemberPatch(cw, blob, dict, pt.dir, pt.deflate)
 		if err == nil {
 			enc = PatchZstdGzipMembers
 		} else if !errors.Is(err, errNoMemberPatch) {

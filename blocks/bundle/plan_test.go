@@ -178,8 +178,8 @@ func TestOutputFor(t *testing.T) {
 		"docker://127.0.0.1:5000/{name}": "docker://127.0.0.1:5000/example.test/app:1",
 		"oci-archive:/out/one.tar":       "oci-archive:/out/one.tar",
 	} {
-		if got := OutputFor(in, "example.test/app:1"); got != want {
-			t.Errorf("OutputFor(%q) = %q, want %q", in, got, want)
+		if got, err := OutputFor(in, "example.test/app:1"); err != nil || got != want {
+			t.Errorf("OutputFor(%q) = %q, %v, want %q", in, got, err, want)
 		}
 	}
 }

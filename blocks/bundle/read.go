@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -71,7 +72,7 @@ func (r *Reader) entry(want string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("entry %q where %s was expected: not a blockfile bundle, or damaged", th.Name, want)
 	}
 	if th.Size > limit {
-		return nil, fmt.Errorf("%s: %d bytes, limit %d", want, th.Size, limit)
+		return nil, fmt.Errorf("%s: %d bytes, limit %d: %w", want, th.Size, limit, ErrBound)
 	}
 	data, err := io.ReadAll(r.tr)
 	if err != nil {
@@ -130,8 +131,12 @@ func (h *Header) check() error {
 	}
 	names := map[string]bool{}
 	for _, im := range h.Images {
-		if im.Name == "" || names[im.Name] {
-			return fmt.Errorf("image name %q is empty or given twice", im.Name)
+		// The name becomes a tag and may expand {name} in an output path.
+		if err := blocks.ValidateName(im.Name); err != nil {
+			return err
+		}
+		if names[im.Name] {
+			return fmt.Errorf("image name %s is given twice", blocks.Quote(im.Name))
 		}
 		names[im.Name] = true
 		for _, d := range []ocispec.Descriptor{im.Index, im.Standard} {
@@ -142,6 +147,7 @@ func (h *Header) check() error {
 	}
 	seen := map[digest.Digest]bool{}
 	metaDone := false
+	var metaTotal int64
 	for _, b := range h.Blobs {
 		if err := b.Digest.Validate(); err != nil || b.Digest.Algorithm() != digest.SHA256 {
 			return fmt.Errorf("blob %q: not a sha256 digest", b.Digest)
@@ -163,15 +169,32 @@ func (h *Header) check() error {
 			seen[b.Patch.Digest] = true
 		}
 		// Indexes and manifests come first, so apply can check the
-		// prerequisites before it reads the bulk.
+		// prerequisites before it reads the bulk. Apply holds them in
+		// memory while it walks the images: each, and all, are bounded.
 		if !b.Kind.isManifest() {
 			metaDone = true
 		} else if metaDone {
 			return fmt.Errorf("manifest %s comes after layer data", b.Digest)
+		} else {
+			if b.Size > maxJSONSize {
+				return fmt.Errorf("manifest %s: %d bytes, limit %d: %w", b.Digest, b.Size, maxJSONSize, ErrBound)
+			}
+			if metaTotal += b.Size; metaTotal > maxMetaTotal {
+				return fmt.Errorf("manifests: more than %d bytes in all: %w", maxMetaTotal, ErrBound)
+			}
 		}
 	}
 	if t := totals(h.Blobs); t.Blobs != h.Adds.Blobs || t.Bytes != h.Adds.Bytes {
 		return fmt.Errorf("adds says %d blobs, %d bytes; the blob list has %d, %d", h.Adds.Blobs, h.Adds.Bytes, t.Blobs, t.Bytes)
+	}
+	var patchedBytes int64
+	for _, b := range h.Blobs {
+		if b.Patch != nil {
+			patchedBytes += b.Size
+		}
+	}
+	if patchedBytes > MaxPatchedBytes {
+		return fmt.Errorf("%d bytes of blobs travel as patches, more than the %d a bundle may rebuild: %w", patchedBytes, int64(MaxPatchedBytes), ErrBound)
 	}
 	if got, want := patched(h.Blobs), h.Patched; (got == nil) != (want == nil) || got != nil && *got != *want {
 		return fmt.Errorf("patched says %v; the blob list has %v", want, got)

@@ -54,7 +54,7 @@ func fillRand(p []byte, seed int64) {
 
 func benchStore(b *testing.B) *store.Store {
 	b.Helper()
-	s, err := store.Open(filepath.Join(b.TempDir(), fmt.Sprint("store-", b.N)))
+	s, err := store.Create(filepath.Join(b.TempDir(), fmt.Sprint("store-", b.N)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func BenchmarkExportCold(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		dir, _ := os.MkdirTemp(b.TempDir(), "cold")
-		s, err := store.Open(dir)
+		s, err := store.Create(dir)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -45,8 +44,13 @@ type ExportOptions struct {
 	// (or, with PlainProgress, one line per layer).
 	Progress      io.Writer
 	PlainProgress bool
-	// TempDir holds Split's spool files. Empty means the system default.
+	// TempDir holds Split's spool files. Empty means the store's own temp
+	// directory (store.TempDir), where the next writer removes what a
+	// killed export left.
 	TempDir string
+	// NoReferrers skips copying the referrers (signatures, attestations,
+	// SBOMs) of the source's manifests; see docs/SIGNING.md.
+	NoReferrers bool
 }
 
 // ExportResult describes what Export wrote into the store.
@@ -66,6 +70,27 @@ type ExportResult struct {
 	NewMembers     int   `json:"newMembers"`
 	NewMemberBytes int64 `json:"newMemberBytes"`
 	ReusedMembers  int   `json:"reusedMembers"`
+	// Attestations are BuildKit's attestation manifests of the source index
+	// (provenance, SBOMs), kept in the standard index and re-pointed to the
+	// standard manifests.
+	Attestations []AttestationResult `json:"attestations,omitempty"`
+	// Referrers are the signatures, attestations and SBOMs copied from the
+	// source and recorded for the standard image (store.AddReferrer): those
+	// of every source manifest or index whose digest export kept.
+	Referrers []store.Referrer `json:"referrers,omitempty"`
+	// DroppedReferrers are source manifests that had referrers but whose
+	// digest export changed (it re-framed their layers): a signature of the
+	// source digest does not verify for the standard one, so they are not
+	// kept. Sign the standard digest (docs/SIGNING.md).
+	DroppedReferrers []DroppedReferrers `json:"droppedReferrers,omitempty"`
+}
+
+// DroppedReferrers says that the referrers of a source manifest were not
+// kept because export gave it another digest.
+type DroppedReferrers struct {
+	Source   digest.Digest `json:"source"`
+	Standard digest.Digest `json:"standard"`
+	Count    int           `json:"count"`
 }
 
 // ManifestResult is one exported image manifest (one platform).
@@ -93,8 +118,8 @@ type LayerResult struct {
 // docs/ARCHITECTURE.md "What the store holds"). The image index is tagged
 // last, so an interrupted export leaves only unreferenced blobs.
 func Export(ctx context.Context, s *store.Store, src transport.Source, name string, opts ExportOptions) (*ExportResult, error) {
-	if name == "" {
-		return nil, errors.New("export: empty image name")
+	if err := blocks.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("export: %w", err)
 	}
 	c := opts.Compression
 	switch c {
@@ -108,12 +133,23 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 	if minSize == 0 {
 		minSize = DefaultMinBlockSize
 	}
+	// The lease keeps gc from sweeping what this export writes, and the
+	// members it reuses, until the image index is tagged.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	defer release()
 	root, err := src.Resolve(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("export: %w", err)
 	}
+	tempDir := opts.TempDir
+	if tempDir == "" {
+		tempDir = s.TempDir()
+	}
 	e := &exporter{
-		s: s, src: src, c: c, minSize: minSize, tempDir: opts.TempDir,
+		s: s, src: src, c: c, minSize: minSize, tempDir: tempDir,
 		members: &countingMembers{Store: s},
 		done:    map[layerKey]*LayerResult{},
 		res:     &ExportResult{Name: name},
@@ -125,6 +161,9 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 
 	var stdEntries, extra []ocispec.Descriptor
 	var standard ocispec.Descriptor
+	// subjects pairs each source manifest or index with what export wrote
+	// for it, for the referrers (renamed ones lose theirs).
+	var subjects [][2]digest.Digest
 	switch {
 	case transport.IsManifest(root.MediaType):
 		pm, err := e.exportManifest(ctx, root)
@@ -132,6 +171,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 			return nil, err
 		}
 		standard = plain(pm.std)
+		subjects = append(subjects, [2]digest.Digest{root.Digest, standard.Digest})
 		stdEntries = []ocispec.Descriptor{pm.std}
 		extra = append(extra, pm.entries...)
 	case transport.IsIndex(root.MediaType):
@@ -140,6 +180,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 			return nil, err
 		}
 		renamed := map[digest.Digest]digest.Digest{}
+		renamedDesc := map[digest.Digest]ocispec.Descriptor{}
 		toOCI := false
 		for _, entry := range idx.Manifests {
 			image, err := e.isImageManifest(ctx, entry)
@@ -150,6 +191,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 				if err := e.copyTree(ctx, entry); err != nil {
 					return nil, err
 				}
+				subjects = append(subjects, [2]digest.Digest{entry.Digest, entry.Digest})
 				stdEntries = append(stdEntries, entry)
 				continue
 			}
@@ -163,18 +205,40 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 				toOCI = true
 			}
 			renamed[entry.Digest] = std.Digest
+			renamedDesc[entry.Digest] = plain(std)
+			subjects = append(subjects, [2]digest.Digest{entry.Digest, std.Digest})
 			stdEntries = append(stdEntries, std)
 			extra = append(extra, pm.entries...)
 		}
 		// BuildKit attestations name the image they describe in an index
-		// annotation; point it at the standard manifest (the attestation
-		// manifest itself is kept as it was).
+		// annotation, in their in-toto subjects and (oci-artifact) in a
+		// subject field; point all of them at the standard manifest (see
+		// attest.go).
 		for i, entry := range stdEntries {
-			if ref := entry.Annotations[annotationReferenceDigest]; ref != "" {
-				if nd, ok := renamed[digest.Digest(ref)]; ok {
-					a := cloneMap(entry.Annotations)
-					a[annotationReferenceDigest] = nd.String()
-					stdEntries[i].Annotations = a
+			ref := entry.Annotations[annotationReferenceDigest]
+			if ref == "" {
+				continue
+			}
+			to, ok := renamedDesc[digest.Digest(ref)]
+			if !ok {
+				continue
+			}
+			a := cloneMap(entry.Annotations)
+			a[annotationReferenceDigest] = to.Digest.String()
+			nd, n, err := e.repointAttestation(ctx, entry, digest.Digest(ref), to)
+			if err != nil {
+				return nil, fmt.Errorf("export: %w", err)
+			}
+			stdEntries[i] = nd
+			stdEntries[i].Annotations = a
+			if entry.Annotations[annotationReferenceType] == attestationReferenceType {
+				e.res.Attestations = append(e.res.Attestations, AttestationResult{Source: entry.Digest, Standard: plain(nd), Subject: to.Digest, Statements: n})
+			}
+			if nd.Digest != entry.Digest {
+				for j := range subjects {
+					if subjects[j][0] == entry.Digest {
+						subjects[j][1] = nd.Digest
+					}
 				}
 			}
 		}
@@ -189,6 +253,7 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 		if standard, err = s.PutJSON(ctx, mt, stdIdx); err != nil {
 			return nil, fmt.Errorf("export: store standard index: %w", err)
 		}
+		subjects = append([][2]digest.Digest{{root.Digest, standard.Digest}}, subjects...)
 	default:
 		return nil, fmt.Errorf("export: root %s has media type %q, want an image manifest or index", root.Digest, root.MediaType)
 	}
@@ -209,6 +274,11 @@ func Export(ctx context.Context, s *store.Store, src transport.Source, name stri
 	}
 	if err := s.Tag(ctx, name, idxDesc); err != nil {
 		return nil, fmt.Errorf("export: tag %s: %w", name, err)
+	}
+	if rs, ok := src.(transport.ReferrerSource); ok && !opts.NoReferrers {
+		if err := e.copyReferrers(ctx, rs, subjects); err != nil {
+			return nil, err
+		}
 	}
 	e.res.Standard, e.res.Index = standard, idxDesc
 	e.res.NewMembers, e.res.NewMemberBytes = e.members.newMembers, e.members.newBytes
@@ -665,4 +735,60 @@ func cloneMap(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// maxReferrerDepth bounds referrers of referrers (a signature of an SBOM of
+// an image is depth 2).
+const maxReferrerDepth = 3
+
+// copyReferrers copies into the store, and records, the referrers of each
+// source manifest or index that export kept under the same digest (and
+// their referrers in turn). A signature covers a digest: those of a
+// manifest export re-framed are reported in DroppedReferrers instead.
+func (e *exporter) copyReferrers(ctx context.Context, src transport.ReferrerSource, subjects [][2]digest.Digest) error {
+	type item struct {
+		subject digest.Digest
+		depth   int
+	}
+	var queue []item
+	seen := map[digest.Digest]bool{}
+	for _, p := range subjects {
+		if seen[p[0]] {
+			continue
+		}
+		seen[p[0]] = true
+		if p[0] == p[1] {
+			queue = append(queue, item{p[0], 1})
+			continue
+		}
+		refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: p[0]})
+		if err != nil {
+			return fmt.Errorf("export: %w (--no-referrers skips them)", err)
+		}
+		if len(refs) > 0 {
+			e.res.DroppedReferrers = append(e.res.DroppedReferrers, DroppedReferrers{Source: p[0], Standard: p[1], Count: len(refs)})
+		}
+	}
+	for len(queue) > 0 {
+		it := queue[0]
+		queue = queue[1:]
+		refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: it.subject})
+		if err != nil {
+			return fmt.Errorf("export: %w (--no-referrers skips them)", err)
+		}
+		for _, r := range refs {
+			if err := e.copyTree(ctx, plain(r)); err != nil {
+				return fmt.Errorf("export: referrer %s of %s: %w", r.Digest, it.subject, err)
+			}
+			if err := e.s.AddReferrer(ctx, it.subject, r); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			e.res.Referrers = append(e.res.Referrers, store.Referrer{Subject: it.subject, Descriptor: r})
+			if !seen[r.Digest] && it.depth < maxReferrerDepth {
+				seen[r.Digest] = true
+				queue = append(queue, item{r.Digest, it.depth + 1})
+			}
+		}
+	}
+	return nil
 }

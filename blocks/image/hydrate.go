@@ -36,6 +36,13 @@ func Hydrate(ctx context.Context, s *store.Store, name string, dst transport.Sin
 			}
 		}
 	}()
+	// The lease keeps gc away from what hydrate reads and, for
+	// Materialize, from the layers it writes into the store.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("hydrate: %w", err)
+	}
+	defer release()
 	img, err := Resolve(ctx, s, name)
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("hydrate: %w", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/blockfile/blockfile/blocks/transport"
+	"github.com/blockfile/blockfile/internal/units"
 )
 
 // progress reports layer bytes processed. A nil *progress is quiet. It is
@@ -102,7 +103,7 @@ func (p *progress) add(n int64) {
 	}
 	if time.Since(p.last) > 2*time.Second || p.done == p.total {
 		p.last = time.Now()
-		fmt.Fprintf(p.plain, "%s: %d/%d MiB\n", p.what, p.done>>20, p.total>>20)
+		fmt.Fprintf(p.plain, "%s: %s of %s\n", p.what, units.Size(p.done), units.Size(p.total))
 	}
 }
 

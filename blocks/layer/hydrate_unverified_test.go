@@ -66,7 +66,7 @@ func TestHydrateUnverifiedMembers(t *testing.T) {
 	)
 	for _, comp := range compressions {
 		t.Run(string(comp), func(t *testing.T) {
-			s, err := store.Open(t.TempDir())
+			s, err := store.Create(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -117,5 +117,14 @@ func TestGzipMemberGolden(t *testing.T) {
 		if got := sha(out.Bytes()).String(); got != want {
 			t.Errorf("form %d: %s (%d bytes), want %s", f, got, out.Len(), want)
 		}
+		// The pinned bytes must also be a gzip of the input.
+		zr, err := stdgzip.NewReader(bytes.NewReader(out.Bytes()))
+		if err != nil {
+			t.Fatalf("form %d: not gzip: %v", f, err)
+		}
+		back, err := io.ReadAll(zr)
+		if err != nil || !bytes.Equal(back, in) {
+			t.Errorf("form %d: decompresses to %d bytes (%v), not the %d of the input", f, len(back), err, len(in))
+		}
 	}
 }

@@ -417,10 +417,16 @@ func (sp *splitter) run() error {
 		if err := sp.ctx.Err(); err != nil {
 			return err
 		}
-		capture.start()
+		var pass func([]byte) error
+		if !prevExact && !prevBlock {
+			// After a sparse entry everything Next reads goes out
+			// verbatim (tail below is all of it): stream it.
+			pass = sp.verbatim
+		}
+		capture.start(pass)
 		hdr, err := tr.Next()
-		raw := capture.stop()
-		sp.inN += int64(len(raw))
+		raw, passed := capture.stop()
+		sp.inN += int64(len(raw)) + passed
 		if errors.Is(err, io.EOF) {
 			return sp.finish(raw, prevPad, prevBlock)
 		}
@@ -967,15 +973,39 @@ type captureReader struct {
 	r   io.Reader
 	on  bool
 	buf []byte
+	// pass, if set, receives the bytes instead of buf, as they are read:
+	// after a sparse entry, whose unread physical data the tar reader skips
+	// in Next (gigabytes of zeros from a few megabytes of gzip), all of
+	// what Next consumes is written verbatim, so none of it is held.
+	pass   func([]byte) error
+	passed int64
 }
 
-func (c *captureReader) start() { c.on, c.buf = true, c.buf[:0] }
+func (c *captureReader) start(pass func([]byte) error) {
+	c.on, c.buf, c.pass, c.passed = true, c.buf[:0], pass, 0
+}
 
-func (c *captureReader) stop() []byte { c.on = false; return c.buf }
+// stop ends the capture and returns what was kept (nothing if passed on)
+// and how many bytes were passed on.
+func (c *captureReader) stop() ([]byte, int64) {
+	c.on, c.pass = false, nil
+	if cap(c.buf) > 1<<20 {
+		// Headers are small; do not keep a large buffer around.
+		defer func() { c.buf = nil }()
+	}
+	return c.buf, c.passed
+}
 
 func (c *captureReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	if c.on {
+	switch {
+	case !c.on:
+	case c.pass != nil:
+		if perr := c.pass(p[:n]); perr != nil {
+			return n, perr
+		}
+		c.passed += int64(n)
+	default:
 		c.buf = append(c.buf, p[:n]...)
 	}
 	return n, err

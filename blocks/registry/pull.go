@@ -44,6 +44,8 @@ type PullOptions struct {
 	// Export configures the export of an image without a blocked form
 	// (its Progress fields are set from the ones above).
 	Export image.ExportOptions
+	// Registry is the connection configuration for docker:// outputs.
+	Registry transport.Registry
 }
 
 // PullResult says what Pull did.
@@ -98,6 +100,12 @@ func Pull(ctx context.Context, s *store.Store, ref name.Reference, imageName str
 	if imageName == "" {
 		imageName = DefaultName(ref)
 	}
+	// gc must not sweep blobs written here before the tag names them.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	r, err := newRepo(ref, opts.Remote)
 	if err != nil {
 		return nil, err
@@ -201,6 +209,7 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 	}
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: root, Standard: c.Standard}, bundle.ApplyOptions{
 		Outputs: opts.Outputs, NoMaterialize: opts.NoMaterialize, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
+		Registry: opts.Registry,
 	})
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -284,6 +293,7 @@ func pullWhole(ctx context.Context, s *store.Store, meta *metaFetcher, root ocis
 	res.Downloaded.Blobs = int(src.blobs.Load())
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: er.Index, Standard: er.Standard}, bundle.ApplyOptions{
 		Outputs: opts.Outputs, NoMaterialize: true, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
+		Registry: opts.Registry,
 	})
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)

@@ -25,7 +25,7 @@ func BenchmarkPush(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
 		b.StopTimer()
-		s, err := Open(b.TempDir())
+		s, err := Create(b.TempDir())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -40,7 +40,7 @@ func BenchmarkPush(b *testing.B) {
 // BenchmarkFetch measures a verified read of a 64 MiB blob.
 func BenchmarkFetch(b *testing.B) {
 	data := benchData(64 << 20)
-	s, err := Open(b.TempDir())
+	s, err := Create(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

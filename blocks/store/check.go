@@ -119,6 +119,24 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 		}
 	}
 	roots = append(roots, recorded...)
+	// Recorded referrers (signatures, attestations) must be whole too.
+	subjects, err := s.referrerSubjects(ctx)
+	if err != nil {
+		add(Problem{Kind: ProblemBadRecord, Path: s.path(referrersDir), Detail: err.Error()})
+	}
+	for _, subj := range subjects {
+		refs, err := s.Referrers(ctx, subj)
+		if err != nil {
+			add(Problem{Kind: ProblemBadRecord, Path: s.path(path.Join(referrersDir, subj.Encoded())), Detail: err.Error()})
+			continue
+		}
+		for _, r := range refs {
+			if _, ok := refOf[r.Digest]; !ok {
+				refOf[r.Digest] = "referrer record " + s.path(referrerRecord(subj, r.Digest))
+			}
+			roots = append(roots, r)
+		}
+	}
 	intact := func(d ocispec.Descriptor) bool {
 		size, ok := present[d.Digest]
 		return ok && size == d.Size && !bad[d.Digest]
@@ -166,12 +184,25 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 		return err
 	}
 
-	// 3. Member records are readable (a record whose member is gone is not a
-	// problem: LookupMember ignores it and gc removes it).
+	// 3. Member records are readable and name a member that holds their
+	// block (a record whose member is gone is not a problem: LookupMember
+	// ignores it and gc removes it). A wrong one would make every export of
+	// its block fail; LookupMember drops it, verify --repair rebuilds it.
 	for _, c := range []blocks.Compression{blocks.Gzip, blocks.Zstd} {
-		err := s.eachMemberRecord(ctx, c, func(rel string, _ ocispec.Descriptor, rerr error) error {
+		err := s.eachMemberRecord(ctx, c, func(rel string, m ocispec.Descriptor, rerr error) error {
 			if rerr != nil {
 				add(Problem{Kind: ProblemBadRecord, Path: s.path(rel), Detail: rerr.Error()})
+				return nil
+			}
+			if size, ok := present[m.Digest]; !ok || size != m.Size || bad[m.Digest] {
+				return nil
+			}
+			raw := digest.NewDigestFromEncoded(digest.SHA256, path.Base(rel))
+			if err := s.CheckMember(ctx, raw, c, m); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				add(Problem{Kind: ProblemBadRecord, Digest: m.Digest, Path: s.path(rel), Detail: err.Error()})
 			}
 			return nil
 		})
@@ -220,10 +251,15 @@ func hashFile(ctx context.Context, p string, alg digest.Algorithm) (digest.Diges
 		return "", err
 	}
 	defer f.Close()
+	return hashReader(ctx, f, alg)
+}
+
+// hashReader streams r through alg.
+func hashReader(ctx context.Context, r io.Reader, alg digest.Algorithm) (digest.Digest, error) {
 	h := alg.Hash()
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
-	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, *bp); err != nil {
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, r}, *bp); err != nil {
 		return "", err
 	}
 	return digest.NewDigest(alg, h), nil

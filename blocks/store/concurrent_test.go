@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -11,17 +12,20 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
 )
 
 // sharedBlobs is the set of blobs every concurrent writer pushes: a few large
-// ones (so writes overlap in time) and many small ones.
+// ones (so writes overlap in time) and many small ones. Each is a real gzip
+// block member (raw sizes are multiples of 512, so there is no padding), so
+// that the member records pushAll writes are valid.
 func sharedBlobs() [][]byte {
 	var out [][]byte
 	for i := range 40 {
-		n := 100 + i*37
+		n := 512 * (1 + i%7)
 		if i%10 == 0 {
 			n = 3 << 20
 		}
@@ -30,9 +34,22 @@ func sharedBlobs() [][]byte {
 		for j := range b {
 			b[j] = byte(r.Uint32())
 		}
-		out = append(out, b)
+		var z bytes.Buffer
+		zw := gzip.NewWriter(&z)
+		zw.Write(b)
+		zw.Close()
+		out = append(out, z.Bytes())
 	}
 	return out
+}
+
+// rawOf is the raw block digest of a member of sharedBlobs.
+func rawOf(member []byte) (digest.Digest, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(member))
+	if err != nil {
+		return "", err
+	}
+	return digest.SHA256.FromReader(zr)
 }
 
 // pushAll pushes blobs in an order of its own (seed), alternating Push and
@@ -56,7 +73,11 @@ func pushAll(ctx context.Context, s *Store, blobs [][]byte, seed uint64, name st
 				return fmt.Errorf("Ingest = %s, want %s", got.Digest, d.Digest)
 			}
 		}
-		if err := s.RecordMember(ctx, d.Digest, blocks.Gzip, d); err != nil {
+		raw, err := rawOf(b)
+		if err != nil {
+			return err
+		}
+		if err := s.RecordMember(ctx, raw, blocks.Gzip, descOf(blocks.MediaTypeMemberGzip, b)); err != nil {
 			return err
 		}
 		last = d
@@ -128,7 +149,7 @@ func TestHelperWriterProcess(t *testing.T) {
 	if root == "" {
 		t.Skip("helper process for TestConcurrentProcessesPushSameBlobs")
 	}
-	s, err := Open(root)
+	s, err := Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +277,7 @@ func TestMemberIndex(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	raw := descOf(blocks.MediaTypeBlock, []byte("raw block"))
-	member := push(t, s, blocks.MediaTypeMemberGzip, []byte("pretend gzip member"))
+	member := push(t, s, blocks.MediaTypeMemberGzip, gzipMember(t, []byte("raw block")))
 	member.Annotations = map[string]string{blocks.AnnotationBlockDigest: string(raw.Digest)}
 
 	if _, ok, err := s.LookupMember(ctx, raw.Digest, blocks.Gzip); ok || err != nil {
@@ -282,17 +303,17 @@ func TestMemberIndex(t *testing.T) {
 	if _, ok, err := s.LookupMember(ctx, raw.Digest, blocks.Gzip); ok || err != nil {
 		t.Fatalf("Lookup with the member gone = %v, %v", ok, err)
 	}
-	// A damaged record (a crash mid-write) reads as absent, Verify reports
-	// it, and the next RecordMember repairs it.
-	push(t, s, blocks.MediaTypeMemberGzip, []byte("pretend gzip member"))
+	// A damaged record (a crash mid-write) is reported by Verify, reads as
+	// absent (and is dropped), and the next RecordMember repairs it.
+	push(t, s, blocks.MediaTypeMemberGzip, gzipMember(t, []byte("raw block")))
 	os.WriteFile(s.path("blockfile/members/gzip/"+raw.Digest.Encoded()), nil, 0o644)
-	if _, ok, err := s.LookupMember(ctx, raw.Digest, blocks.Gzip); ok || err != nil {
-		t.Fatalf("Lookup of a damaged record = %v, %v", ok, err)
-	}
 	var problems []Problem
 	if err := s.Verify(ctx, func(p Problem) { problems = append(problems, p) }); !errors.Is(err, ErrProblems) ||
 		len(problems) != 1 || problems[0].Kind != ProblemBadRecord {
 		t.Fatalf("Verify with a damaged member record = %v, %v", err, problems)
+	}
+	if _, ok, err := s.LookupMember(ctx, raw.Digest, blocks.Gzip); ok || err != nil {
+		t.Fatalf("Lookup of a damaged record = %v, %v", ok, err)
 	}
 	if err := s.RecordMember(ctx, raw.Digest, blocks.Gzip, member); err != nil {
 		t.Fatal(err)

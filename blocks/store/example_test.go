@@ -19,7 +19,7 @@ func Example() {
 	dir, _ := os.MkdirTemp("", "store-example-")
 	defer os.RemoveAll(dir)
 
-	s, err := store.Open(filepath.Join(dir, "store"))
+	s, err := store.Create(filepath.Join(dir, "store"))
 	if err != nil {
 		panic(err)
 	}

@@ -12,11 +12,15 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // StaleTempAge is how old a temp file in the ingest directory must be before
-// gc removes it: older than any write still in progress.
-const StaleTempAge = time.Hour
+// it is removed when its owner cannot be judged (another host sharing the
+// store, or a name that does not say): older than any write still in
+// progress. Files of a process of this host that is gone are removed after
+// a minute (see SweepTemp).
+const StaleTempAge = fsutil.UnknownOwnerAge
 
 // GCOptions tune GCWithOptions.
 type GCOptions struct {
@@ -34,6 +38,9 @@ type GCResult struct {
 	TempFiles     []string             // stale temp files
 	MemberRecords []string             // member records whose member is gone
 	BlockRecords  []digest.Digest      // block records dropped (DropBlocks)
+	// ReferrerRecords are the referrer directories dropped because their
+	// subject is swept.
+	ReferrerRecords []string
 }
 
 // GC removes every blob that no index.json entry (through manifests,
@@ -48,15 +55,22 @@ func (s *Store) GC(ctx context.Context, dryRun bool) (removed []ocispec.Descript
 }
 
 // GCWithOptions marks from every index.json entry and every recorded block
-// (unless DropBlocks) and sweeps every blob not marked. It also removes temp
+// (unless DropBlocks), then from the recorded referrers of every marked
+// blob (AddReferrer), and sweeps every blob not marked. It also removes temp
 // files older than StaleTempAge and member records whose member was removed.
 //
-// It holds the index lock throughout, so tags cannot change under it. It
-// fails, removing nothing, if a manifest, index or tree it must read is
-// missing or corrupt: children it cannot list would be swept. Blobs pushed by
-// a concurrent export that has not tagged yet are not protected; do not run
-// gc while exporting into the same store.
+// It first waits until no writer holds a lease (see Lease), and holds
+// gc.lock exclusive and the index lock throughout, so no writer runs and no
+// tag changes under it: a blob an export, block add, apply, hydrate or pull
+// has written but not yet tagged is never swept. It fails, removing
+// nothing, if a manifest, index or tree it must read is missing or corrupt:
+// children it cannot list would be swept.
 func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, error) {
+	unlockGC, err := s.lockGC(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockGC()
 	unlock, err := s.lockIndex(ctx)
 	if err != nil {
 		return nil, err
@@ -79,7 +93,22 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 		return nil, fmt.Errorf("gc %s: %w (nothing removed; run blockfile verify)", s.root, err)
 	}
 
+	// Referrers (signatures, attestations) live while their subject does.
+	deadSubjects, err := s.keepReferrers(ctx, live)
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: %w (nothing removed; run blockfile verify)", s.root, err)
+	}
+
 	res := &GCResult{}
+	for _, subj := range deadSubjects {
+		p := s.path(path.Join(referrersDir, subj.Encoded()))
+		res.ReferrerRecords = append(res.ReferrerRecords, p)
+		if !opts.DryRun {
+			if err := os.RemoveAll(p); err != nil {
+				return res, fmt.Errorf("gc: remove %s: %w", p, err)
+			}
+		}
+	}
 	if opts.DropBlocks {
 		for _, r := range recorded {
 			if _, ok := live[r.Digest]; ok {
@@ -107,9 +136,11 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 		if opts.DryRun {
 			return nil
 		}
+		s.trust.drop(d)
 		if err := os.Remove(s.BlobPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("gc: remove %s: %w", s.BlobPath(d), err)
 		}
+		s.forgetVerified(d)
 		return nil
 	})
 	if err != nil {
@@ -138,24 +169,11 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 		}
 	}
 
-	// Temp files left by interrupted writes.
-	ents, err := os.ReadDir(s.path(ingestDir))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return res, fmt.Errorf("gc: list %s: %w", s.path(ingestDir), err)
-	}
-	now := time.Now()
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil || now.Sub(fi.ModTime()) < StaleTempAge {
-			continue
-		}
-		p := s.path(path.Join(ingestDir, e.Name()))
-		res.TempFiles = append(res.TempFiles, p)
-		if !opts.DryRun {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return res, fmt.Errorf("gc: remove %s: %w", p, err)
-			}
-		}
+	// Temp files left by interrupted writes (no lease is held, so no
+	// writer is running; the owner rule still keeps another host's files).
+	res.TempFiles, err = fsutil.Sweep(s.path(ingestDir), time.Now(), opts.DryRun)
+	if err != nil {
+		return res, fmt.Errorf("gc: %w", err)
 	}
 	return res, nil
 }

@@ -59,7 +59,7 @@ func newFixture(t *testing.T) *fixture {
 	f.layer = push(t, s, ocispec.MediaTypeImageLayerGzip, []byte("standard layer"))
 	f.layer2 = push(t, s, ocispec.MediaTypeImageLayerGzip, []byte("arm64 standard layer"))
 	f.blocked = push(t, s, ocispec.MediaTypeImageLayerGzip, []byte("blocked layer"))
-	f.member = push(t, s, blocks.MediaTypeMemberGzip, []byte("member"))
+	f.member = push(t, s, blocks.MediaTypeMemberGzip, gzipMember(t, []byte("live raw")))
 	f.empty = push(t, s, ocispec.MediaTypeEmptyJSON, []byte("{}"))
 	f.stdManifest = putJSON(t, s, ocispec.MediaTypeImageManifest, manifest(f.config, f.layer))
 	f.stdManifest2 = putJSON(t, s, ocispec.MediaTypeImageManifest, manifest(f.config, f.layer2))
@@ -105,7 +105,7 @@ func newFixture(t *testing.T) *fixture {
 	// Garbage: an unreferenced blob, an unreferenced member with a record,
 	// and temp files, one stale.
 	f.garbage = push(t, s, blocks.MediaTypeBlock, []byte("garbage"))
-	f.garbageMember = push(t, s, blocks.MediaTypeMemberGzip, []byte("old member"))
+	f.garbageMember = push(t, s, blocks.MediaTypeMemberGzip, gzipMember(t, []byte("old raw")))
 	if err := s.RecordMember(ctx, digest.FromString("old raw"), blocks.Gzip, f.garbageMember); err != nil {
 		t.Fatal(err)
 	}

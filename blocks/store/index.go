@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
 )
 
 func newIndex(m []ocispec.Descriptor) ocispec.Index {
@@ -32,8 +34,10 @@ func newIndex(m []ocispec.Descriptor) ocispec.Index {
 // The blob must be present. Concurrent taggers, in this process or others,
 // are serialised by a file lock; index.json is replaced atomically.
 func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) error {
-	if name == "" {
-		return fmt.Errorf("tag: empty name: %w", ErrInvalid)
+	// The name is printed by ls and may name an output path: only image
+	// references (blocks.ValidateName) become tags.
+	if err := blocks.ValidateName(name); err != nil {
+		return fmt.Errorf("tag: %w: %w", err, ErrInvalid)
 	}
 	entry := desc
 	entry.Annotations = maps.Clone(desc.Annotations)

@@ -15,25 +15,51 @@ import (
 )
 
 // LookupMember returns the member recorded for the raw block raw under
-// compression c. found is false if no member is recorded, or if the recorded
-// member blob is no longer in the store.
+// compression c. found is false if no member is recorded, or if the record
+// is wrong: unreadable, its member blob absent or damaged, or a member that
+// does not hold raw (checked by decompressing it, once per process; see
+// CheckMember). A wrong record is removed, so the caller makes the member
+// again and RecordMember writes a good record: the member index rebuilds
+// itself instead of failing every export of the block.
 func (s *Store) LookupMember(ctx context.Context, raw digest.Digest, c blocks.Compression) (ocispec.Descriptor, bool, error) {
 	rel, err := memberRecord(raw, c)
 	if err != nil {
 		return ocispec.Descriptor{}, false, err
 	}
 	desc, err := s.readRecord(rel)
-	if err != nil {
-		// The member index is a cache: a missing or damaged record (a crash
-		// while it was written) means "not known", and the next RecordMember
-		// replaces it. Verify reports damaged records.
+	if errors.Is(err, os.ErrNotExist) {
 		return ocispec.Descriptor{}, false, nil
 	}
-	ok, err := s.Exists(ctx, desc.Digest)
+	if err != nil {
+		// A damaged record (a crash while it was written, tampering) means
+		// "not known"; the next RecordMember replaces it.
+		s.dropRecord(rel)
+		return ocispec.Descriptor{}, false, nil
+	}
+	if s.memberChecks.checked(raw, c, desc.Digest) {
+		if ok, err := s.present(ctx, desc.Digest, desc.Size); err != nil || ok {
+			return desc, ok, err
+		}
+		return ocispec.Descriptor{}, false, nil
+	}
+	ok, err := s.present(ctx, desc.Digest, desc.Size)
 	if err != nil || !ok {
 		return ocispec.Descriptor{}, false, err
 	}
+	if err := s.CheckMember(ctx, raw, c, desc); err != nil {
+		if ctx.Err() != nil {
+			return ocispec.Descriptor{}, false, ctx.Err()
+		}
+		s.dropRecord(rel)
+		return ocispec.Descriptor{}, false, nil
+	}
+	s.memberChecks.add(raw, c, desc.Digest)
 	return desc, true, nil
+}
+
+// dropRecord removes a wrong member record (best effort: it is a cache).
+func (s *Store) dropRecord(rel string) {
+	_ = os.Remove(s.path(rel))
 }
 
 // RecordMember records that member holds the raw block raw under compression
@@ -50,7 +76,10 @@ func (s *Store) RecordMember(ctx context.Context, raw digest.Digest, c blocks.Co
 	// Not fsynced: the member index is a cache that can be rebuilt from
 	// block-set manifests, LookupMember treats a damaged record as absent and
 	// checks the member blob is present.
-	return s.writeRecord(rel, member, false)
+	if err := s.writeRecord(rel, member, false); err != nil {
+		return err
+	}
+	return nil
 }
 
 func memberRecord(raw digest.Digest, c blocks.Compression) (string, error) {

@@ -13,6 +13,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // Sentinel errors; every error that wraps one names the digest and path concerned.
@@ -20,13 +23,15 @@ var (
 	// ErrNotFound: the blob, tag or record is not in the store.
 	ErrNotFound = errors.New("not found")
 	// ErrDigestMismatch: content does not hash to the digest it was asked for.
-	ErrDigestMismatch = errors.New("digest mismatch")
+	ErrDigestMismatch = fsutil.ErrDigest
 	// ErrSizeMismatch: content is shorter or longer than its descriptor says.
-	ErrSizeMismatch = errors.New("size mismatch")
+	ErrSizeMismatch = fsutil.ErrSize
 	// ErrTooLarge: a document is larger than the cap for its kind.
 	ErrTooLarge = errors.New("too large")
 	// ErrInvalid: a digest, name or descriptor is malformed.
 	ErrInvalid = errors.New("invalid")
+	// ErrNoStore: the directory is not a store (Open never creates one).
+	ErrNoStore = errors.New("no store")
 	// ErrProblems: Verify found problems (each was reported).
 	ErrProblems = errors.New("store has problems")
 )
@@ -49,9 +54,10 @@ const (
 	indexFile    = "index.json"
 	blobsDir     = ocispec.ImageBlobsDir // "blobs"
 	extraDir     = "blockfile"
-	ingestDir    = "blockfile/ingest"  // temp files; same filesystem as blobs/ so rename is atomic
-	membersDir   = "blockfile/members" // members/<compression>/<raw hex>: member descriptor JSON
-	blockRootDir = "blockfile/blocks"  // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	ingestDir    = "blockfile/ingest"    // temp files; same filesystem as blobs/ so rename is atomic
+	membersDir   = "blockfile/members"   // members/<compression>/<raw hex>: member descriptor JSON
+	blockRootDir = "blockfile/blocks"    // blocks/<hex>: descriptor JSON of a block added by `block add` (a gc root)
+	referrersDir = "blockfile/referrers" // referrers/<subject hex>/<referrer hex>: descriptor JSON (see referrers.go)
 	lockFile     = "blockfile/index.lock"
 )
 
@@ -63,6 +69,12 @@ type Store struct {
 	// mu serialises index.json updates inside this process; the flock on
 	// lockFile serialises them across processes.
 	mu sync.Mutex
+	// leases held through this Store (see Lease).
+	leases leases
+	// trust remembers which blob files this process has hashed (see present).
+	trust trustCache
+	// memberChecks remembers member records checked by LookupMember.
+	memberChecks memberChecks
 }
 
 // DefaultRoot is the store used when none is given: $BLOCKFILE_STORE, else
@@ -83,16 +95,62 @@ func DefaultRoot() string {
 	return filepath.Join(home, ".local", "share", "blockfile", "store")
 }
 
-// Open opens the store at root, creating the layout if it is missing. Opening
-// is safe to race with other processes opening or writing the same root.
+// Open opens the existing store at root. A root without an oci-layout file
+// is not a store: Open fails with ErrNoStore ("no store at DIR") rather than
+// create one, so a mistyped --store is reported, not silently made. Verbs
+// that write a new store call Create. Opening is safe to race with other
+// processes opening or writing the same root.
 func Open(root string) (*Store, error) {
+	abs, err := absRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(abs, layoutFile)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no store at %s: %w", abs, ErrNoStore)
+	} else if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	return open(abs)
+}
+
+// Create opens the store at root, creating it if it does not exist: an
+// absent or empty directory becomes an empty store. A non-empty directory
+// that is not an OCI image layout is refused (ErrNoStore), so a store is
+// never spread over unrelated files.
+func Create(root string) (*Store, error) {
+	abs, err := absRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(abs, layoutFile)); errors.Is(err, os.ErrNotExist) {
+		// Entries a store has are allowed: another process may be creating
+		// the same store right now (open makes the directories first).
+		ents, _ := os.ReadDir(abs)
+		for _, e := range ents {
+			switch e.Name() {
+			case blobsDir, extraDir, indexFile:
+				continue
+			}
+			return nil, fmt.Errorf("create store %s: the directory holds %s and is not a store (no %s): %w", abs, blocks.Quote(e.Name()), layoutFile, ErrNoStore)
+		}
+	}
+	return open(abs)
+}
+
+func absRoot(root string) (string, error) {
 	if root == "" {
-		return nil, fmt.Errorf("open store: empty path: %w", ErrInvalid)
+		return "", fmt.Errorf("open store: empty path: %w", ErrInvalid)
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", root, err)
+		return "", fmt.Errorf("open store %s: %w", root, err)
 	}
+	return abs, nil
+}
+
+// open makes sure the layout at abs is complete (creating what is missing)
+// and checks its version.
+func open(abs string) (*Store, error) {
 	s := &Store{root: abs}
 	for _, d := range []string{
 		filepath.Join(blobsDir, digest.SHA256.String()), ingestDir, membersDir, blockRootDir,
@@ -106,6 +164,11 @@ func Open(root string) (*Store, error) {
 		return nil, err
 	}
 	if err := s.checkLayout(); err != nil {
+		return nil, err
+	}
+	// The gc lock exists from the start, so that a lease (a writer that
+	// then fails its checks) leaves the store exactly as it found it.
+	if err := s.createIfAbsent(gcLockFile, nil); err != nil {
 		return nil, err
 	}
 	empty, _ := json.Marshal(newIndex(nil))
@@ -133,20 +196,17 @@ func (s *Store) blobPath(d digest.Digest) (string, error) {
 	return s.BlobPath(d), nil
 }
 
-// Exists reports whether the blob d is present. It does not re-hash it.
+// Exists reports whether the blob d is present and intact. A blob file is
+// trusted only once its content has been hashed: the first Exists (or Push)
+// of a blob in a process hashes it, later ones find it in a cache keyed by
+// the file's identity (inode, size, mtime, ctime), as do blobs this process
+// wrote. A blob that does not hash to its name is reported absent, so the
+// next Push of it replaces it with good content.
 func (s *Store) Exists(ctx context.Context, d digest.Digest) (bool, error) {
-	p, err := s.blobPath(d)
-	if err != nil {
+	if _, err := s.blobPath(d); err != nil {
 		return false, err
 	}
-	fi, err := os.Stat(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("blob %s: %w", d, err)
-	}
-	return fi.Mode().IsRegular(), nil
+	return s.present(ctx, d, -1)
 }
 
 // Fetch opens the blob desc. The reader verifies while streaming: reading past
@@ -292,42 +352,24 @@ func (s *Store) createIfAbsent(rel string, b []byte) error {
 // durable is set the file and the rename are fsynced; otherwise a crash may
 // leave the old content, or an empty file, under rel.
 func (s *Store) replaceFile(rel string, b []byte, durable bool) error {
-	tmp, err := s.writeTemp(b, durable)
-	if err != nil {
-		return err
-	}
-	dst := s.path(rel)
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if !durable {
-		return nil
-	}
-	return syncDir(filepath.Dir(dst))
+	return fsutil.WriteFile(s.path(ingestDir), s.path(rel), b, 0o644, durable)
 }
 
 // writeTemp writes b to a new temp file in the ingest directory, synced if fsync.
 func (s *Store) writeTemp(b []byte, fsync bool) (string, error) {
-	f, err := os.CreateTemp(s.path(ingestDir), "file-*")
+	t, err := fsutil.Create(s.path(ingestDir), "file")
 	if err != nil {
 		return "", fmt.Errorf("store %s: %w", s.root, err)
 	}
-	_, err = f.Write(b)
-	if err == nil && fsync {
-		err = f.Sync()
+	if _, err := t.Write(b); err != nil {
+		t.Close()
+		return "", err
 	}
-	if err == nil {
-		err = f.Chmod(0o644)
+	d := fsutil.Volatile
+	if fsync {
+		d = fsutil.Durable
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write %s: %w", f.Name(), err)
-	}
-	return f.Name(), nil
+	return t.Seal(0o644, d)
 }
 
 // readSmall reads a small file whole, refusing files over limit.
@@ -363,17 +405,7 @@ func (s *Store) checkLayout() error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return fsutil.SyncDir(dir) }
 
 // ctxReader makes long copies stop when ctx is cancelled.
 type ctxReader struct {

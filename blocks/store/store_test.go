@@ -19,7 +19,7 @@ import (
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "store"))
+	s, err := Create(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,9 +53,37 @@ func ingestEntries(t *testing.T, s *Store) []string {
 	return names
 }
 
-func TestOpenCreatesLayout(t *testing.T) {
+func TestOpenRefusesMissingStore(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "typo")
+	_, err := Open(root)
+	if !errors.Is(err, ErrNoStore) || !strings.Contains(err.Error(), "no store at "+root) {
+		t.Fatalf("Open(missing) = %v, want ErrNoStore naming %s", err, root)
+	}
+	if _, serr := os.Stat(root); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("Open created %s (%v)", root, serr)
+	}
+	// An existing directory that is not a store is not one either.
+	if _, err := Open(t.TempDir()); !errors.Is(err, ErrNoStore) {
+		t.Fatalf("Open(empty dir) = %v, want ErrNoStore", err)
+	}
+}
+
+func TestCreateRefusesNonEmptyDirectory(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "notes.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(root); !errors.Is(err, ErrNoStore) || !strings.Contains(err.Error(), "notes.txt") {
+		t.Fatalf("Create(non-empty dir) = %v, want ErrNoStore naming notes.txt", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "oci-layout")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Create wrote into a foreign directory: %v", err)
+	}
+}
+
+func TestCreateCreatesLayout(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "a", "b")
-	s, err := Open(root)
+	s, err := Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,5 +436,40 @@ func TestWalk(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("Walk = %v, want %v", got, want)
+	}
+}
+
+// index.json and the member and block records are read whole: each is
+// bounded (docs/FORMAT.md section 9) and a larger one is refused.
+func TestRecordAndIndexBounds(t *testing.T) {
+	ctx := context.Background()
+	s, err := Create(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := digest.FromString("a block")
+	rec := filepath.Join(s.Root(), membersDir, string(blocks.Gzip), raw.Encoded())
+	os.MkdirAll(filepath.Dir(rec), 0o755)
+	if err := os.WriteFile(rec, bytes.Repeat([]byte(" "), maxRecordSize+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The member index is a cache: an oversized record is not read, and
+	// counts as no record.
+	if _, found, err := s.LookupMember(ctx, raw, blocks.Gzip); found || err != nil {
+		t.Fatalf("LookupMember of a %d-byte record = %v, %v, want not found", maxRecordSize+1, found, err)
+	}
+	if _, err := s.readRecord(filepath.ToSlash(filepath.Join(membersDir, string(blocks.Gzip), raw.Encoded()))); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("reading a %d-byte record = %v, want ErrTooLarge", maxRecordSize+1, err)
+	}
+	f, err := os.OpenFile(filepath.Join(s.Root(), indexFile), os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(maxIndexSize + 1); err != nil { // sparse: costs no disk
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := s.Tags(ctx); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Tags with a %d-byte index.json = %v, want ErrTooLarge", maxIndexSize+1, err)
 	}
 }

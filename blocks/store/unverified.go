@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
+
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // The two methods below skip the digest check of Fetch and Push. Each is
@@ -121,8 +121,9 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 }
 
 // writeUnhashed creates the blob desc from what fill writes to a temp file:
-// temp file, size check, fsync, read-only, rename. fill returns the number
-// of bytes written.
+// the committer's size check, fsync, read-only, rename, directory fsync.
+// fill returns the number of bytes written. A blob already present and
+// intact is kept (and fill not called); a damaged one is replaced.
 func (s *Store) writeUnhashed(ctx context.Context, desc ocispec.Descriptor, fill func(w io.Writer) (int64, error)) (err error) {
 	p, err := s.blobPath(desc.Digest)
 	if err != nil {
@@ -131,74 +132,29 @@ func (s *Store) writeUnhashed(ctx context.Context, desc ocispec.Descriptor, fill
 	if desc.Size < 0 {
 		return fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, ErrInvalid)
 	}
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Size() == desc.Size {
-		return nil
+	if ok, err := s.present(ctx, desc.Digest, desc.Size); err != nil || ok {
+		return err
 	}
-	f, err := os.CreateTemp(s.path(ingestDir), "blob-*")
+	t, err := fsutil.Create(s.path(ingestDir), "blob")
 	if err != nil {
 		return fmt.Errorf("store %s: new blob: %w", s.root, err)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	n, err := fill(&writeBehind{f: f})
+	defer t.Close()
+	n, err := fill(t)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
-	if n != desc.Size {
-		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", desc.Digest, n, desc.Size, ErrSizeMismatch)
+	if n != t.Size() {
+		return fmt.Errorf("blob %s: wrote %d bytes, counted %d", desc.Digest, t.Size(), n)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if fi, serr := os.Stat(p); serr == nil && fi.Mode().IsRegular() && fi.Size() == desc.Size {
-		// Another writer got there first: keep its file (and its inode,
-		// which readers may have open) and drop ours.
-		f.Close()
-		os.Remove(f.Name())
-		return nil
+	// The producer checked the digest (see PushVerified): "" asks the
+	// committer for the size check only.
+	if err := t.CommitBlob(p, desc, ""); err != nil {
+		return err
 	}
-	// fsync before rename: after a crash a blob name never points at
-	// unwritten data. 0444: blobs are immutable, by name.
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("blob %s: sync %s: %w", desc.Digest, f.Name(), err)
-	}
-	if err := f.Chmod(0o444); err != nil {
-		return fmt.Errorf("blob %s: chmod %s: %w", desc.Digest, f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("blob %s: close %s: %w", desc.Digest, f.Name(), err)
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if err := os.Rename(f.Name(), p); err != nil {
-		return fmt.Errorf("blob %s: rename into %s: %w", desc.Digest, p, err)
-	}
+	s.trustWritten(desc.Digest)
 	return nil
-}
-
-// writeBehind writes to f and starts the writeback of every writeBehindChunk
-// bytes as soon as they are written (sync_file_range, which does not wait),
-// so that the fsync before the rename finds little left to write: for a
-// layer of a hundred megabytes that fsync otherwise waits for all of it.
-type writeBehind struct {
-	f       *os.File
-	n, sync int64 // bytes written; bytes whose writeback was started
-}
-
-const writeBehindChunk = 8 << 20
-
-func (w *writeBehind) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.n += int64(n)
-	if w.n-w.sync >= writeBehindChunk {
-		// Only a hint: an error here is left to the fsync to report.
-		_ = unix.SyncFileRange(int(w.f.Fd()), w.sync, w.n-w.sync, unix.SYNC_FILE_RANGE_WRITE)
-		w.sync = w.n
-	}
-	return n, err
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,7 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
+
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // copyBufs recycles copy buffers: exports push thousands of blobs.
@@ -22,10 +22,9 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // place; Close discards it if it was not committed.
 type BlobWriter struct {
 	s    *Store
-	f    *os.File
+	t    *fsutil.File
 	alg  digest.Algorithm
 	h    *Digester // hashes on another goroutine once the blob is large
-	n    int64
 	done bool
 }
 
@@ -35,29 +34,25 @@ func (s *Store) NewWriter(ctx context.Context) (*BlobWriter, error) {
 }
 
 func (s *Store) newWriter(alg digest.Algorithm) (*BlobWriter, error) {
-	f, err := os.CreateTemp(s.path(ingestDir), "blob-*")
+	t, err := fsutil.Create(s.path(ingestDir), "blob")
 	if err != nil {
 		return nil, fmt.Errorf("store %s: new blob: %w", s.root, err)
 	}
-	return &BlobWriter{s: s, f: f, alg: alg, h: newDigester(alg.Hash())}, nil
+	return &BlobWriter{s: s, t: t, alg: alg, h: newDigester(alg.Hash())}, nil
 }
 
 // Write appends p to the blob.
 func (w *BlobWriter) Write(p []byte) (int, error) {
 	if w.done {
-		return 0, fmt.Errorf("write %s: blob writer is closed", w.f.Name())
+		return 0, fmt.Errorf("write %s: blob writer is closed", w.t.Name())
 	}
-	n, err := w.f.Write(p)
+	n, err := w.t.Write(p)
 	w.h.Write(p[:n])
-	w.n += int64(n)
-	if err != nil {
-		return n, fmt.Errorf("write %s: %w", w.f.Name(), err)
-	}
-	return n, nil
+	return n, err
 }
 
 // Size is the number of bytes written so far.
-func (w *BlobWriter) Size() int64 { return w.n }
+func (w *BlobWriter) Size() int64 { return w.t.Size() }
 
 // Digest is the digest of the bytes written so far.
 func (w *BlobWriter) Digest() digest.Digest {
@@ -65,14 +60,17 @@ func (w *BlobWriter) Digest() digest.Digest {
 	return digest.NewDigest(w.alg, w.h.h)
 }
 
-// Commit syncs the blob, makes it read-only and renames it into blobs/. If the
-// blob is already present the new copy is discarded (same content, by name).
+// Commit syncs the blob, makes it read-only and renames it into blobs/. A
+// blob of that name already there is replaced (it may be damaged; the new
+// copy is verified, and readers that have the old one open keep it).
 func (w *BlobWriter) Commit(ctx context.Context, mediaType string) (ocispec.Descriptor, error) {
-	desc := ocispec.Descriptor{MediaType: mediaType, Digest: w.Digest(), Size: w.n}
+	desc := ocispec.Descriptor{MediaType: mediaType, Digest: w.Digest(), Size: w.t.Size()}
 	return desc, w.commit(ctx, desc)
 }
 
-// commit checks the written bytes against want and moves them into place.
+// commit checks the written bytes against want and moves them into place
+// with the one committer (fsutil): size and digest check, fsync, 0444,
+// rename, directory fsync.
 func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error {
 	if w.done {
 		return fmt.Errorf("commit %s: blob writer is closed", want.Digest)
@@ -81,71 +79,36 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if w.n != want.Size {
-		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", want.Digest, w.n, want.Size, ErrSizeMismatch)
-	}
-	if got := w.Digest(); got != want.Digest {
-		return fmt.Errorf("blob %s: content hashes to %s: %w", want.Digest, got, ErrDigestMismatch)
-	}
-	dst := w.s.BlobPath(want.Digest)
-	if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == want.Size {
-		// Another writer got there first: keep its file (and its inode, which
-		// readers may have open) and drop ours.
-		return nil
-	}
-	// fsync before rename: after a crash a blob name never points at
-	// unwritten data. 0444: blobs are immutable, by name.
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("blob %s: sync %s: %w", want.Digest, w.f.Name(), err)
-	}
-	if err := w.f.Chmod(0o444); err != nil {
-		return fmt.Errorf("blob %s: chmod %s: %w", want.Digest, w.f.Name(), err)
-	}
-	if err := w.f.Close(); err != nil {
-		return fmt.Errorf("blob %s: close %s: %w", want.Digest, w.f.Name(), err)
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return fmt.Errorf("blob %s: %w", want.Digest, err)
-	}
-	// Rename over an existing blob is fine: both files hold the verified
-	// content of the same digest, and rename is atomic for readers.
-	if err := os.Rename(w.f.Name(), dst); err != nil {
-		return fmt.Errorf("blob %s: rename into %s: %w", want.Digest, dst, err)
-	}
 	w.done = true
+	w.h.Close()
+	if err := w.t.CommitBlob(w.s.BlobPath(want.Digest), want, w.Digest()); err != nil {
+		return err
+	}
+	w.s.trustWritten(want.Digest)
 	return nil
 }
 
 // Close discards the blob unless it was committed. It is safe to call twice.
 func (w *BlobWriter) Close() error {
 	w.h.Close()
-	if w.done {
-		return nil
-	}
 	w.done = true
-	w.f.Close()
-	if err := os.Remove(w.f.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("discard %s: %w", w.f.Name(), err)
-	}
-	return nil
+	return w.t.Close()
 }
 
 // Push stores the content of r as the blob desc. The content is written to a
 // temp file, checked against desc.Digest and desc.Size, and only then renamed
 // into place; on any mismatch nothing is left behind. A blob already present
-// (with the right size) is not an error and r is not read.
+// and intact is not an error and r is not read; a damaged one (other size,
+// or content that does not hash to its name) is replaced.
 func (s *Store) Push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
-	p, err := s.blobPath(desc.Digest)
-	if err != nil {
+	if _, err := s.blobPath(desc.Digest); err != nil {
 		return err
 	}
 	if desc.Size < 0 {
 		return fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, ErrInvalid)
 	}
-	// A present blob of the wrong size is damaged: fall through and replace it
-	// with verified content rather than keep it.
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Size() == desc.Size {
-		return nil
+	if ok, err := s.present(ctx, desc.Digest, desc.Size); err != nil || ok {
+		return err
 	}
 	w, err := s.newWriter(desc.Digest.Algorithm())
 	if err != nil {
@@ -180,10 +143,12 @@ func (s *Store) Ingest(ctx context.Context, mediaType string, r io.Reader) (ocis
 // Batch moves many written blobs into place with one filesystem sync instead
 // of one fsync per blob: ingesting a bundle of a thousand blocks is otherwise
 // mostly waiting for fsync. Add checks each blob and closes its temp file;
-// Commit syncs the filesystem once, then renames every blob into place. A blob
-// is never visible under its name before its bytes are durable, and a failure
-// or a kill before Commit leaves only temp files in the ingest directory,
-// which Discard (or, after a kill, gc) removes.
+// Commit syncs the filesystem once (fsutil.SyncFS; where the OS has none,
+// Add synced each file), then renames every blob into place and syncs the
+// blob directory. A blob is never visible under its name before its bytes
+// are durable, and a failure or a kill before Commit leaves only temp files
+// in the ingest directory, which Discard (or, after a kill, the next writer)
+// removes.
 type Batch struct {
 	s     *Store
 	items []batchItem
@@ -207,39 +172,28 @@ func (b *Batch) Add(ctx context.Context, w *BlobWriter, want ocispec.Descriptor)
 		w.Close()
 		return err
 	}
-	if w.n != want.Size {
+	if err := w.t.Check(want, w.Digest()); err != nil {
 		w.Close()
-		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", want.Digest, w.n, want.Size, ErrSizeMismatch)
-	}
-	if got := w.Digest(); got != want.Digest {
-		w.Close()
-		return fmt.Errorf("blob %s: content hashes to %s: %w", want.Digest, got, ErrDigestMismatch)
-	}
-	if err := w.f.Chmod(0o444); err != nil {
-		w.Close()
-		return fmt.Errorf("blob %s: chmod %s: %w", want.Digest, w.f.Name(), err)
-	}
-	// Start writing the file back now (sync_file_range does not wait), so
-	// that the one sync of Commit finds little left to flush; only a hint,
-	// Commit's sync reports errors.
-	_ = unix.SyncFileRange(int(w.f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
-	if err := w.f.Close(); err != nil {
-		w.done = true
-		os.Remove(w.f.Name())
-		return fmt.Errorf("blob %s: close %s: %w", want.Digest, w.f.Name(), err)
+		return err
 	}
 	w.done = true
-	b.items = append(b.items, batchItem{tmp: w.f.Name(), desc: want})
+	w.h.Close()
+	tmp, err := w.t.Seal(0o444, fsutil.Deferred)
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", want.Digest, err)
+	}
+	b.items = append(b.items, batchItem{tmp: tmp, desc: want})
 	return nil
 }
 
 // Commit syncs the store's filesystem once and renames every blob of the
-// batch into place. A blob already present is kept and the copy dropped.
+// batch into place (replacing any damaged copy), then syncs the blob
+// directory.
 func (b *Batch) Commit(ctx context.Context) error {
 	if len(b.items) == 0 {
 		return nil
 	}
-	if err := syncFS(b.s.path(ingestDir)); err != nil {
+	if err := fsutil.SyncFS(b.s.path(ingestDir)); err != nil {
 		return fmt.Errorf("store %s: sync before commit: %w", b.s.root, err)
 	}
 	for i, it := range b.items {
@@ -248,24 +202,15 @@ func (b *Batch) Commit(ctx context.Context) error {
 			b.Discard()
 			return err
 		}
-		dst := b.s.BlobPath(it.desc.Digest)
-		if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == it.desc.Size {
-			os.Remove(it.tmp)
-			continue
-		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		if err := fsutil.Rename(it.tmp, b.s.BlobPath(it.desc.Digest)); err != nil {
 			b.items = b.items[i:]
 			b.Discard()
 			return fmt.Errorf("blob %s: %w", it.desc.Digest, err)
 		}
-		if err := os.Rename(it.tmp, dst); err != nil {
-			b.items = b.items[i:]
-			b.Discard()
-			return fmt.Errorf("blob %s: rename into %s: %w", it.desc.Digest, dst, err)
-		}
+		b.s.trustWritten(it.desc.Digest)
 	}
 	b.items = nil
-	return nil
+	return syncDir(filepath.Join(b.s.root, blobsDir, digest.SHA256.String()))
 }
 
 // Discard removes the temp files of blobs not yet committed.
@@ -274,15 +219,4 @@ func (b *Batch) Discard() {
 		os.Remove(it.tmp)
 	}
 	b.items = nil
-}
-
-// syncFS flushes the filesystem that holds dir (syncfs(2)): every file
-// written to it so far is durable when it returns.
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
 }

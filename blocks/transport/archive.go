@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +17,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -61,11 +61,26 @@ func openArchiveSource(_ context.Context, file, ref string) (*archiveSource, err
 	return a, nil
 }
 
-// index walks the tar headers. archive/tar reads exactly one header at a
-// time from an *os.File and seeks over entry data, so the file offset after
-// Next is where the entry's data starts.
+// index records where every regular entry's data lies in the file.
 func (a *archiveSource) index() error {
-	tr := tar.NewReader(a.f)
+	entries, err := indexTar(a.f)
+	if err != nil {
+		return err
+	}
+	a.entries = entries
+	return nil
+}
+
+// indexTar walks the tar headers of f and returns the section of the file
+// holding each regular entry's data, by cleaned name. Hard links and
+// symbolic links (docker save links a repeated layer to its first copy) are
+// resolved to the entry they name inside the archive; nothing outside it is
+// ever followed. archive/tar reads exactly one header at a time from an
+// *os.File and seeks over entry data, so the file offset after Next is where
+// the entry's data starts.
+func indexTar(f *os.File) (map[string]section, error) {
+	tr := tar.NewReader(f)
+	entries := map[string]section{}
 	links := map[string]string{}
 	for {
 		h, err := tr.Next()
@@ -73,28 +88,43 @@ func (a *archiveSource) index() error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read tar: %w", err)
+			return nil, fmt.Errorf("read tar: %w", err)
 		}
 		name := cleanEntry(h.Name)
 		switch h.Typeflag {
 		case tar.TypeReg:
-			off, err := a.f.Seek(0, io.SeekCurrent)
+			off, err := f.Seek(0, io.SeekCurrent)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			a.entries[name] = section{off: off, size: h.Size}
+			entries[name] = section{off: off, size: h.Size}
 		case tar.TypeLink:
 			links[name] = cleanEntry(h.Linkname)
+		case tar.TypeSymlink:
+			target := h.Linkname
+			if !path.IsAbs(target) {
+				target = path.Join(path.Dir(name), target)
+			}
+			links[name] = cleanEntry(target)
 		case tar.TypeGNUSparse:
-			return fmt.Errorf("entry %q: sparse files are not supported", h.Name)
+			return nil, fmt.Errorf("entry %q: sparse files are not supported", h.Name)
 		}
 	}
-	for name, target := range links {
-		if sec, ok := a.entries[target]; ok {
-			a.entries[name] = sec
+	// Links to links: a few hops at most; a cycle resolves to nothing.
+	for range 8 {
+		progress := false
+		for name, target := range links {
+			if sec, ok := entries[target]; ok {
+				entries[name] = sec
+				delete(links, name)
+				progress = true
+			}
+		}
+		if !progress {
+			break
 		}
 	}
-	return nil
+	return entries, nil
 }
 
 func cleanEntry(name string) string {
@@ -129,7 +159,7 @@ func (a *archiveSource) Close() error { return a.f.Close() }
 type archiveSink struct {
 	path      string
 	ref       string
-	f         *os.File
+	f         *fsutil.File // the archive, under a temp name until Commit
 	tw        *tar.Writer
 	have      map[digest.Digest]bool
 	manifests map[digest.Digest][]byte // manifest JSON kept for Commit
@@ -145,7 +175,7 @@ func newArchiveSink(file, ref string) (*archiveSink, error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return nil, fmt.Errorf("oci-archive:%s: %w", file, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(file), filepath.Base(file)+".tmp-")
+	f, err := fsutil.Create(filepath.Dir(file), "."+filepath.Base(file))
 	if err != nil {
 		return nil, fmt.Errorf("oci-archive:%s: %w", file, err)
 	}
@@ -280,16 +310,8 @@ func (s *archiveSink) Commit(_ context.Context, root ocispec.Descriptor) error {
 	if err := s.tw.Close(); err != nil {
 		return s.fail(err)
 	}
-	if err := s.f.Sync(); err != nil {
-		return s.fail(err)
-	}
-	if err := s.f.Close(); err != nil {
-		return s.fail(err)
-	}
-	if err := os.Chmod(s.f.Name(), 0o644); err != nil {
-		return s.fail(err)
-	}
-	if err := os.Rename(s.f.Name(), s.path); err != nil {
+	// The one committer: fsync, mode, rename, directory fsync.
+	if err := s.f.Commit(s.path, 0o644); err != nil {
 		return s.fail(err)
 	}
 	s.done = true
@@ -310,9 +332,5 @@ func (s *archiveSink) Abort() error {
 		return nil
 	}
 	s.done = true
-	s.f.Close()
-	if err := os.Remove(s.f.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return s.f.Close()
 }

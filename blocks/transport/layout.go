@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/blockfile/blockfile/blocks/internal/fsutil"
 )
 
 // layoutSource reads an OCI image layout directory.
@@ -80,7 +82,10 @@ type layoutSink struct {
 	ref   string
 	mu    sync.Mutex // guards added: Push may run on several goroutines
 	added []string   // blobs created in an existing dir, removed again on Abort
-	done  bool
+	// checked: blobs hashed (or written) by this sink, so Exists hashes an
+	// existing blob once.
+	checked map[digest.Digest]bool
+	done    bool
 }
 
 func newLayoutSink(dir, ref string) (*layoutSink, error) {
@@ -92,6 +97,9 @@ func newLayoutSink(dir, ref string) (*layoutSink, error) {
 		return nil, fmt.Errorf("oci:%s: exists and is not a directory", dir)
 	case err == nil:
 		s.work = dir
+		if err := refuseNonLayout(dir); err != nil {
+			return nil, err
+		}
 		if err := ensureLayoutFile(dir); err != nil {
 			return nil, err
 		}
@@ -115,6 +123,34 @@ func newLayoutSink(dir, ref string) (*layoutSink, error) {
 	return s, nil
 }
 
+// ErrNotLayout: an oci: destination is a directory with content that is
+// not an OCI image layout.
+var ErrNotLayout = errors.New("not an OCI image layout")
+
+// refuseNonLayout refuses to write into an existing directory that holds
+// anything but is not an OCI image layout (no oci-layout file): a mistyped
+// path must not have its index.json replaced or blobs/ filled.
+func refuseNonLayout(dir string) error {
+	if _, err := os.Lstat(filepath.Join(dir, ocispec.ImageLayoutFile)); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if len(names) == 0 && errors.Is(err, io.EOF) {
+		return nil // empty: becomes a layout
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("oci:%s: %w", dir, err)
+	}
+	return fmt.Errorf("oci:%s: the directory is not empty and has no %s file: %w; name a new or empty directory, or an existing layout", dir, ocispec.ImageLayoutFile, ErrNotLayout)
+}
+
 // ensureLayoutFile writes the oci-layout marker if it is missing or empty.
 func ensureLayoutFile(dir string) error {
 	p := filepath.Join(dir, ocispec.ImageLayoutFile)
@@ -125,10 +161,19 @@ func ensureLayoutFile(dir string) error {
 	return writeFileAtomic(p, data)
 }
 
-func (s *layoutSink) Exists(_ context.Context, desc ocispec.Descriptor) (bool, error) {
+// Exists reports whether the layout holds desc intact. Presence is judged
+// by content, not by name or size: a blob of the right size is hashed
+// (once per sink), and a damaged one counts as absent so Push replaces it.
+func (s *layoutSink) Exists(ctx context.Context, desc ocispec.Descriptor) (bool, error) {
 	p, err := blobPath(s.work, desc.Digest)
 	if err != nil {
 		return false, err
+	}
+	s.mu.Lock()
+	ok := s.checked[desc.Digest]
+	s.mu.Unlock()
+	if ok {
+		return true, nil
 	}
 	st, err := os.Stat(p)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -137,8 +182,32 @@ func (s *layoutSink) Exists(_ context.Context, desc ocispec.Descriptor) (bool, e
 	if err != nil {
 		return false, fmt.Errorf("oci:%s: %w", s.dir, err)
 	}
-	// A blob of the wrong size is damage; treat it as missing so it is rewritten.
-	return st.Size() == desc.Size, nil
+	if !st.Mode().IsRegular() || st.Size() != desc.Size {
+		return false, nil
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return false, fmt.Errorf("oci:%s: %w", s.dir, err)
+	}
+	defer f.Close()
+	h := desc.Digest.Algorithm().Hash()
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, make([]byte, copyBufSize)); err != nil {
+		return false, fmt.Errorf("oci:%s: blob %s: %w", s.dir, desc.Digest, err)
+	}
+	if digest.NewDigest(desc.Digest.Algorithm(), h) != desc.Digest {
+		return false, nil // damaged: Push replaces it
+	}
+	s.markChecked(desc.Digest)
+	return true, nil
+}
+
+func (s *layoutSink) markChecked(d digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.checked == nil {
+		s.checked = map[digest.Digest]bool{}
+	}
+	s.checked[d] = true
 }
 
 func (s *layoutSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
@@ -153,6 +222,7 @@ func (s *layoutSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Rea
 	if err != nil {
 		return fmt.Errorf("oci:%s: %w", s.dir, err)
 	}
+	s.markChecked(desc.Digest)
 	if created && !s.fresh {
 		s.mu.Lock()
 		s.added = append(s.added, p)
@@ -161,9 +231,11 @@ func (s *layoutSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Rea
 	return nil
 }
 
-// writeBlobFile streams r into p through a temp file in the same
-// directory, verifying size and digest before the rename. created is false
-// when another writer put the blob there first.
+// writeBlobFile streams r into p with the one committer (fsutil): a temp
+// file in the same directory, verified (size and digest) while written,
+// fsync, read-only, rename, directory fsync. A damaged file at p is
+// replaced; created says whether p did not exist before (so Abort may
+// remove it).
 func writeBlobFile(p string, desc ocispec.Descriptor, r io.Reader) (created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return false, err
@@ -172,36 +244,21 @@ func writeBlobFile(p string, desc ocispec.Descriptor, r io.Reader) (created bool
 	if err != nil {
 		return false, err
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-"+desc.Digest.Encoded()+"-")
+	t, err := fsutil.Create(filepath.Dir(p), ".tmp-blob")
 	if err != nil {
 		return false, err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = io.CopyBuffer(f, vr, make([]byte, copyBufSize)); err != nil {
+	defer t.Close()
+	if _, err = io.CopyBuffer(t, vr, make([]byte, copyBufSize)); err != nil {
 		return false, fmt.Errorf("write blob %s: %w", desc.Digest, err)
 	}
-	if err = f.Sync(); err != nil {
+	_, serr := os.Lstat(p)
+	// The verify reader checked the digest at EOF: "" asks the committer
+	// for the size check only.
+	if err := t.CommitBlob(p, desc, ""); err != nil {
 		return false, err
 	}
-	if err = f.Close(); err != nil {
-		return false, err
-	}
-	if err = os.Chmod(f.Name(), 0o444); err != nil {
-		return false, err
-	}
-	if _, serr := os.Stat(p); serr == nil {
-		os.Remove(f.Name())
-		return false, nil
-	}
-	if err = os.Rename(f.Name(), p); err != nil {
-		return false, err
-	}
-	return true, nil
+	return errors.Is(serr, fs.ErrNotExist), nil
 }
 
 func (s *layoutSink) Commit(ctx context.Context, root ocispec.Descriptor) error {
@@ -233,6 +290,9 @@ func (s *layoutSink) Commit(ctx context.Context, root ocispec.Descriptor) error 
 	if s.fresh {
 		if err := os.Rename(s.work, s.dir); err != nil {
 			return fmt.Errorf("oci:%s: move into place: %w", s.dir, err)
+		}
+		if err := fsutil.SyncDir(filepath.Dir(s.dir)); err != nil {
+			return fmt.Errorf("oci:%s: %w", s.dir, err)
 		}
 	}
 	s.done = true
@@ -277,29 +337,21 @@ func replaceEntry(entries []ocispec.Descriptor, root ocispec.Descriptor, ref str
 	})
 }
 
-// writeFileAtomic writes data to p through a temp file and a rename.
+// writeFileAtomic writes data to p through the committer: temp file,
+// fsync, rename, directory fsync.
 func writeFileAtomic(p string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-")
-	if err != nil {
-		return err
+	return fsutil.WriteFile("", p, data, 0o644, true)
+}
+
+// ctxReader makes long reads stop when ctx is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return os.Rename(f.Name(), p)
+	return c.r.Read(p)
 }

@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -37,46 +35,79 @@ func parseRemote(ref string) (name.Reference, error) {
 }
 
 func isLoopback(ref string) bool {
-	host, _, _ := strings.Cut(ref, "/")
-	if !strings.Contains(ref, "/") {
-		return false
-	}
-	h := host
-	if hh, _, err := net.SplitHostPort(host); err == nil {
-		h = hh
-	}
-	h = strings.Trim(h, "[]")
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
+	host, _, ok := strings.Cut(ref, "/")
+	return ok && isLoopbackHost(host)
 }
 
-func remoteOptions(ctx context.Context) []remote.Option {
-	return []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithUserAgent("blockfile"),
-	}
-}
-
-// remoteSource reads an image from a registry.
+// remoteSource reads an image from a registry, through its hosts.toml
+// mirrors first when it has any.
 type remoteSource struct {
-	ref  name.Reference
-	opts []remote.Option
+	reg Registry
+	ref name.Reference // the reference as the user named it, for messages
+	eps []Endpoint
+	mu  sync.Mutex
+	cur int // the endpoint that resolved, tried first by Fetch
 }
 
-func openRemoteSource(ctx context.Context, ref string) (*remoteSource, error) {
+func openRemoteSource(ctx context.Context, reg Registry, ref string) (*remoteSource, error) {
 	r, err := parseRemote(ref)
 	if err != nil {
 		return nil, err
 	}
-	return &remoteSource{ref: r, opts: remoteOptions(ctx)}, nil
+	eps, err := reg.PullEndpoints(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return &remoteSource{reg: reg, ref: r, eps: eps}, nil
+}
+
+// try runs f against each endpoint, the one that last succeeded first,
+// until one succeeds. When all fail it returns the registry's own error
+// (explained if it is an authentication failure), the mirrors' being
+// secondary.
+func (s *remoteSource) try(f func(e Endpoint) error) error {
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	var errs []error
+	var server error
+	for i := range s.eps {
+		j := (cur + i) % len(s.eps)
+		e := s.eps[j]
+		err := f(e)
+		if err == nil {
+			s.mu.Lock()
+			s.cur = j
+			s.mu.Unlock()
+			return nil
+		}
+		err = s.reg.Explain(e.Ref, err)
+		if e.Mirror {
+			errs = append(errs, fmt.Errorf("mirror %s: %w", e.Host, err))
+		} else {
+			server = err
+		}
+	}
+	if server == nil {
+		return errors.Join(errs...)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w (mirrors failed too: %v)", server, errors.Join(errs...))
+	}
+	return server
 }
 
 func (s *remoteSource) Resolve(ctx context.Context) (ocispec.Descriptor, error) {
-	d, err := remote.Head(s.ref, append(s.opts, remote.WithContext(ctx))...)
+	var d *v1.Descriptor
+	_, byDigest := s.ref.(name.Digest)
+	err := s.try(func(e Endpoint) error {
+		if !e.Resolve && !byDigest {
+			return fmt.Errorf("host %s may not resolve tags (hosts.toml capabilities)", e.Host)
+		}
+		var err error
+		d, err = remote.Head(e.Ref, append(e.Options, remote.WithContext(ctx))...)
+		return err
+	})
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("docker://%s: resolve: %w", s.ref, err)
 	}
@@ -87,24 +118,34 @@ func (s *remoteSource) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.R
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("docker://%s: blob digest %q: %w", s.ref, desc.Digest, err)
 	}
-	opts := append(s.opts, remote.WithContext(ctx))
-	at := s.ref.Context().Digest(desc.Digest.String())
 	if IsManifest(desc.MediaType) || IsIndex(desc.MediaType) {
-		d, err := remote.Get(at, opts...)
+		var data []byte
+		err := s.try(func(e Endpoint) error {
+			d, err := remote.Get(e.Ref.Context().Digest(desc.Digest.String()), append(e.Options, remote.WithContext(ctx))...)
+			if err != nil {
+				return err
+			}
+			data = d.Manifest
+			return nil
+		})
 		if err != nil {
 			return nil, fmt.Errorf("docker://%s: manifest %s: %w", s.ref.Context(), desc.Digest, err)
 		}
-		vr, err := newVerifyReader(bytes.NewReader(d.Manifest), desc)
+		vr, err := newVerifyReader(bytes.NewReader(data), desc)
 		if err != nil {
 			return nil, err
 		}
 		return io.NopCloser(vr), nil
 	}
-	l, err := remote.Layer(at, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("docker://%s: blob %s: %w", s.ref.Context(), desc.Digest, err)
-	}
-	rc, err := l.Compressed()
+	var rc io.ReadCloser
+	err := s.try(func(e Endpoint) error {
+		l, err := remote.Layer(e.Ref.Context().Digest(desc.Digest.String()), append(e.Options, remote.WithContext(ctx))...)
+		if err != nil {
+			return err
+		}
+		rc, err = l.Compressed()
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("docker://%s: blob %s: %w", s.ref.Context(), desc.Digest, err)
 	}
@@ -122,6 +163,7 @@ func (s *remoteSource) Close() error { return nil }
 // Commit, so an aborted push leaves only unreferenced blobs (which the
 // registry's garbage collector removes) and no tag.
 type remoteSink struct {
+	reg       Registry
 	ref       name.Reference
 	opts      []remote.Option
 	mu        sync.Mutex
@@ -129,12 +171,12 @@ type remoteSink struct {
 	done      bool
 }
 
-func newRemoteSink(ctx context.Context, ref string) (*remoteSink, error) {
-	r, err := parseRemote(ref)
+func newRemoteSink(ctx context.Context, reg Registry, ref string) (*remoteSink, error) {
+	r, opts, err := reg.Remote(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	return &remoteSink{ref: r, opts: remoteOptions(ctx), manifests: map[digest.Digest]rawManifest{}}, nil
+	return &remoteSink{reg: reg, ref: r, opts: opts, manifests: map[digest.Digest]rawManifest{}}, nil
 }
 
 type rawManifest struct {
@@ -154,13 +196,13 @@ func (s *remoteSink) Exists(ctx context.Context, desc ocispec.Descriptor) (bool,
 			if isNotFound(err) {
 				return false, nil
 			}
-			return false, fmt.Errorf("docker://%s: manifest %s: %w", s.ref.Context(), desc.Digest, err)
+			return false, fmt.Errorf("docker://%s: manifest %s: %w", s.ref.Context(), desc.Digest, s.reg.Explain(s.ref, err))
 		}
 		return true, nil
 	}
 	l, err := remote.Layer(at, opts...)
 	if err != nil {
-		return false, fmt.Errorf("docker://%s: blob %s: %w", s.ref.Context(), desc.Digest, err)
+		return false, fmt.Errorf("docker://%s: blob %s: %w", s.ref.Context(), desc.Digest, s.reg.Explain(s.ref, err))
 	}
 	ex, ok := l.(interface{ Exists() (bool, error) })
 	if !ok {
@@ -168,7 +210,7 @@ func (s *remoteSink) Exists(ctx context.Context, desc ocispec.Descriptor) (bool,
 	}
 	found, err := ex.Exists()
 	if err != nil {
-		return false, fmt.Errorf("docker://%s: blob %s: %w", s.ref.Context(), desc.Digest, err)
+		return false, fmt.Errorf("docker://%s: blob %s: %w", s.ref.Context(), desc.Digest, s.reg.Explain(s.ref, err))
 	}
 	return found, nil
 }
@@ -193,11 +235,11 @@ func (s *remoteSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Rea
 		}
 		data, err := io.ReadAll(vr)
 		if err != nil {
-			return fmt.Errorf("docker://%s: manifest %s: %w", s.ref.Context(), desc.Digest, err)
+			return fmt.Errorf("docker://%s: manifest %s: %w", s.ref.Context(), desc.Digest, s.reg.Explain(s.ref, err))
 		}
 		m := rawManifest{data: data, mediaType: desc.MediaType}
 		if err := remote.Put(s.ref.Context().Digest(desc.Digest.String()), m, opts...); err != nil {
-			return fmt.Errorf("docker://%s: push manifest %s: %w", s.ref.Context(), desc.Digest, err)
+			return fmt.Errorf("docker://%s: push manifest %s: %w", s.ref.Context(), desc.Digest, s.reg.Explain(s.ref, err))
 		}
 		s.mu.Lock()
 		s.manifests[desc.Digest] = m
@@ -206,7 +248,7 @@ func (s *remoteSink) Push(ctx context.Context, desc ocispec.Descriptor, r io.Rea
 	}
 	l := &pushLayer{desc: desc, r: vr}
 	if err := remote.WriteLayer(s.ref.Context(), l, opts...); err != nil {
-		return fmt.Errorf("docker://%s: push blob %s: %w", s.ref.Context(), desc.Digest, err)
+		return fmt.Errorf("docker://%s: push blob %s: %w", s.ref.Context(), desc.Digest, s.reg.Explain(s.ref, err))
 	}
 	return nil
 }
@@ -230,12 +272,12 @@ func (s *remoteSink) Commit(ctx context.Context, root ocispec.Descriptor) error 
 	if !ok {
 		d, err := remote.Get(s.ref.Context().Digest(root.Digest.String()), opts...)
 		if err != nil {
-			return fmt.Errorf("docker://%s: commit: root %s: %w", s.ref, root.Digest, err)
+			return fmt.Errorf("docker://%s: commit: root %s: %w", s.ref, root.Digest, s.reg.Explain(s.ref, err))
 		}
 		m = rawManifest{data: d.Manifest, mediaType: string(d.MediaType)}
 	}
 	if err := remote.Put(s.ref, m, opts...); err != nil {
-		return fmt.Errorf("docker://%s: tag %s: %w", s.ref, root.Digest, err)
+		return fmt.Errorf("docker://%s: tag %s: %w", s.ref, root.Digest, s.reg.Explain(s.ref, err))
 	}
 	s.done = true
 	return nil

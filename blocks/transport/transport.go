@@ -12,8 +12,13 @@ import (
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
+
+// ErrBadReference is returned (wrapped) for an image reference whose
+// transport is unknown or whose location is empty: a usage error.
+var ErrBadReference = errors.New("bad image reference")
 
 // Source reads one image (a manifest or an index and everything below it).
 type Source interface {
@@ -42,22 +47,37 @@ type Sink interface {
 	Abort() error
 }
 
-// SinkOption configures ParseSink.
-type SinkOption func(*sinkConfig)
+// Option configures ParseSource and ParseSink.
+type Option func(*config)
 
-type sinkConfig struct {
+// SinkOption configures ParseSink; every Option is one.
+type SinkOption = Option
+
+type config struct {
 	defaultName string
+	registry    Registry
+}
+
+// WithRegistry sets how docker:// references are reached (credentials,
+// TLS, plain HTTP, hosts.toml); the zero Registry is the default.
+func WithRegistry(r Registry) Option {
+	return func(c *config) { c.registry = r }
 }
 
 // WithDefaultName names the image at a file destination (oci:, oci-archive:)
 // whose reference has no REF part, so that `ctr images import` and
 // `docker load` give the loaded image that name.
 func WithDefaultName(name string) SinkOption {
-	return func(c *sinkConfig) { c.defaultName = name }
+	return func(c *config) { c.defaultName = name }
 }
 
-// ParseSource opens oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF.
-func ParseSource(ctx context.Context, ref string) (Source, error) {
+// ParseSource opens oci:DIR[:REF], oci-archive:FILE[:REF],
+// docker-archive:FILE[:REF|:@N] (docker save output) or docker://REF.
+func ParseSource(ctx context.Context, ref string, opts ...Option) (Source, error) {
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
 	kind, rest, err := splitTransport(ref)
 	if err != nil {
 		return nil, err
@@ -69,15 +89,18 @@ func ParseSource(ctx context.Context, ref string) (Source, error) {
 	case "oci-archive":
 		file, name := splitPathRef(rest)
 		return openArchiveSource(ctx, file, name)
+	case "docker-archive":
+		file, name := splitPathRef(rest)
+		return openDockerArchiveSource(ctx, file, name)
 	default:
-		return openRemoteSource(ctx, rest)
+		return openRemoteSource(ctx, cfg.registry, rest)
 	}
 }
 
 // ParseSink opens oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF for
 // writing.
 func ParseSink(ctx context.Context, ref string, opts ...SinkOption) (Sink, error) {
-	var cfg sinkConfig
+	var cfg config
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -86,6 +109,8 @@ func ParseSink(ctx context.Context, ref string, opts ...SinkOption) (Sink, error
 		return nil, err
 	}
 	switch kind {
+	case "docker-archive":
+		return nil, fmt.Errorf("image reference %q: docker-archive: is a source only; write oci-archive:FILE (docker load reads it): %w", ref, ErrBadReference)
 	case "oci":
 		dir, name := splitPathRef(rest)
 		if name == "" {
@@ -99,7 +124,7 @@ func ParseSink(ctx context.Context, ref string, opts ...SinkOption) (Sink, error
 		}
 		return newArchiveSink(file, name)
 	default:
-		return newRemoteSink(ctx, rest)
+		return newRemoteSink(ctx, cfg.registry, rest)
 	}
 }
 
@@ -109,13 +134,15 @@ func splitTransport(ref string) (kind, rest string, err error) {
 		kind, rest = "oci", strings.TrimPrefix(ref, "oci:")
 	case strings.HasPrefix(ref, "oci-archive:"):
 		kind, rest = "oci-archive", strings.TrimPrefix(ref, "oci-archive:")
+	case strings.HasPrefix(ref, "docker-archive:"):
+		kind, rest = "docker-archive", strings.TrimPrefix(ref, "docker-archive:")
 	case strings.HasPrefix(ref, "docker://"):
 		kind, rest = "docker", strings.TrimPrefix(ref, "docker://")
 	default:
-		return "", "", fmt.Errorf("image reference %q: want oci:DIR[:REF], oci-archive:FILE[:REF] or docker://REF", ref)
+		return "", "", fmt.Errorf("image reference %q: want oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF] (sources) or docker://REF: %w", ref, ErrBadReference)
 	}
 	if rest == "" {
-		return "", "", fmt.Errorf("image reference %q: empty location", ref)
+		return "", "", fmt.Errorf("image reference %q: empty location: %w", ref, ErrBadReference)
 	}
 	return kind, rest, nil
 }
@@ -181,7 +208,8 @@ func selectRoot(idx ocispec.Index, ref, where string) (ocispec.Descriptor, error
 	var names []string
 	for _, m := range idx.Manifests {
 		if n := m.Annotations[ocispec.AnnotationRefName]; n != "" {
-			names = append(names, n)
+			// Names read from a file are printed quoted if need be.
+			names = append(names, blocks.Quote(n))
 		}
 	}
 	sort.Strings(names)
@@ -210,14 +238,14 @@ func selectRoot(idx ocispec.Index, ref, where string) (ocispec.Descriptor, error
 	}
 	switch len(found) {
 	case 0:
-		return ocispec.Descriptor{}, fmt.Errorf("%s: no image named %q (names: %s)", where, ref, strings.Join(names, ", "))
+		return ocispec.Descriptor{}, fmt.Errorf("%s: no image named %s (names: %s)", where, blocks.Quote(ref), strings.Join(names, ", "))
 	case 1:
 		return rootDescriptor(found[0], where)
 	default:
 		if allSame(found) {
 			return rootDescriptor(found[0], where)
 		}
-		return ocispec.Descriptor{}, fmt.Errorf("%s: %d different images are named %q", where, len(found), ref)
+		return ocispec.Descriptor{}, fmt.Errorf("%s: %d different images are named %s", where, len(found), blocks.Quote(ref))
 	}
 }
 

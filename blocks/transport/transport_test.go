@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log"
 	"math/rand"
@@ -358,5 +359,38 @@ func TestVerifiedStreamSizeChecked(t *testing.T) {
 	}
 	if err := sink.Commit(ctx, desc); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An oci: destination that exists, holds files and has no oci-layout is
+// not a layout: writing there would replace someone's index.json and fill
+// their directory with blobs/. Empty directories and real layouts are fine.
+func TestLayoutSinkRefusesNonLayoutDirectory(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	index := filepath.Join(dir, "index.json")
+	if err := os.WriteFile(index, []byte("not yours"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseSink(ctx, "oci:"+dir); !errors.Is(err, ErrNotLayout) {
+		t.Fatalf("ParseSink(non-empty dir) = %v, want ErrNotLayout", err)
+	}
+	if b, _ := os.ReadFile(index); string(b) != "not yours" {
+		t.Fatalf("index.json was changed: %q", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("the directory now holds %d entries", len(ents))
+	}
+
+	empty := t.TempDir()
+	img := newTestImage(t, 7)
+	sink, err := ParseSink(ctx, "oci:"+empty)
+	if err != nil {
+		t.Fatalf("empty directory: %v", err)
+	}
+	img.pushTo(t, sink)
+	// Now a layout: writing into it again is fine.
+	if _, err := ParseSink(ctx, "oci:"+empty+":again"); err != nil {
+		t.Fatalf("existing layout: %v", err)
 	}
 }

@@ -225,3 +225,13 @@ func TestParseRejects(t *testing.T) {
 		t.Fatalf("Parse over the limit = %v", err)
 	}
 }
+
+// A tree document is read up to its limit and no further (docs/FORMAT.md
+// section 9): one byte more is refused, whatever follows.
+func TestParseRefusesOversizedDocument(t *testing.T) {
+	const limit = 4096
+	r := io.MultiReader(strings.NewReader(`{"blockfile.tree":1,"entries":[`), strings.NewReader(strings.Repeat(" ", limit)))
+	if _, err := Parse(r, limit); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("Parse of a document over %d bytes = %v, want ErrInvalid naming the bound", limit, err)
+	}
+}

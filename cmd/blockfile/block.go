@@ -31,7 +31,7 @@ what sha256sum prints. A Dockerfile IMPORT names a block by digest:
 
 and the build reads it from the store (--build-context blocks=<store>).`,
 	}
-	cmd.AddCommand(newBlockAddCmd(), newBlockLsCmd())
+	cmd.AddCommand(newBlockAddCmd(), newBlockLsCmd(), newBlockPushCmd())
 	register(cmd)
 }
 
@@ -87,7 +87,7 @@ each PATH goes to DEST/<base name> (a folder's contents to DEST/<base name>/).`,
   blockfile block add --json app.jar | jq -r '.[0].digest'`,
 		Args: minArgs(1),
 	}
-	open := storeFlag(cmd)
+	open := createStoreFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of {path, digest, size, kind: file|tree} (with --import-to, also the IMPORT line)")
 	cmd.Flags().StringVar(&importTo, "import-to", "", "print `IMPORT block@<digest> DEST...` lines for a Dockerfile; DEST is absolute")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -117,7 +117,7 @@ each PATH goes to DEST/<base name> (a folder's contents to DEST/<base name>/).`,
 				if importTo != "" {
 					fmt.Fprintln(cmd.OutOrStdout(), a.Import)
 				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s  %s\n", a.Digest, p)
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  %s\n", a.Digest, blocks.Quote(p))
 				}
 			}
 		}
@@ -132,6 +132,12 @@ each PATH goes to DEST/<base name> (a folder's contents to DEST/<base name>/).`,
 // addPath stores the file or folder p and records it as a gc root. A symlink
 // given on the command line is followed, as cp does.
 func addPath(ctx context.Context, s *store.Store, p string) (addedBlock, error) {
+	// gc must not sweep a block between its write and its record.
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return addedBlock{}, err
+	}
+	defer release()
 	fi, err := os.Stat(p)
 	if err != nil {
 		return addedBlock{}, err
@@ -262,7 +268,7 @@ and dropped by 'blockfile gc --blocks' unless an image uses them.`,
 			if !r.Present {
 				missing = "  MISSING"
 			}
-			fmt.Fprintf(w, "%s  %-4s  %10s%s\n", r.Digest, r.Kind, humanBytes(r.Size), missing)
+			fmt.Fprintf(w, "%s  %-4s  %10s%s\n", r.Digest, r.Kind, sizeString(r.Size), missing)
 		}
 		return nil
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,9 @@ import (
 	"strings"
 
 	bkclient "github.com/moby/buildkit/client"
+	"github.com/moby/buildkit/session"
+	"github.com/moby/buildkit/session/secrets/secretsprovider"
+	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"github.com/moby/buildkit/util/progress/progressui"
 	"github.com/spf13/cobra"
 	"github.com/tonistiigi/fsutil"
@@ -19,6 +23,7 @@ import (
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/frontend"
+	"github.com/blockfile/blockfile/internal/units"
 )
 
 func init() { register(newBuildCmd()) }
@@ -26,10 +31,17 @@ func init() { register(newBuildCmd()) }
 // defaultBuildkitAddr is buildkitd's default socket.
 const defaultBuildkitAddr = "unix:///run/buildkit/buildkitd.sock"
 
+// buildResult is what `build --json` prints: the export result, and where
+// the standard image was also written.
+type buildResult struct {
+	*image.ExportResult
+	Outputs []string `json:"outputs,omitempty"`
+}
+
 func newBuildCmd() *cobra.Command {
 	var (
 		addr, file, platform, target, name, progress, compression, minSize string
-		buildArgs                                                          []string
+		buildArgs, secrets, sshs, cacheFrom, cacheTo, outputs, pushes      []string
 		asJSON                                                             bool
 	)
 	cmd := &cobra.Command{
@@ -40,11 +52,25 @@ store as the "blocks" build context, and hands the resulting OCI image straight 
 export: the store then holds the standard image and its blocked form under NAME.
 The standard manifest digest is printed.
 
+--push REF then writes the standard image (exactly the digest printed) to the
+registry, and -o DEST to any destination hydrate takes (oci-archive:FILE,
+oci:DIR, docker://REF). --secret, --ssh, --cache-from and --cache-to take the
+values docker buildx build takes and are passed to BuildKit as it does.
+
+Blocks are verified before the build uses them (BuildKit does not hash local
+files); the store remembers which blocks it verified, by inode, size, mtime and
+ctime, so a warm build reads only blocks that changed.
+
 The Dockerfile may start with a "# syntax=" line naming the frontend image; it is
 ignored here, since the frontend runs in-process.`,
+		Example: `  blockfile build -t app:v2 .
+  blockfile build -t app:v2 --push registry.example/app:v2 \
+    --secret id=npmrc,src=$HOME/.npmrc --ssh default \
+    --cache-from type=registry,ref=registry.example/app:cache \
+    --cache-to type=registry,ref=registry.example/app:cache,mode=max .`,
 		Args: exactArgs(1),
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "buildkitd address (default $BUILDKIT_HOST, else "+defaultBuildkitAddr+")")
 	f.StringVarP(&file, "file", "f", "", "the Dockerfile (default CONTEXT/Dockerfile)")
@@ -52,10 +78,16 @@ ignored here, since the frontend runs in-process.`,
 	f.StringVar(&platform, "platform", "", "target platform(s), e.g. linux/amd64")
 	f.StringVar(&target, "target", "", "the stage to build")
 	f.StringVarP(&name, "tag", "t", "", "the image name in the store (required)")
-	f.StringVar(&progress, "progress", "auto", "progress output: auto, plain, tty or quiet")
+	f.StringArrayVar(&secrets, "secret", nil, "a secret for RUN --mount=type=secret: id=ID[,src=FILE] or id=ID,env=VAR (repeatable, as buildx)")
+	f.StringArrayVar(&sshs, "ssh", nil, "an SSH agent or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]] (repeatable, as buildx)")
+	f.StringArrayVar(&cacheFrom, "cache-from", nil, "cache source: type=registry,ref=REF | type=local,src=DIR | REF (repeatable, as buildx)")
+	f.StringArrayVar(&cacheTo, "cache-to", nil, "cache destination: type=registry,ref=REF[,mode=max] | type=local,dest=DIR[,mode=max] | type=inline (repeatable, as buildx)")
+	f.StringArrayVar(&pushes, "push", nil, "push the standard image to the registry reference REF after export (repeatable)")
+	addOutputsFlag(cmd, &outputs, "also write the standard image to DEST: oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF (repeatable)")
+	addProgressFlag(cmd, &progress)
 	f.StringVar(&compression, "compression", "gzip", "layer compression in the store: gzip or zstd")
-	f.StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks on export")
-	f.BoolVar(&asJSON, "json", false, "print the export result as JSON")
+	f.StringVar(&minSize, "min-block-size", units.Exact(image.DefaultMinBlockSize), "regular files of at least this size become blocks on export")
+	addJSONFlag(cmd, &asJSON, "print the export result (and outputs) as JSON")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if name == "" {
@@ -79,19 +111,37 @@ ignored here, since the frontend runs in-process.`,
 		if target != "" {
 			attrs["target"] = target
 		}
-		mode := progressui.DisplayMode(progress)
-		switch mode {
-		case progressui.AutoMode, progressui.PlainMode, progressui.TtyMode, progressui.QuietMode:
-		default:
-			return usageError{fmt.Errorf("--progress %q: want auto, plain, tty or quiet", progress)}
+		progress, err := checkProgress(progress)
+		if err != nil {
+			return err
 		}
 		c := blocks.Compression(compression)
 		if c != blocks.Gzip && c != blocks.Zstd {
 			return usageError{fmt.Errorf("--compression %q: want gzip or zstd", compression)}
 		}
-		size, err := parseBlockSize(minSize)
+		size, err := units.Parse(minSize)
 		if err != nil {
 			return usageError{fmt.Errorf("--min-block-size: %w", err)}
+		}
+		opt := buildOptions{attrs: attrs, mode: progressui.DisplayMode(progress), stderr: cmd.ErrOrStderr()}
+		if opt.cacheImports, err = parseCacheEntries("--cache-from", cacheFrom, false); err != nil {
+			return err
+		}
+		if opt.cacheExports, err = parseCacheEntries("--cache-to", cacheTo, true); err != nil {
+			return err
+		}
+		if a, err := secretsAttachable(secrets); err != nil {
+			return err
+		} else if a != nil {
+			opt.session = append(opt.session, a)
+		}
+		if a, err := sshAttachable(sshs); err != nil {
+			return err
+		} else if a != nil {
+			opt.session = append(opt.session, a)
+		}
+		for _, p := range pushes {
+			outputs = append(outputs, "docker://"+strings.TrimPrefix(p, "docker://"))
 		}
 		if addr == "" {
 			addr = os.Getenv("BUILDKIT_HOST")
@@ -99,6 +149,7 @@ ignored here, since the frontend runs in-process.`,
 		if addr == "" {
 			addr = defaultBuildkitAddr
 		}
+		opt.addr = addr
 		contextDir := args[0]
 		if file == "" {
 			file = filepath.Join(contextDir, "Dockerfile")
@@ -112,16 +163,24 @@ ignored here, since the frontend runs in-process.`,
 		if err != nil {
 			return err
 		}
+		opt.verifier = s
 		ctx := cmd.Context()
+		// Check every destination before building: a typo should not cost a build.
+		for _, o := range outputs {
+			if err := checkDestination(o); err != nil {
+				return err
+			}
+		}
 		// The store is the "blocks" context, as with buildx --build-context
 		// (the frontend verifies each block it reads). Attaching it as a
 		// session OCI store (frontend.ArgOCIStore) also works, but the
 		// session's content proxy made cold builds about twice as slow.
-		archive, err := buildImage(ctx, addr, mode, cmd.ErrOrStderr(), attrs, map[string]string{
+		opt.dirs = map[string]string{
 			"context":            contextDir,
 			"dockerfile":         filepath.Dir(file),
 			frontend.ContextName: s.Root(),
-		})
+		}
+		archive, err := buildImage(ctx, opt)
 		if archive != "" {
 			defer os.Remove(archive)
 		}
@@ -133,12 +192,7 @@ ignored here, since the frontend runs in-process.`,
 			return err
 		}
 		defer src.Close()
-		// export's progress takes auto, plain or none
-		exportMode := map[progressui.DisplayMode]string{
-			progressui.AutoMode: "auto", progressui.TtyMode: "auto",
-			progressui.PlainMode: "plain", progressui.QuietMode: "none",
-		}[mode]
-		pw, plain, err := progressOutput(exportMode, cmd.ErrOrStderr())
+		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {
 			return err
 		}
@@ -148,8 +202,26 @@ ignored here, since the frontend runs in-process.`,
 		if err != nil {
 			return fmt.Errorf("export %s: %w", name, err)
 		}
+		// Push/write the standard image: the digest just printed, byte for
+		// byte (hydrate verifies every blob on the way).
+		for _, o := range outputs {
+			dst, err := transport.ParseSink(ctx, o, transport.WithDefaultName(name))
+			if err != nil {
+				return err
+			}
+			d, err := image.Hydrate(ctx, s, name, dst, image.HydrateOptions{Progress: pw, PlainProgress: plain})
+			if err != nil {
+				return fmt.Errorf("write %s to %s: %w", name, o, err)
+			}
+			if d.Digest != res.Standard.Digest {
+				return fmt.Errorf("write %s to %s: wrote %s, want the standard image %s", name, o, d.Digest, res.Standard.Digest)
+			}
+			if !asJSON {
+				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s to %s\n", d.Digest, o)
+			}
+		}
 		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), res)
+			return writeJSON(cmd.OutOrStdout(), buildResult{res, outputs})
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), res.Standard.Digest)
 		return nil
@@ -157,12 +229,35 @@ ignored here, since the frontend runs in-process.`,
 	return cmd
 }
 
+// checkDestination refuses a destination no sink takes, as a usage error,
+// before anything is built.
+func checkDestination(ref string) error {
+	for _, p := range []string{"oci:", "oci-archive:", "docker://"} {
+		if strings.HasPrefix(ref, p) && len(ref) > len(p) {
+			return nil
+		}
+	}
+	return usageError{fmt.Errorf("output %q: want oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF", ref)}
+}
+
+// buildOptions is one in-process build.
+type buildOptions struct {
+	addr         string
+	mode         progressui.DisplayMode
+	stderr       io.Writer
+	attrs, dirs  map[string]string
+	verifier     frontend.BlockVerifier
+	session      []session.Attachable
+	cacheImports []bkclient.CacheOptionsEntry
+	cacheExports []bkclient.CacheOptionsEntry
+}
+
 // buildImage builds with the frontend in-process and writes the image as an
 // OCI archive to a temporary file, whose path it returns (also on error, so
 // the caller removes it).
-func buildImage(ctx context.Context, addr string, mode progressui.DisplayMode, stderr io.Writer, attrs, dirs map[string]string) (string, error) {
+func buildImage(ctx context.Context, o buildOptions) (string, error) {
 	mounts := map[string]fsutil.FS{}
-	for k, dir := range dirs {
+	for k, dir := range o.dirs {
 		fs, err := fsutil.NewFS(dir)
 		if err != nil {
 			return "", fmt.Errorf("build context %s: %w", k, err)
@@ -176,13 +271,13 @@ func buildImage(ctx context.Context, addr string, mode progressui.DisplayMode, s
 	archive := tmp.Name()
 	tmp.Close()
 
-	c, err := bkclient.New(ctx, addr)
+	c, err := bkclient.New(ctx, o.addr)
 	if err != nil {
-		return archive, fmt.Errorf("connect to buildkitd at %s: %w", addr, err)
+		return archive, fmt.Errorf("connect to buildkitd at %s: %w", o.addr, err)
 	}
 	defer c.Close()
 
-	display, err := progressui.NewDisplay(stderr, mode)
+	display, err := progressui.NewDisplay(o.stderr, o.mode)
 	if err != nil {
 		return archive, err
 	}
@@ -191,14 +286,17 @@ func buildImage(ctx context.Context, addr string, mode progressui.DisplayMode, s
 	eg.Go(func() error {
 		_, err := c.Build(ctx, bkclient.SolveOpt{
 			LocalMounts:   mounts,
-			FrontendAttrs: attrs,
+			FrontendAttrs: o.attrs,
+			Session:       o.session,
+			CacheImports:  o.cacheImports,
+			CacheExports:  o.cacheExports,
 			Exports: []bkclient.ExportEntry{{
 				Type: bkclient.ExporterOCI,
 				Output: func(map[string]string) (io.WriteCloser, error) {
 					return os.OpenFile(archive, os.O_WRONLY|os.O_TRUNC, 0o600)
 				},
 			}},
-		}, "blockfile", frontend.Build, ch)
+		}, "blockfile", frontend.BuildWithStore(o.verifier), ch)
 		return err
 	})
 	eg.Go(func() error {
@@ -210,4 +308,131 @@ func buildImage(ctx context.Context, addr string, mode progressui.DisplayMode, s
 		return archive, fmt.Errorf("build: %w", err)
 	}
 	return archive, nil
+}
+
+// csvFields splits a buildx-style value (key=value pairs, comma separated,
+// quoted with " where a value holds a comma) into a map with lower-case keys.
+// A field without "=" is returned under "".
+func csvFields(flag, v string) (map[string]string, error) {
+	r := csv.NewReader(strings.NewReader(v))
+	fields, err := r.Read()
+	if err != nil {
+		return nil, usageError{fmt.Errorf("%s %q: %w", flag, v, err)}
+	}
+	m := map[string]string{}
+	for _, f := range fields {
+		k, val, ok := strings.Cut(f, "=")
+		if !ok {
+			if _, dup := m[""]; dup {
+				return nil, usageError{fmt.Errorf("%s %q: want key=value fields", flag, v)}
+			}
+			m[""] = f
+			continue
+		}
+		m[strings.ToLower(strings.TrimSpace(k))] = val
+	}
+	return m, nil
+}
+
+// parseCacheEntries parses --cache-from / --cache-to as buildx does: CSV
+// fields with a type (registry when only a reference is given); every other
+// field is passed to BuildKit's cache backend unchanged.
+func parseCacheEntries(flag string, vals []string, export bool) ([]bkclient.CacheOptionsEntry, error) {
+	var out []bkclient.CacheOptionsEntry
+	for _, v := range vals {
+		m, err := csvFields(flag, v)
+		if err != nil {
+			return nil, err
+		}
+		if ref, ok := m[""]; ok {
+			if len(m) > 1 {
+				return nil, usageError{fmt.Errorf("%s %q: a bare reference takes no other fields", flag, v)}
+			}
+			m = map[string]string{"type": "registry", "ref": ref}
+		}
+		typ := m["type"]
+		delete(m, "type")
+		if typ == "" {
+			return nil, usageError{fmt.Errorf("%s %q: want type=registry|local|inline|gha|s3|azblob,...", flag, v)}
+		}
+		switch typ {
+		case "registry":
+			if m["ref"] == "" {
+				return nil, usageError{fmt.Errorf("%s %q: type=registry needs ref=REF", flag, v)}
+			}
+		case "local":
+			key := "src"
+			if export {
+				key = "dest"
+			}
+			if m[key] == "" {
+				return nil, usageError{fmt.Errorf("%s %q: type=local needs %s=DIR", flag, v, key)}
+			}
+		}
+		out = append(out, bkclient.CacheOptionsEntry{Type: typ, Attrs: m})
+	}
+	return out, nil
+}
+
+// secretsAttachable parses --secret as buildx does: id=ID[,src|source=FILE]
+// or [type=env,]id=ID,env=VAR; with only an id, the environment variable of
+// that name if set, else the file of that name.
+func secretsAttachable(vals []string) (session.Attachable, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	var srcs []secretsprovider.Source
+	for _, v := range vals {
+		m, err := csvFields("--secret", v)
+		if err != nil {
+			return nil, err
+		}
+		s := secretsprovider.Source{ID: m["id"], FilePath: m["src"], Env: m["env"]}
+		if s.FilePath == "" {
+			s.FilePath = m["source"]
+		}
+		if _, ok := m[""]; ok || s.ID == "" {
+			return nil, usageError{fmt.Errorf("--secret %q: want id=ID[,src=FILE] or id=ID,env=VAR", v)}
+		}
+		switch m["type"] {
+		case "", "file":
+		case "env":
+			if s.Env == "" {
+				s.Env, s.FilePath = s.FilePath, ""
+			}
+		default:
+			return nil, usageError{fmt.Errorf("--secret %q: type %q: want file or env", v, m["type"])}
+		}
+		srcs = append(srcs, s)
+	}
+	store, err := secretsprovider.NewStore(srcs)
+	if err != nil {
+		return nil, fmt.Errorf("--secret: %w", err)
+	}
+	return secretsprovider.NewSecretProvider(store), nil
+}
+
+// sshAttachable parses --ssh as buildx does: default (the agent at
+// $SSH_AUTH_SOCK) or ID=SOCKET or ID=KEY[,KEY...].
+func sshAttachable(vals []string) (session.Attachable, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	var confs []sshprovider.AgentConfig
+	for _, v := range vals {
+		id, paths, _ := strings.Cut(v, "=")
+		if id == "" {
+			return nil, usageError{fmt.Errorf("--ssh %q: want default|ID[=SOCKET|KEY[,KEY]]", v)}
+		}
+		c := sshprovider.AgentConfig{ID: id}
+		if paths != "" {
+			c.Paths = strings.Split(paths, ",")
+		}
+		confs = append(confs, c)
+	}
+	a, err := sshprovider.NewSSHAgentProvider(confs)
+	if err != nil {
+		return nil, fmt.Errorf("--ssh: %w", err)
+	}
+	return a, nil
 }

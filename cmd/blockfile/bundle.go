@@ -11,6 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/registry"
 )
@@ -58,9 +59,9 @@ layer), so CI with an empty store can make an update bundle.`,
 	cmd.Flags().StringSliceVar(&from, "from", nil, "images the site already has (its base)")
 	cmd.Flags().StringVar(&have, "have", "", "inventory file of the site's store (its base)")
 	cmd.Flags().BoolVar(&full, "full", false, "no base: carry everything (first install)")
-	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write (required)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addOutputFlag(cmd, &out, "bundle file to write (required)")
+	addJSONFlag(cmd, &asJSON, "print the bundle header as JSON")
+	addProgressFlag(cmd, &progress)
 	cmd.Flags().BoolVar(&noPatches, "no-patches", false, "ship changed blobs whole, never as patches against what the site holds")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		n := 0
@@ -103,9 +104,9 @@ layer), so CI with an empty store can make an update bundle.`,
 			if err != nil {
 				return usageError{err}
 			}
-			res, err := registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+			res, err := registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, Registry: *reg, NoMaterialize: true, Progress: pw, PlainProgress: plain})
 			if err != nil {
-				return fmt.Errorf("--from %s: %w", f, err)
+				return fmt.Errorf("--from %s: %w", f, reg.Explain(ref, err))
 			}
 			opts.From[i] = res.Name
 		}
@@ -124,7 +125,7 @@ layer), so CI with an empty store can make an update bundle.`,
 			return err
 		}
 		w := cmd.OutOrStdout()
-		fmt.Fprintf(w, "wrote %s (%s)\n", out, sizeString(fi.Size()))
+		fmt.Fprintf(w, "wrote %s (%s)\n", blocks.Quote(out), sizeString(fi.Size()))
 		printHeader(w, h)
 		return nil
 	}
@@ -142,7 +143,7 @@ and what the target store must already hold. --json prints the whole header,
 with every blob added and required.`,
 		Args: exactArgs(1),
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bundle header as JSON")
+	addJSONFlag(cmd, &asJSON, "print the bundle header as JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		h, err := bundle.ReadHeader(args[0])
 		if err != nil {
@@ -153,7 +154,7 @@ with every blob added and required.`,
 		}
 		w := cmd.OutOrStdout()
 		if fi, err := os.Stat(args[0]); err == nil {
-			fmt.Fprintf(w, "bundle %s (%s), format version %d\n", args[0], sizeString(fi.Size()), h.Version)
+			fmt.Fprintf(w, "bundle %s (%s), format version %d\n", blocks.Quote(args[0]), sizeString(fi.Size()), h.Version)
 		}
 		printHeader(w, h)
 		return nil
@@ -169,24 +170,25 @@ func newBundleApplyCmd() *cobra.Command {
 		materialize bool
 	)
 	cmd := &cobra.Command{
-		Use:   "apply [flags] FILE [--output DEST]...",
+		Use:   "apply [flags] FILE [-o DEST]...",
 		Short: "Check a bundle, add it to the store and write its images",
 		Long: `Apply first checks, without writing anything, that the store holds every blob
 the bundle requires and that every blob in the bundle is intact and belongs to
 its images; if not, it lists what is wrong and exits 1 with the store
 unchanged. Then it ingests the blobs (each verified, written to a temp file and
 renamed), tags each image, rebuilds its standard image in the store and
-writes it to each --output: oci-archive:FILE[:REF] (for docker load and ctr
+writes it to each -o/--output: oci-archive:FILE[:REF] (for docker load and ctr
 images import), oci:DIR[:REF] or docker://REF. In an output, {name} is
 replaced by the image name; with several images in the bundle every output
 must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		Args: exactArgs(1),
 	}
-	openStore := storeFlag(cmd)
-	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write each image (repeatable)")
+	openStore := createStoreFlag(cmd)
+	reg := registryFlags(cmd)
+	addOutputsFlag(cmd, &outputs, "where to write each image: oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF (repeatable)")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addJSONFlag(cmd, &asJSON, "print what was done as JSON")
+	addProgressFlag(cmd, &progress)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {
@@ -199,6 +201,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		prog, done := progressFunc(pw, plain)
 		res, err := bundle.Apply(cmd.Context(), s, args[0], bundle.ApplyOptions{
 			Outputs: outputs, Progress: prog, HydrateProgress: pw, PlainProgress: plain, NoMaterialize: !materialize,
+			Registry: *reg,
 		})
 		done()
 		if err != nil {
@@ -209,11 +212,11 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 		}
 		w := cmd.OutOrStdout()
 		fmt.Fprintf(w, "applied %s in %s: %d blobs ingested (%s), %d already present, %d prerequisites found\n",
-			args[0], res.Duration.Round(time.Millisecond), res.Ingested.Blobs, sizeString(res.Ingested.Bytes), res.Present.Blobs, res.Required.Blobs)
+			blocks.Quote(args[0]), res.Duration.Round(time.Millisecond), res.Ingested.Blobs, sizeString(res.Ingested.Bytes), res.Present.Blobs, res.Required.Blobs)
 		for _, im := range res.Images {
 			fmt.Fprintf(w, "  %s  %s\n", im.Name, im.Standard.Digest)
 			for _, o := range im.Outputs {
-				fmt.Fprintf(w, "    -> %s\n", o)
+				fmt.Fprintf(w, "    -> %s\n", blocks.Quote(o))
 			}
 		}
 		return nil
@@ -225,7 +228,7 @@ must contain {name}. Apply can be re-run at any time, also after being killed.`,
 func printHeader(w io.Writer, h *bundle.Header) {
 	fmt.Fprintf(w, "images (%d):\n", len(h.Images))
 	for _, im := range h.Images {
-		fmt.Fprintf(w, "  %s  %s  %s\n", im.Name, im.Standard.Digest, strings.Join(im.Platforms, ","))
+		fmt.Fprintf(w, "  %s  %s  %s\n", blocks.Quote(im.Name), im.Standard.Digest, blocks.Sanitize(strings.Join(im.Platforms, ",")))
 	}
 	fmt.Fprintf(w, "adds %d blobs, %s:\n", h.Adds.Blobs, sizeString(h.Adds.Bytes))
 	for _, k := range []struct {

@@ -263,7 +263,7 @@ func TestCLIStoreVerbs(t *testing.T) {
 func TestCLIVerifyHydratable(t *testing.T) {
 	bin := buildBlockfile(t)
 	storeDir := filepath.Join(t.TempDir(), "store")
-	s, err := store.Open(storeDir)
+	s, err := store.Create(storeDir)
 	if err != nil {
 		t.Fatal(err)
 	}

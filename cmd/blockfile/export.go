@@ -6,18 +6,18 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
+	"github.com/blockfile/blockfile/internal/units"
 )
 
 func init() { register(newExportCmd()) }
@@ -28,12 +28,13 @@ func newExportCmd() *cobra.Command {
 		compression string
 		asJSON      bool
 		progress    string
+		noRefs      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "export [flags] SRC NAME",
 		Short: "Store an image as a standard image with block-framed layers plus its blocked form",
-		Long: `Export reads the image SRC (oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF)
-and writes into the store, under NAME, the standard image (the same config and
+		Long: `Export reads the image SRC (oci-archive:FILE[:REF], oci:DIR[:REF], docker://REF, or
+docker-archive:FILE[:REF|:@N], what docker save writes) and writes into the store, under NAME, the standard image (the same config and
 uncompressed layers, with block-framed compression) and its blocked form: layers
 whose block files are replaced by .import. stubs, and the blocks themselves.
 Block files are the files the frontend recorded as imported and every regular
@@ -44,14 +45,15 @@ A docker://REF whose image index already holds a blocked form (pushed by
 lacks, the standard image rebuilt byte for byte (its digest is the pushed one).`,
 		Args: exactArgs(2),
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	reg := registryFlags(cmd)
-	cmd.Flags().StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "regular files of at least this size become blocks (e.g. 64KiB, 1MiB, 4096)")
+	cmd.Flags().StringVar(&minSize, "min-block-size", units.Exact(image.DefaultMinBlockSize), "regular files of at least this size become blocks (e.g. 64KiB, 1MiB, 4096)")
 	cmd.Flags().StringVar(&compression, "compression", "gzip", "layer compression: gzip or zstd")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addJSONFlag(cmd, &asJSON, "")
+	addProgressFlag(cmd, &progress)
+	cmd.Flags().BoolVar(&noRefs, "no-referrers", false, "do not copy the signatures, attestations and SBOMs that refer to the source's manifests (docs/SIGNING.md)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		size, err := parseBlockSize(minSize)
+		size, err := units.Parse(minSize)
 		if err != nil {
 			return usageError{fmt.Errorf("--min-block-size: %w", err)}
 		}
@@ -76,16 +78,20 @@ lacks, the standard image rebuilt byte for byte (its digest is the pushed one).`
 				return err
 			}
 		}
-		src, err := transport.ParseSource(ctx, args[0])
+		src, err := transport.ParseSource(ctx, args[0], transport.WithRegistry(*reg))
 		if err != nil {
 			return err
 		}
 		defer src.Close()
 		res, err := image.Export(ctx, s, src, args[1], image.ExportOptions{
-			Compression: c, MinBlockSize: size, Progress: pw, PlainProgress: plain,
+			Compression: c, MinBlockSize: size, Progress: pw, PlainProgress: plain, NoReferrers: noRefs,
 		})
 		if err != nil {
 			return err
+		}
+		for _, d := range res.DroppedReferrers {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d signature(s)/attestation(s) of %s not kept: export re-framed it as %s; sign %s (docs/SIGNING.md)\n",
+				d.Count, d.Source, d.Standard, d.Standard)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
@@ -98,63 +104,25 @@ lacks, the standard image rebuilt byte for byte (its digest is the pushed one).`
 					l.Standard.Digest.Encoded()[:12], sizeString(l.Standard.Size), sizeString(l.Blocked.Size), l.Blocks, sizeString(l.BlockBytes))
 			}
 		}
-		fmt.Fprintf(out, "%s: %d block files (%s), %d new members (%s), %d reused\n", res.Name,
+		fmt.Fprintf(out, "%s: %d block files (%s), %d new members (%s), %d reused\n", blocks.Quote(res.Name),
 			res.Blocks, sizeString(res.BlockBytes), res.NewMembers, sizeString(res.NewMemberBytes), res.ReusedMembers)
+		for _, r := range res.Referrers {
+			fmt.Fprintf(out, "  referrer %s of %s (%s)\n", r.Descriptor.Digest, r.Subject, referrerKind(r.Descriptor))
+		}
 		return nil
 	}
 	return cmd
 }
 
-// progressOutput turns --progress into a writer (nil for none) and whether
-// it gets plain lines rather than a bar.
-func progressOutput(mode string, stderr io.Writer) (io.Writer, bool, error) {
-	switch mode {
-	case "none":
-		return nil, false, nil
-	case "plain":
-		return stderr, true, nil
-	case "auto":
-		if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-			return stderr, false, nil
-		}
-		return nil, false, nil
+// referrerKind names what a referrer is, for the export summary.
+func referrerKind(d ocispec.Descriptor) string {
+	if t := d.Annotations[blocks.AnnotationReferrerTag]; t != "" {
+		return "cosign ." + t
 	}
-	return nil, false, usageError{fmt.Errorf("--progress %q: want auto, plain or none", mode)}
-}
-
-// parseBlockSize parses 16KiB, 1MiB, 16k, 4096 (binary units).
-func parseBlockSize(s string) (int64, error) {
-	t := strings.TrimSpace(strings.ToLower(s))
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"kb", 1 << 10}, {"mb", 1 << 20}, {"gb", 1 << 30}, {"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"b", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
+	if d.ArtifactType != "" {
+		return d.ArtifactType
 	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a positive size (examples: 16KiB, 1MiB, 4096)", s)
-	}
-	return n * mult, nil
-}
-
-// humanSize prints a byte count in binary units.
-func sizeString(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%dKiB", n>>10)
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", n)
+	return d.MediaType
 }
 
 // exportBlocked pulls ref when its index holds a blocked form (reading its
@@ -167,17 +135,17 @@ func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg 
 	}
 	blocked, err := registry.HasBlockedForm(ctx, ref, ropts)
 	if err != nil || !blocked {
-		return false, err
+		return false, reg.Explain(ref, err)
 	}
-	res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Progress: pw, PlainProgress: plain})
+	res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Registry: *reg, Progress: pw, PlainProgress: plain})
 	if err != nil {
-		return true, err
+		return true, reg.Explain(ref, err)
 	}
 	if asJSON {
 		return true, writeJSON(cmd.OutOrStdout(), res)
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintln(out, res.Standard.Digest)
-	fmt.Fprintf(out, "%s: pulled the blocked form of %s: %s downloaded, standard image %s\n", res.Name, res.Ref, sizeString(res.Downloaded.Bytes), sizeString(res.StandardSize))
+	fmt.Fprintf(out, "%s: pulled the blocked form of %s: %s downloaded, standard image %s\n", blocks.Quote(res.Name), res.Ref, sizeString(res.Downloaded.Bytes), sizeString(res.StandardSize))
 	return true, nil
 }

@@ -7,6 +7,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -77,22 +78,22 @@ store is in progress: blobs not yet tagged would be removed.`,
 			verb = "would remove"
 		}
 		for _, d := range res.Removed {
-			fmt.Fprintf(w, "%s %s  %s%s\n", verb, d.Digest, humanBytes(d.Size), mediaTypeNote(d))
+			fmt.Fprintf(w, "%s %s  %s%s\n", verb, d.Digest, sizeString(d.Size), mediaTypeNote(d))
 		}
 		for _, d := range res.BlockRecords {
 			fmt.Fprintf(w, "%s block record %s\n", verb, d)
 		}
 		for _, p := range res.TempFiles {
-			fmt.Fprintf(w, "%s stale temp file %s\n", verb, p)
+			fmt.Fprintf(w, "%s stale temp file %s\n", verb, blocks.Quote(p))
 		}
 		for _, p := range res.MemberRecords {
-			fmt.Fprintf(w, "%s member record %s\n", verb, p)
+			fmt.Fprintf(w, "%s member record %s\n", verb, blocks.Quote(p))
 		}
 		freed := "freed"
 		if dryRun {
 			freed = "would free"
 		}
-		fmt.Fprintf(w, "%s %s in %d blob(s)\n", freed, humanBytes(res.BytesFreed), len(res.Removed))
+		fmt.Fprintf(w, "%s %s in %d blob(s)\n", freed, sizeString(res.BytesFreed), len(res.Removed))
 		return nil
 	}
 	register(cmd)
@@ -102,7 +103,7 @@ func mediaTypeNote(d ocispec.Descriptor) string {
 	if d.MediaType == "" {
 		return ""
 	}
-	return "  (" + d.MediaType + ")"
+	return "  (" + blocks.Quote(d.MediaType) + ")"
 }
 
 func emptyIfNil[T any](s []T) []T {

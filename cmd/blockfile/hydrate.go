@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -18,20 +19,34 @@ func newHydrateCmd() *cobra.Command {
 	var (
 		asJSON   bool
 		progress string
+		output   string
 	)
 	cmd := &cobra.Command{
-		Use:   "hydrate [flags] NAME DEST",
+		Use:   "hydrate [flags] NAME (DEST | -o DEST)",
 		Short: "Rebuild the byte-identical standard image from its blocked form",
 		Long: `Hydrate reassembles the standard image of NAME from its blocked layers and
 blocks and writes it to DEST: oci-archive:FILE[:REF] (loadable by docker load and
 ctr images import), oci:DIR[:REF] or docker://REF. The result has exactly the
-manifest digest of the standard image. On any error DEST is left absent.`,
-		Args: exactArgs(2),
+manifest digest of the standard image. On any error DEST is left absent.
+DEST may be given as the second argument or with -o/--output.
+To docker://, the signatures, attestations and SBOMs the store keeps for the
+image are pushed too (docs/SIGNING.md).`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if output != "" {
+				return exactArgs(1)(cmd, args)
+			}
+			return exactArgs(2)(cmd, args)
+		},
 	}
 	openStore := storeFlag(cmd)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	reg := registryFlags(cmd)
+	addOutputFlag(cmd, &output, "where to write the image: oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF")
+	addJSONFlag(cmd, &asJSON, "")
+	addProgressFlag(cmd, &progress)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if output == "" {
+			output = args[1]
+		}
 		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {
 			return err
@@ -43,7 +58,7 @@ manifest digest of the standard image. On any error DEST is left absent.`,
 		// On Ctrl-C, cancel so the destination is aborted and temp files removed.
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		dst, err := transport.ParseSink(ctx, args[1], transport.WithDefaultName(args[0]))
+		dst, err := transport.ParseSink(ctx, output, transport.WithDefaultName(args[0]), transport.WithRegistry(*reg))
 		if err != nil {
 			return err
 		}
@@ -51,8 +66,14 @@ manifest digest of the standard image. On any error DEST is left absent.`,
 		if err != nil {
 			return err
 		}
+		if ref, ok := strings.CutPrefix(output, "docker://"); ok {
+			// Signatures, attestations and SBOMs the store keeps for it.
+			if _, err := image.PushReferrers(ctx, s, desc, *reg, ref); err != nil {
+				return fmt.Errorf("hydrate %s: pushed the image, but not its signatures and attestations: %w", args[0], err)
+			}
+		}
 		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), map[string]any{"name": args[0], "dest": args[1], "standard": desc})
+			return writeJSON(cmd.OutOrStdout(), map[string]any{"name": args[0], "dest": output, "standard": desc})
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), desc.Digest)
 		return nil

@@ -6,6 +6,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 )
 
@@ -34,7 +35,7 @@ func newInspectCmd() *cobra.Command {
 		}
 		out := cmd.OutOrStdout()
 		fmt.Fprintf(out, "name:      %s\nstandard:  %s (%s)\nindex:     %s\nblocks:    %d (%s stored)\nstubs:     %d\n",
-			info.Name, info.Standard.Digest, info.Standard.MediaType, info.Index.Digest, info.Blocks, sizeString(info.BlockBytes), info.Stubs)
+			blocks.Quote(info.Name), info.Standard.Digest, blocks.Quote(info.Standard.MediaType), info.Index.Digest, info.Blocks, sizeString(info.BlockBytes), info.Stubs)
 		for _, m := range info.Manifests {
 			fmt.Fprintf(out, "\n%s  manifest %s  blocked %s\n", platformName(m.Platform), m.Standard.Digest, m.Blocked.Digest)
 			fmt.Fprintf(out, "  %-4s %-19s %10s  %-19s %10s %6s %7s %10s\n", "#", "standard", "size", "blocked", "size", "stubs", "blocks", "block bytes")
@@ -44,7 +45,7 @@ func newInspectCmd() *cobra.Command {
 			}
 		}
 		for _, o := range info.Others {
-			fmt.Fprintf(out, "\nother: %s %s\n", o.MediaType, o.Digest)
+			fmt.Fprintf(out, "\nother: %s %s\n", blocks.Quote(o.MediaType), o.Digest)
 		}
 		return nil
 	}
@@ -67,5 +68,5 @@ func platformName(p *ocispec.Platform) string {
 	if p.Variant != "" {
 		s += "/" + p.Variant
 	}
-	return s
+	return blocks.Sanitize(s)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/bundle"
 )
 
@@ -56,7 +57,7 @@ site can carry it back to whoever makes its bundles: 'blockfile bundle create
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), map[string]any{"file": out, "blobs": inv.Len(), "bytes": size})
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d blobs, %s\n", out, inv.Len(), sizeString(size))
+		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d blobs, %s\n", blocks.Quote(out), inv.Len(), sizeString(size))
 		return nil
 	}
 	return cmd

@@ -10,6 +10,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 )
 
@@ -65,14 +66,14 @@ Blocks added with 'blockfile block add' are listed by 'blockfile block ls'.`,
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tKIND\tSTANDARD\tSIZE")
 		for _, e := range entries {
-			std, size := "-", humanBytes(e.Size)
+			std, size := "-", sizeString(e.Size)
 			if e.Standard != nil {
 				std = string(e.Standard.Digest)
 			}
 			if e.Error != "" {
-				size = "? (" + e.Error + ")"
+				size = "? (" + blocks.Sanitize(e.Error) + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name, e.Kind, std, size)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", blocks.Quote(e.Name), e.Kind, std, size)
 		}
 		return tw.Flush()
 	}
@@ -110,18 +111,4 @@ func describeTag(ctx context.Context, s *store.Store, name string, desc ocispec.
 		e.Size += d.Size
 	}
 	return e
-}
-
-// humanBytes formats n in SI units, like "12.3 MB".
-func humanBytes(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
 }

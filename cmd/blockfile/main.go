@@ -7,8 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/blockfile/blockfile/blocks"
+	"github.com/blockfile/blockfile/blocks/transport"
+	"github.com/blockfile/blockfile/internal/version"
 )
 
 // Exit codes that scripts can rely on.
@@ -37,6 +42,12 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	// --version prints what `blockfile version` prints.
+	info := version.Get()
+	root.Version = info.Version
+	var b strings.Builder
+	printVersion(&b, info)
+	root.SetVersionTemplate(strings.ReplaceAll(b.String(), "{{", "{{`{{`}}"))
 	for _, v := range verbs {
 		root.AddCommand(v)
 	}
@@ -44,14 +55,30 @@ func newRootCmd() *cobra.Command {
 }
 
 func main() {
-	err := newRootCmd().Execute()
+	os.Exit(execute(newRootCmd(), os.Args[1:]))
+}
+
+// execute runs root with args and returns the exit code. A failure is
+// printed on stderr and, for a --json run, also as {"error", "exitCode"} on
+// stdout, so a script parsing stdout always gets one JSON document.
+func execute(root *cobra.Command, args []string) int {
+	root.SetArgs(args)
+	cmd, err := root.ExecuteC()
 	if err == nil {
-		os.Exit(exitOK)
+		return exitOK
 	}
-	fmt.Fprintln(os.Stderr, "blockfile:", err)
-	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
-		os.Exit(exitUsage)
+	code := exitCode(err)
+	// A registry refusing access is said once, with what to do, not as
+	// the HTTP exchange that led to it. Errors name images, paths and tags
+	// from outside: no raw escapes.
+	var ae *transport.AuthError
+	if errors.As(err, &ae) {
+		err = ae
 	}
-	os.Exit(exitFailed)
+	fmt.Fprintln(root.ErrOrStderr(), "blockfile:", blocks.Sanitize(err.Error()))
+	var reported reportedError
+	if !errors.As(err, &reported) && wantsJSON(cmd, args) {
+		_ = writeJSON(root.OutOrStdout(), jsonError{Error: blocks.Sanitize(err.Error()), ExitCode: code, Usage: code == exitUsage})
+	}
+	return code
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/registry"
+	"github.com/blockfile/blockfile/internal/units"
 )
 
 func init() { register(newPullCmd()) }
@@ -49,20 +50,20 @@ the size of the standard image a plain client would have downloaded.`,
 			return nil
 		},
 	}
-	openStore := storeFlag(cmd)
+	openStore := createStoreFlag(cmd)
 	reg := registryFlags(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs downloaded at once")
-	cmd.Flags().StringArrayVar(&outputs, "output", nil, "where to write the image (repeatable): oci-archive:FILE[:REF], oci:DIR[:REF], docker://REF")
+	addOutputsFlag(cmd, &outputs, "where to write the image (repeatable): oci-archive:FILE[:REF], oci:DIR[:REF] or docker://REF")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
-	cmd.Flags().StringVar(&minSize, "min-block-size", sizeString(image.DefaultMinBlockSize), "for an image without a blocked form: as export --min-block-size")
+	addJSONFlag(cmd, &asJSON, "print what was done as JSON")
+	addProgressFlag(cmd, &progress)
+	cmd.Flags().StringVar(&minSize, "min-block-size", units.Exact(image.DefaultMinBlockSize), "for an image without a blocked form: as export --min-block-size")
 	cmd.Flags().StringVar(&compression, "compression", "gzip", "for an image without a blocked form: as export --compression")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if jobs < 1 {
 			return usageError{fmt.Errorf("--jobs %d: want at least 1", jobs)}
 		}
-		size, err := parseBlockSize(minSize)
+		size, err := units.Parse(minSize)
 		if err != nil {
 			return usageError{fmt.Errorf("--min-block-size: %w", err)}
 		}
@@ -90,11 +91,11 @@ the size of the standard image a plain client would have downloaded.`,
 		}
 		res, err := registry.Pull(ctx, s, ref, name, registry.PullOptions{
 			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
-			NoMaterialize: !materialize, Outputs: outputs,
+			NoMaterialize: !materialize, Outputs: outputs, Registry: *reg,
 			Export: image.ExportOptions{Compression: c, MinBlockSize: size},
 		})
 		if err != nil {
-			return err
+			return reg.Explain(ref, err)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
@@ -104,7 +105,7 @@ the size of the standard image a plain client would have downloaded.`,
 		if !res.Blocked {
 			how = "no blocked form: pulled whole and exported"
 		}
-		fmt.Fprintf(w, "pulled %s as %s in %s (%s)\n", res.Ref, res.Name, res.Duration.Round(1e6), how)
+		fmt.Fprintf(w, "pulled %s as %s in %s (%s)\n", res.Ref, blocks.Quote(res.Name), res.Duration.Round(1e6), how)
 		fmt.Fprintf(w, "  standard  %s\n", res.Standard.Digest)
 		pct := 0.0
 		if res.StandardSize > 0 {
@@ -113,7 +114,7 @@ the size of the standard image a plain client would have downloaded.`,
 		fmt.Fprintf(w, "  downloaded %s in %d blobs, standard image %s (%.1f%%); %d blobs already in the store\n",
 			sizeString(res.Downloaded.Bytes), res.Downloaded.Blobs, sizeString(res.StandardSize), pct, res.Present.Blobs)
 		for _, o := range res.Outputs {
-			fmt.Fprintf(w, "    -> %s\n", o)
+			fmt.Fprintf(w, "    -> %s\n", blocks.Quote(o))
 		}
 		return nil
 	}

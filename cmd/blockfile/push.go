@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/registry"
 )
 
@@ -47,8 +48,8 @@ collector follows indexes, such as distribution 3).`,
 	reg := registryFlags(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs uploaded at once")
 	cmd.Flags().BoolVar(&tagChildren, "tag-children", true, "also tag each manifest the index names (sha256-<hex>.blockfile), so that garbage-collect --delete-untagged of distribution 2.x keeps them")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().StringVar(&progress, "progress", "auto", "progress output: auto, plain or none")
+	addJSONFlag(cmd, &asJSON, "")
+	addProgressFlag(cmd, &progress)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if jobs < 1 {
 			return usageError{fmt.Errorf("--jobs %d: want at least 1", jobs)}
@@ -71,13 +72,13 @@ collector follows indexes, such as distribution 3).`,
 			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain, TagChildren: tagChildren,
 		})
 		if err != nil {
-			return err
+			return reg.Explain(ref, err)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
 		}
 		w := cmd.OutOrStdout()
-		fmt.Fprintf(w, "pushed %s to %s in %s\n", res.Name, res.Ref, res.Duration.Round(1e6))
+		fmt.Fprintf(w, "pushed %s to %s in %s\n", blocks.Quote(res.Name), res.Ref, res.Duration.Round(1e6))
 		fmt.Fprintf(w, "  index     %s\n", res.Index.Digest)
 		fmt.Fprintf(w, "  standard  %s (%s; what plain clients pull)\n", res.Standard.Digest, sizeString(res.StandardSize))
 		fmt.Fprintf(w, "  uploaded %d blobs (%s), mounted %d (%s), skipped %d already there (%s), %d manifests\n",

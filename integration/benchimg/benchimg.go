@@ -231,7 +231,7 @@ func WriteTar(ctx context.Context, root string, w io.Writer) error {
 		hdr.ModTime = fi.ModTime().Truncate(time.Second)
 		hdr.AccessTime, hdr.ChangeTime = time.Time{}, time.Time{}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode().IsRegular() && st.Nlink > 1 {
-			key := [2]uint64{st.Dev, st.Ino}
+			key := [2]uint64{uint64(st.Dev), uint64(st.Ino)} // Dev is int32 on darwin
 			if first, ok := seen[key]; ok {
 				hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
 			} else {

@@ -61,11 +61,16 @@ var tools = map[string]toolSet{
 		// at language version go1.16, which its sources outgrew.
 		"-gcflags=github.com/docker/cli/...=-lang=go1.24",
 	}},
+	// cosign signs and verifies images in the signature tests; its
+	// dependency tree is the largest of all, so it has a module of its own.
+	"cosign": {moduleDir: "tools/cosign", pkgs: map[string]string{
+		"cosign": "github.com/sigstore/cosign/v2/cmd/cosign",
+	}},
 }
 
 // Tool returns the path of a cached binary built from the module files:
-// "buildkitd", "buildctl" (go.mod) or "docker", "docker-buildx"
-// (tools/go.mod). Binaries live in <repo>/.cache/bin/<key>/, where key hashes
+// "buildkitd", "buildctl" (go.mod), "docker", "docker-buildx"
+// (tools/go.mod) or "cosign" (tools/cosign/go.mod). Binaries live in <repo>/.cache/bin/<key>/, where key hashes
 // the module's go.mod and go.sum and the Go version, so a dependency bump
 // rebuilds them and nothing else does. Concurrent test binaries serialize on
 // a lock file; the first one builds and the others reuse.
@@ -212,7 +217,8 @@ func (e *Env) BuildFrontendImage(ctx context.Context) (string, error) {
 			return "", err
 		}
 		ctxDir := filepath.Join(e.Dir, "frontend-context")
-		bin := filepath.Join(ctxDir, "bin", "blockfile-frontend")
+		// The frontend-host stage takes bin/<os>_<arch>/ for its target platform.
+		bin := filepath.Join(ctxDir, "bin", "linux_"+runtime.GOARCH, "blockfile-frontend")
 		e.progressf("building ./cmd/blockfile-frontend (CGO_ENABLED=0)")
 		if err := e.goBuild(ctx, e.Root, bin, "./cmd/blockfile-frontend", []string{"CGO_ENABLED=0"}); err != nil {
 			return "", err

@@ -34,6 +34,9 @@ type Env struct {
 
 	buildkitd, registry, containerd, buildx, frontend, blockfile, base lazy
 	buildxEnv                                                          []string
+
+	extraMu         sync.Mutex
+	extraRegistries map[string]*lazy // StartExtraRegistry, by name
 }
 
 // lazy memoizes one start-up: the first caller does the work, concurrent
@@ -218,23 +221,48 @@ func (e *Env) buildctlAt(ctx context.Context, addr string, args ...string) (*exe
 // $BLOCKFILE_REGISTRY_BIN) on a free 127.0.0.1 port with storage under Dir and
 // returns "127.0.0.1:<port>".
 func (e *Env) StartRegistry(ctx context.Context) (string, error) {
-	return e.registry.get(func() (string, error) {
-		bin := os.Getenv("BLOCKFILE_REGISTRY_BIN")
-		if bin == "" {
-			bin = "docker-registry"
-		}
-		path, err := exec.LookPath(bin)
-		if err != nil {
-			return "", fmt.Errorf("registry binary %q not found (apt-get install docker-registry): %w", bin, err)
-		}
-		port, err := freePort()
-		if err != nil {
-			return "", err
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		storage := filepath.Join(e.Dir, "registry")
-		cfg := filepath.Join(e.Dir, "registry.yml")
-		conf := fmt.Sprintf(`version: 0.1
+	return e.registry.get(func() (string, error) { return e.startRegistry(ctx, "registry") })
+}
+
+// StartExtraRegistry starts another registry like StartRegistry's, with
+// storage of its own, once per name (e.g. a site registry that a bundle is
+// applied to, so nothing can come from the first one).
+func (e *Env) StartExtraRegistry(ctx context.Context, name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "/. ") {
+		return "", fmt.Errorf("extra registry name %q: want a plain word", name)
+	}
+	e.extraMu.Lock()
+	if e.extraRegistries == nil {
+		e.extraRegistries = map[string]*lazy{}
+	}
+	l := e.extraRegistries[name]
+	if l == nil {
+		l = &lazy{}
+		e.extraRegistries[name] = l
+	}
+	e.extraMu.Unlock()
+	return l.get(func() (string, error) { return e.startRegistry(ctx, "registry-"+name) })
+}
+
+// startRegistry runs one registry whose storage, config and log are named
+// after name.
+func (e *Env) startRegistry(ctx context.Context, name string) (string, error) {
+	bin := os.Getenv("BLOCKFILE_REGISTRY_BIN")
+	if bin == "" {
+		bin = "docker-registry"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return "", fmt.Errorf("registry binary %q not found (apt-get install docker-registry): %w", bin, err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	storage := filepath.Join(e.Dir, name)
+	cfg := filepath.Join(e.Dir, name+".yml")
+	conf := fmt.Sprintf(`version: 0.1
 log:
   level: info
   accesslog:
@@ -247,31 +275,30 @@ storage:
 http:
   addr: %s
 `, storage, addr)
-		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-			return "", err
-		}
-		e.progressf("starting registry at %s", addr)
-		p, err := e.spawn("registry", path, "serve", cfg)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return "", err
+	}
+	e.progressf("starting registry at %s", addr)
+	p, err := e.spawn(name, path, "serve", cfg)
+	if err != nil {
+		return "", err
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	err = e.waitReady(ctx, p, 30*time.Second, func(ctx context.Context) error {
+		resp, err := client.Get("http://" + addr + "/v2/")
 		if err != nil {
-			return "", err
+			return err
 		}
-		client := &http.Client{Timeout: 2 * time.Second}
-		err = e.waitReady(ctx, p, 30*time.Second, func(ctx context.Context) error {
-			resp, err := client.Get("http://" + addr + "/v2/")
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("GET /v2/: %s", resp.Status)
-			}
-			return nil
-		})
-		if err != nil {
-			return "", err
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /v2/: %s", resp.Status)
 		}
-		return addr, nil
+		return nil
 	})
+	if err != nil {
+		return "", err
+	}
+	return addr, nil
 }
 
 // ContainerdSocket is the unix socket path containerd listens on.

@@ -194,6 +194,28 @@ func (e *Env) BaseImage(t testing.TB) string {
 	return ref
 }
 
+// ExtraRegistry returns "127.0.0.1:<port>" of another registry with storage
+// of its own, started on the first call for name (see StartExtraRegistry).
+func (e *Env) ExtraRegistry(t testing.TB, name string) string {
+	t.Helper()
+	addr, err := e.StartExtraRegistry(ctxOf(t), name)
+	if err != nil {
+		t.Fatalf("harness: registry %s: %v", name, err)
+	}
+	return addr
+}
+
+// Cosign returns the path of sigstore's cosign, built once from
+// tools/cosign/go.mod (cached like buildkitd).
+func (e *Env) Cosign(t testing.TB) string {
+	t.Helper()
+	p, err := e.Tool(ctxOf(t), "cosign")
+	if err != nil {
+		t.Fatalf("harness: cosign: %v", err)
+	}
+	return p
+}
+
 // BlockfileBin builds ./cmd/blockfile once per test binary and returns the
 // path of the binary.
 func (e *Env) BlockfileBin(t testing.TB) string {

@@ -47,9 +47,9 @@ func (e *Env) spawn(name, bin string, args ...string) (*process, error) {
 	cmd.Stderr = logFile
 	cmd.Env = append(os.Environ(), "PATH="+daemonPath())
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid:   true, // a terminal's ^C goes to the test binary, which stops us in order
-		Pdeathsig: syscall.SIGTERM,
+		Setpgid: true, // a terminal's ^C goes to the test binary, which stops us in order
 	}
+	setPdeathsig(cmd.SysProcAttr)
 	fmt.Fprintf(logFile, "+ %s %s\n", bin, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
