@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	gtransport "github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -214,6 +216,12 @@ type BlockPushResult struct {
 	Missing    []digest.Digest  `json:"missing,omitempty"`
 }
 
+// Count is a number of blobs and their bytes.
+type Count struct {
+	Blobs int   `json:"blobs"`
+	Bytes int64 `json:"bytes"`
+}
+
 // TaggedManifest is one block manifest and its tag.
 type TaggedManifest struct {
 	Tag    string        `json:"tag"`
@@ -323,7 +331,7 @@ func PushBlocks(ctx context.Context, s *store.Store, repo name.Repository, opts 
 
 	// The empty config every block manifest names.
 	cfg := ocispec.DescriptorEmptyJSON
-	if err := pusher.Upload(ctx, repo, &blockLayer{desc: cfg, open: func() (io.ReadCloser, error) {
+	if err := pusher.Upload(ctx, repo, &storeLayer{desc: cfg, open: func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(emptyConfig)), nil
 	}}); err != nil {
 		return nil, fmt.Errorf("%s: push the empty config: %w", repo, err)
@@ -366,7 +374,7 @@ func PushBlocks(ctx context.Context, s *store.Store, repo name.Repository, opts 
 	// which says how many shards there are, goes last.
 	for i := shards - 1; i >= 0; i-- {
 		ref := repo.Tag(ShardTag(tag, i))
-		if err := pusher.Push(ctx, ref, blockManifestBytes(manifests[i])); err != nil {
+		if err := pusher.Push(ctx, ref, rawManifest(manifests[i])); err != nil {
 			return nil, fmt.Errorf("%s: push block manifest: %w", ref, err)
 		}
 	}
@@ -403,7 +411,7 @@ func pushBlock(ctx context.Context, s *store.Store, puller *remote.Puller, pushe
 			return false, nil
 		}
 	}
-	sl := &blockLayer{desc: d, open: func() (io.ReadCloser, error) { return s.Fetch(ctx, d) }}
+	sl := &storeLayer{desc: d, open: func() (io.ReadCloser, error) { return s.Fetch(ctx, d) }}
 	if err := pusher.Upload(ctx, repo, sl); err != nil {
 		return false, fmt.Errorf("%s: push block %s: %w", repo, d.Digest, err)
 	}
@@ -482,28 +490,46 @@ func parseBlockManifest(b []byte, want digest.Digest) (*ocispec.Manifest, error)
 	return &m, nil
 }
 
-// blockLayer is a v1.Layer whose bytes come from open, called again for a
+// isNotFound reports whether the registry answered 404 or a *_UNKNOWN code.
+func isNotFound(err error) bool {
+	var te *gtransport.Error
+	if !errors.As(err, &te) {
+		return false
+	}
+	if te.StatusCode == http.StatusNotFound {
+		return true
+	}
+	for _, d := range te.Errors {
+		switch d.Code {
+		case gtransport.ManifestUnknownErrorCode, gtransport.BlobUnknownErrorCode, gtransport.NameUnknownErrorCode:
+			return true
+		}
+	}
+	return false
+}
+
+// storeLayer is a v1.Layer whose bytes come from open, called again for a
 // retried upload.
-type blockLayer struct {
+type storeLayer struct {
 	desc ocispec.Descriptor
 	open func() (io.ReadCloser, error)
 }
 
 var errNotLayer = errors.New("a block is not an image layer")
 
-func (l *blockLayer) Digest() (v1.Hash, error) { return v1.NewHash(l.desc.Digest.String()) }
-func (l *blockLayer) DiffID() (v1.Hash, error) { return v1.Hash{}, errNotLayer }
-func (l *blockLayer) Size() (int64, error)     { return l.desc.Size, nil }
-func (l *blockLayer) MediaType() (types.MediaType, error) {
+func (l *storeLayer) Digest() (v1.Hash, error) { return v1.NewHash(l.desc.Digest.String()) }
+func (l *storeLayer) DiffID() (v1.Hash, error) { return v1.Hash{}, errNotLayer }
+func (l *storeLayer) Size() (int64, error)     { return l.desc.Size, nil }
+func (l *storeLayer) MediaType() (types.MediaType, error) {
 	return types.MediaType(l.desc.MediaType), nil
 }
-func (l *blockLayer) Uncompressed() (io.ReadCloser, error) { return nil, errNotLayer }
-func (l *blockLayer) Compressed() (io.ReadCloser, error)   { return l.open() }
+func (l *storeLayer) Uncompressed() (io.ReadCloser, error) { return nil, errNotLayer }
+func (l *storeLayer) Compressed() (io.ReadCloser, error)   { return l.open() }
 
-// blockManifestBytes is a manifest to put as is.
-type blockManifestBytes []byte
+// rawManifest is a manifest to put as is.
+type rawManifest []byte
 
-func (m blockManifestBytes) RawManifest() ([]byte, error) { return m, nil }
-func (m blockManifestBytes) MediaType() (types.MediaType, error) {
+func (m rawManifest) RawManifest() ([]byte, error) { return m, nil }
+func (m rawManifest) MediaType() (types.MediaType, error) {
 	return types.OCIManifestSchema1, nil
 }

@@ -181,11 +181,11 @@ func TestPushBlocksRefusesForeignTag(t *testing.T) {
 	repo, opts := remoteFor(t, host)
 	// An ordinary image manifest under the tag.
 	cfg := ocispec.DescriptorEmptyJSON
-	if err := remote.WriteLayer(repo, &blockLayer{desc: cfg, open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("{}")), nil }}, opts...); err != nil {
+	if err := remote.WriteLayer(repo, &storeLayer{desc: cfg, open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("{}")), nil }}, opts...); err != nil {
 		t.Fatal(err)
 	}
 	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":2},"layers":[]}`, ocispec.MediaTypeImageManifest, cfg.MediaType, cfg.Digest)
-	if err := remote.Put(repo.Tag(DefaultBlockTag), blockManifestBytes(m), opts...); err != nil {
+	if err := remote.Put(repo.Tag(DefaultBlockTag), rawManifest(m), opts...); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := PushBlocks(ctx, s, repo, opts, []ocispec.Descriptor{d}, BlockPushOptions{}); err == nil || !strings.Contains(err.Error(), "not a block manifest") {

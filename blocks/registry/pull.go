@@ -44,6 +44,8 @@ type PullOptions struct {
 	// Export configures the export of an image without a blocked form
 	// (its Progress fields are set from the ones above).
 	Export image.ExportOptions
+	// Registry is the connection configuration for docker:// outputs.
+	Registry transport.Registry
 }
 
 // PullResult says what Pull did.
@@ -226,6 +228,7 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 	}
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: root, Standard: c.Standard}, bundle.ApplyOptions{
 		Outputs: opts.Outputs, NoMaterialize: opts.NoMaterialize, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
+		Registry: opts.Registry,
 	})
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -310,6 +313,7 @@ func pullWhole(ctx context.Context, s *store.Store, meta *metaFetcher, root ocis
 	res.Downloaded.Blobs = int(src.blobs.Load())
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: er.Index, Standard: er.Standard}, bundle.ApplyOptions{
 		Outputs: opts.Outputs, NoMaterialize: true, HydrateProgress: opts.Progress, PlainProgress: opts.PlainProgress,
+		Registry: opts.Registry,
 	})
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)

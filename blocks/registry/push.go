@@ -92,6 +92,12 @@ type PushResult struct {
 // already uploaded are skipped.
 func Push(ctx context.Context, s *store.Store, imageName string, ref name.Reference, opts PushOptions) (*PushResult, error) {
 	start := time.Now()
+	// gc must not remove what is being uploaded (or rebuilt, below).
+	release, err := s.Lease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	idx, err := s.Resolve(ctx, imageName)
 	if err != nil {
 		return nil, fmt.Errorf("push %s: %w", imageName, err)
@@ -232,7 +238,7 @@ func (p *pusher) blob(ctx context.Context, desc ocispec.Descriptor) error {
 }
 
 func (p *pusher) tryBlob(ctx context.Context, desc ocispec.Descriptor) error {
-	l := &storeLayer{ctx: ctx, s: p.s, desc: desc, prog: p.prog}
+	l := &uploadLayer{ctx: ctx, s: p.s, desc: desc, prog: p.prog}
 	var layer v1.Layer = l
 	for _, from := range seenIn(p.s, p.registry, desc.Digest) {
 		if from == p.repoName {

@@ -28,12 +28,6 @@ const maxManifest = store.MaxJSONSize
 // maxMeta bounds all the manifests of one pull held in memory at once.
 const maxMeta = 256 << 20
 
-// Count is a number of blobs and their bytes.
-type Count struct {
-	Blobs int   `json:"blobs"`
-	Bytes int64 `json:"bytes"`
-}
-
 func (c *Count) add(n int64) { c.Blobs++; c.Bytes += n }
 
 // repo reads and writes one repository of a registry. The byte counter
@@ -166,19 +160,19 @@ func (r *repo) blobExists(ctx context.Context, d digest.Digest) (bool, error) {
 
 // putManifest uploads a manifest or index under ref (its digest, or the tag).
 func (r *repo) putManifest(ctx context.Context, ref name.Reference, mediaType string, data []byte) error {
-	if err := r.pusher.Put(ctx, ref, rawManifest{data: data, mediaType: mediaType}); err != nil {
+	if err := r.pusher.Put(ctx, ref, typedManifest{data: data, mediaType: mediaType}); err != nil {
 		return fmt.Errorf("%s: put manifest %s: %w", ref, digest.FromBytes(data), explain(err))
 	}
 	return nil
 }
 
-type rawManifest struct {
+type typedManifest struct {
 	data      []byte
 	mediaType string
 }
 
-func (m rawManifest) RawManifest() ([]byte, error)        { return m.data, nil }
-func (m rawManifest) MediaType() (types.MediaType, error) { return types.MediaType(m.mediaType), nil }
+func (m typedManifest) RawManifest() ([]byte, error)        { return m.data, nil }
+func (m typedManifest) MediaType() (types.MediaType, error) { return types.MediaType(m.mediaType), nil }
 
 // explain turns the registry's answers users meet most into one line.
 func explain(err error) error {
@@ -193,24 +187,6 @@ func explain(err error) error {
 		return fmt.Errorf("access denied by the registry: %w", err)
 	}
 	return err
-}
-
-// isNotFound reports whether the registry answered 404 or a *_UNKNOWN code.
-func isNotFound(err error) bool {
-	var te *transport.Error
-	if !errors.As(err, &te) {
-		return false
-	}
-	if te.StatusCode == http.StatusNotFound {
-		return true
-	}
-	for _, d := range te.Errors {
-		switch d.Code {
-		case transport.ManifestUnknownErrorCode, transport.BlobUnknownErrorCode, transport.NameUnknownErrorCode:
-			return true
-		}
-	}
-	return false
 }
 
 // metaFetcher serves the manifests and indexes of one pull to bundle.Walk:
@@ -244,10 +220,10 @@ func (m *metaFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.Re
 	return io.NopCloser(store.VerifyReader(bytes.NewReader(data), desc)), nil
 }
 
-// storeLayer is a store blob as a go-containerregistry layer, for upload:
+// uploadLayer is a store blob as a go-containerregistry layer, for upload:
 // Compressed re-opens the blob (verifying) on every call, so a retried
 // upload starts again from the store. Bytes read are counted.
-type storeLayer struct {
+type uploadLayer struct {
 	ctx  context.Context
 	s    *store.Store
 	desc ocispec.Descriptor
@@ -255,19 +231,19 @@ type storeLayer struct {
 	prog *progress
 }
 
-func (l *storeLayer) Digest() (v1.Hash, error) { return v1.NewHash(l.desc.Digest.String()) }
-func (l *storeLayer) DiffID() (v1.Hash, error) {
+func (l *uploadLayer) Digest() (v1.Hash, error) { return v1.NewHash(l.desc.Digest.String()) }
+func (l *uploadLayer) DiffID() (v1.Hash, error) {
 	return v1.Hash{}, errors.New("registry push: the diffID of a stored blob is not needed")
 }
-func (l *storeLayer) Size() (int64, error) { return l.desc.Size, nil }
-func (l *storeLayer) MediaType() (types.MediaType, error) {
+func (l *uploadLayer) Size() (int64, error) { return l.desc.Size, nil }
+func (l *uploadLayer) MediaType() (types.MediaType, error) {
 	return types.MediaType(l.desc.MediaType), nil
 }
-func (l *storeLayer) Uncompressed() (io.ReadCloser, error) {
+func (l *uploadLayer) Uncompressed() (io.ReadCloser, error) {
 	return nil, errors.New("registry push: stored blobs are uploaded as they are")
 }
 
-func (l *storeLayer) Compressed() (io.ReadCloser, error) {
+func (l *uploadLayer) Compressed() (io.ReadCloser, error) {
 	rc, err := l.s.Fetch(l.ctx, l.desc)
 	if err != nil {
 		return nil, err
@@ -277,7 +253,7 @@ func (l *storeLayer) Compressed() (io.ReadCloser, error) {
 
 type uploadReader struct {
 	rc io.ReadCloser
-	l  *storeLayer
+	l  *uploadLayer
 }
 
 func (u *uploadReader) Read(p []byte) (int, error) {

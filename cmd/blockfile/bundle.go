@@ -111,7 +111,7 @@ layer), so CI with an empty store can make an update bundle.`,
 			var res *registry.PullResult
 			err := readFrom(cmd.Context(), reg, f, func(ref gname.Reference, ropts []remote.Option) error {
 				var err error
-				res, err = registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+				res, err = registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, Registry: *reg, NoMaterialize: true, Progress: pw, PlainProgress: plain})
 				return err
 			})
 			if err != nil {

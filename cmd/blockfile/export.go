@@ -138,7 +138,7 @@ func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg 
 			return err
 		}
 		done = true
-		res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Progress: pw, PlainProgress: plain})
+		res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Registry: *reg, Progress: pw, PlainProgress: plain})
 		return err
 	})
 	if err != nil || !done {
@@ -149,6 +149,6 @@ func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg 
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintln(out, res.Standard.Digest)
-	fmt.Fprintf(out, "%s: pulled the blocked form of %s: %s downloaded, standard image %s\n", res.Name, res.Ref, sizeString(res.Downloaded.Bytes), sizeString(res.StandardSize))
+	fmt.Fprintf(out, "%s: pulled the blocked form of %s: %s downloaded, standard image %s\n", blocks.Quote(res.Name), res.Ref, sizeString(res.Downloaded.Bytes), sizeString(res.StandardSize))
 	return true, nil
 }

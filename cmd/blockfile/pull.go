@@ -92,7 +92,7 @@ the size of the standard image a plain client would have downloaded.`,
 			var err error
 			res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{
 				Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
-				NoMaterialize: !materialize, Outputs: outputs,
+				NoMaterialize: !materialize, Outputs: outputs, Registry: *reg,
 				Export: image.ExportOptions{Compression: c, MinBlockSize: size},
 			})
 			return err
@@ -108,7 +108,7 @@ the size of the standard image a plain client would have downloaded.`,
 		if !res.Blocked {
 			how = "no blocked form: pulled whole and exported"
 		}
-		fmt.Fprintf(w, "pulled %s as %s in %s (%s)\n", res.Ref, res.Name, res.Duration.Round(1e6), how)
+		fmt.Fprintf(w, "pulled %s as %s in %s (%s)\n", res.Ref, blocks.Quote(res.Name), res.Duration.Round(1e6), how)
 		fmt.Fprintf(w, "  standard  %s\n", res.Standard.Digest)
 		pct := 0.0
 		if res.StandardSize > 0 {
@@ -117,7 +117,7 @@ the size of the standard image a plain client would have downloaded.`,
 		fmt.Fprintf(w, "  downloaded %s in %d blobs, standard image %s (%.1f%%); %d blobs already in the store\n",
 			sizeString(res.Downloaded.Bytes), res.Downloaded.Blobs, sizeString(res.StandardSize), pct, res.Present.Blobs)
 		for _, o := range res.Outputs {
-			fmt.Fprintf(w, "    -> %s\n", o)
+			fmt.Fprintf(w, "    -> %s\n", blocks.Quote(o))
 		}
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/registry"
 )
 
@@ -77,7 +78,7 @@ collector follows indexes, such as distribution 3).`,
 			return writeJSON(cmd.OutOrStdout(), res)
 		}
 		w := cmd.OutOrStdout()
-		fmt.Fprintf(w, "pushed %s to %s in %s\n", res.Name, res.Ref, res.Duration.Round(1e6))
+		fmt.Fprintf(w, "pushed %s to %s in %s\n", blocks.Quote(res.Name), res.Ref, res.Duration.Round(1e6))
 		fmt.Fprintf(w, "  index     %s\n", res.Index.Digest)
 		fmt.Fprintf(w, "  standard  %s (%s; what plain clients pull)\n", res.Standard.Digest, sizeString(res.StandardSize))
 		fmt.Fprintf(w, "  uploaded %d blobs (%s), mounted %d (%s), skipped %d already there (%s), %d manifests\n",
