@@ -22,7 +22,6 @@ import (
 	"github.com/tonistiigi/fsutil"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/transport"
@@ -123,13 +122,9 @@ ignored here, since the frontend runs in-process.`,
 		if err != nil {
 			return err
 		}
-		c := blocks.Compression(compression)
-		if c != blocks.Gzip && c != blocks.Zstd {
-			return usageError{fmt.Errorf("--compression %q: want gzip or zstd", compression)}
-		}
-		size, err := units.Parse(minSize)
+		size, c, err := splitFlags(minSize, compression)
 		if err != nil {
-			return usageError{fmt.Errorf("--min-block-size: %w", err)}
+			return err
 		}
 		opt := buildOptions{attrs: attrs, mode: progressui.DisplayMode(progress), stderr: cmd.ErrOrStderr()}
 		if opt.cacheImports, err = parseCacheEntries("--cache-from", cacheFrom, false); err != nil {

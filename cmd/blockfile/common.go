@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/internal/units"
@@ -221,3 +222,17 @@ func isTerminal(w io.Writer) bool {
 
 // sizeString prints a byte count the one way blockfile does ("12.3 MB").
 func sizeString(n int64) string { return units.Size(n) }
+
+// splitFlags parses --min-block-size and --compression, the two flags of
+// every verb that splits layers into blocks (export, pull, build).
+func splitFlags(minSize, compression string) (int64, blocks.Compression, error) {
+	size, err := units.Parse(minSize)
+	if err != nil {
+		return 0, "", usageError{fmt.Errorf("--min-block-size: %w", err)}
+	}
+	c := blocks.Compression(compression)
+	if c != blocks.Gzip && c != blocks.Zstd {
+		return 0, "", usageError{fmt.Errorf("--compression %q: want gzip or zstd", compression)}
+	}
+	return size, c, nil
+}

@@ -55,13 +55,9 @@ lacks, the standard image rebuilt byte for byte (its digest is the pushed one).`
 	addProgressFlag(cmd, &progress)
 	cmd.Flags().BoolVar(&noRefs, "no-referrers", false, "do not copy the signatures, attestations and SBOMs that refer to the source's manifests (docs/SIGNING.md)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		size, err := units.Parse(minSize)
+		size, c, err := splitFlags(minSize, compression)
 		if err != nil {
-			return usageError{fmt.Errorf("--min-block-size: %w", err)}
-		}
-		c := blocks.Compression(compression)
-		if c != blocks.Gzip && c != blocks.Zstd {
-			return usageError{fmt.Errorf("--compression %q: want gzip or zstd", compression)}
+			return err
 		}
 		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {

@@ -65,13 +65,9 @@ the size of the standard image a plain client would have downloaded.`,
 		if jobs < 1 {
 			return usageError{fmt.Errorf("--jobs %d: want at least 1", jobs)}
 		}
-		size, err := units.Parse(minSize)
+		size, c, err := splitFlags(minSize, compression)
 		if err != nil {
-			return usageError{fmt.Errorf("--min-block-size: %w", err)}
-		}
-		c := blocks.Compression(compression)
-		if c != blocks.Gzip && c != blocks.Zstd {
-			return usageError{fmt.Errorf("--compression %q: want gzip or zstd", compression)}
+			return err
 		}
 		pw, plain, err := progressOutput(progress, cmd.ErrOrStderr())
 		if err != nil {
