@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+
+	"github.com/blockfile/blockfile/internal/units"
 )
 
 // progress reports bytes moved: a bar on a terminal, or (plain) a line at
@@ -83,4 +85,5 @@ func (p *progress) finish() {
 	fmt.Fprintf(p.plain, "%s: %s/%s done\n", p.what, mib(p.done), mib(p.total))
 }
 
-func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+// mib prints a size the way every verb does (internal/units).
+func mib(n int64) string { return units.Size(n) }
