@@ -111,8 +111,16 @@ with port 0 picks a free port. Logs go to stderr.`,
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer scancel()
 		err = srv.Shutdown(sctx)
-		cancel() // hydrations nobody reads any more
-		sv.Wait()
+		// Let hydrations finish (and kept layers reach the store) for a
+		// while, then cancel what is left.
+		waited := make(chan struct{})
+		go func() { sv.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(30 * time.Second):
+			cancel()
+			<-waited
+		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("serve: shutdown: %w", err)
 		}
