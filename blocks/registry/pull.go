@@ -46,6 +46,12 @@ type PullOptions struct {
 	Export image.ExportOptions
 	// Registry is the connection configuration for docker:// outputs.
 	Registry transport.Registry
+	// HTTP is Remote's connection for the requests go-containerregistry
+	// does not make (transport.Endpoint.HTTP): with it, the members a layer
+	// lacks are read as byte ranges of the standard layer and that layer is
+	// written as they arrive (ranges.go); without it, each member is one GET
+	// and the layers are hydrated afterwards.
+	HTTP *transport.HTTP
 }
 
 // PullResult says what Pull did.
@@ -70,6 +76,11 @@ type PullResult struct {
 	Downloaded Count `json:"downloaded"`
 	// Present counts the blobs the store already held.
 	Present Count `json:"present"`
+	// Ranges is how many Range GETs of standard layers were made, and
+	// WholeLayers how many of them the registry answered with the whole
+	// layer (which was then read through; its bytes are in Downloaded).
+	Ranges      int `json:"ranges,omitempty"`
+	WholeLayers int `json:"wholeLayers,omitempty"`
 	// Referrers counts the signatures, attestations and SBOMs copied with
 	// the image (docs/SIGNING.md).
 	Referrers int           `json:"referrers,omitempty"`
@@ -191,7 +202,7 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 			batch.Discard()
 		}
 	}()
-	err = fetchAll(ctx, s, meta, batch, need, opts.Jobs, prog, &res.Downloaded)
+	err = fetchBlobs(ctx, s, meta, root, &lockedBatch{b: batch}, need, opts, prog, res)
 	prog.finish()
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -236,13 +247,55 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 	return nil
 }
 
-// fetchAll downloads need, jobs at a time, into temp files of the batch;
-// each is checked against its digest and size. Manifests come from meta
-// (read and verified during the walk).
-func fetchAll(ctx context.Context, s *store.Store, meta *metaFetcher, batch *store.Batch, need []bundle.Blob, jobs int, prog *progress, count *Count) error {
+// fetchBlobs downloads need into the batch. With a connection for Range
+// GETs (opts.HTTP), the layers that lack members read them, and write their
+// standard layer, through ranges (ranges.go), beside the other blobs.
+func fetchBlobs(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, batch *lockedBatch, need []bundle.Blob, opts PullOptions, prog *progress, res *PullResult) error {
+	jobs := opts.Jobs
 	if jobs <= 0 {
 		jobs = DefaultJobs
 	}
+	if opts.HTTP == nil {
+		return fetchAll(ctx, s, meta, batch, need, jobs, prog, &res.Downloaded)
+	}
+	layers, rest, err := planRangeLayers(ctx, s, meta, root, need, !opts.NoMaterialize)
+	if err != nil {
+		return err
+	}
+	e := &rangeEnv{s: s, r: meta.r, conn: opts.HTTP, batch: batch, prog: prog, missing: map[digest.Digest]bool{}, count: &res.Downloaded}
+	for _, b := range need {
+		e.missing[b.Digest] = true
+	}
+	defer func() {
+		for _, l := range layers {
+			l.discard()
+		}
+	}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var c Count
+		err := fetchAll(gctx, s, meta, batch, rest, jobs, prog, &c)
+		e.countMu.Lock()
+		res.Downloaded.Blobs += c.Blobs
+		res.Downloaded.Bytes += c.Bytes
+		e.countMu.Unlock()
+		return err
+	})
+	g.Go(func() error {
+		if err := e.fetchLayers(gctx, layers, jobs); err != nil {
+			return fmt.Errorf("%s: %w", meta.r.repo, err)
+		}
+		return nil
+	})
+	err = g.Wait()
+	res.Ranges, res.WholeLayers = int(e.ranges.Load()), int(e.whole.Load())
+	return err
+}
+
+// fetchAll downloads need, jobs at a time, into temp files of the batch;
+// each is checked against its digest and size. Manifests come from meta
+// (read and verified during the walk).
+func fetchAll(ctx context.Context, s *store.Store, meta *metaFetcher, batch *lockedBatch, need []bundle.Blob, jobs int, prog *progress, count *Count) error {
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
@@ -270,11 +323,11 @@ func fetchAll(ctx context.Context, s *store.Store, meta *metaFetcher, batch *sto
 				w.Close()
 				return err
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err := batch.Add(gctx, w, desc); err != nil {
+			if err := batch.add(gctx, w, desc); err != nil {
 				return fmt.Errorf("%s: %w", meta.r.repo, err)
 			}
+			mu.Lock()
+			defer mu.Unlock()
 			count.add(b.Size)
 			return nil
 		})

@@ -54,6 +54,19 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 // Size is the number of bytes written so far.
 func (w *BlobWriter) Size() int64 { return w.t.Size() }
 
+// ReadAt reads back bytes already written, before the blob is committed or
+// added to a batch (a pull assembles a standard layer from the verbatim
+// members of the blocked layer it is writing).
+func (w *BlobWriter) ReadAt(p []byte, off int64) (int, error) {
+	if w.done {
+		return 0, fmt.Errorf("read %s: blob writer is closed", w.t.Name())
+	}
+	if off+int64(len(p)) > w.t.Size() {
+		return 0, fmt.Errorf("read %s: %d bytes at %d, past the %d written: %w", w.t.Name(), len(p), off, w.t.Size(), io.ErrUnexpectedEOF)
+	}
+	return w.t.OS().ReadAt(p, off)
+}
+
 // Digest is the digest of the bytes written so far.
 func (w *BlobWriter) Digest() digest.Digest {
 	w.h.sync()

@@ -50,7 +50,38 @@ type Endpoint struct {
 	Resolve bool           // may resolve tags (hosts.toml capability "resolve"); else digests only
 	Ref     name.Reference // the reference, rewritten to Host
 	Options []remote.Option
+	// HTTP is the same connection (transport and credentials) for the
+	// requests go-containerregistry does not make: Range GETs of blobs.
+	HTTP *HTTP
 }
+
+// HTTP is an endpoint's connection as an http.RoundTripper, for requests
+// that go-containerregistry has no call for (a pull reads byte ranges of
+// standard layers): the transport Options carry (TLS and client
+// certificates from hosts.toml, its headers, the plain-HTTP guard) and the
+// same credentials.
+type HTTP struct {
+	Transport http.RoundTripper
+	Keychain  authn.Keychain
+}
+
+// RoundTripper returns a transport authenticated to read repo (basic or
+// token authentication, by go-containerregistry's transport, as for every
+// other request), adding the User-Agent Options send.
+func (h *HTTP) RoundTripper(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	auth, err := authn.Resolve(ctx, h.Keychain, repo)
+	if err != nil {
+		return nil, fmt.Errorf("%s: credentials: %w", repo, err)
+	}
+	rt, err := gtransport.NewWithContext(ctx, repo.Registry, auth, gtransport.NewUserAgent(h.Transport, userAgent), []string{repo.Scope(gtransport.PullScope)})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", repo, err)
+	}
+	return rt, nil
+}
+
+// userAgent is what every registry request of blockfile sends.
+const userAgent = "blockfile"
 
 // Remote parses ref (host[:port]/repo[:tag|@digest], a "docker://" prefix
 // accepted) and returns it with the go-containerregistry options that carry
@@ -122,6 +153,7 @@ func (r Registry) endpoints(ctx context.Context, ref string, pull bool) ([]Endpo
 			return nil, fmt.Errorf("docker://%s: host %s: %w", ref, host, err)
 		}
 		tr := r.roundTripper(h, plain)
+		kc := r.keychain()
 		out = append(out, Endpoint{
 			Host:    host,
 			Mirror:  !own,
@@ -129,10 +161,11 @@ func (r Registry) endpoints(ctx context.Context, ref string, pull bool) ([]Endpo
 			Ref:     nr,
 			Options: []remote.Option{
 				remote.WithContext(ctx),
-				remote.WithAuthFromKeychain(r.keychain()),
-				remote.WithUserAgent("blockfile"),
+				remote.WithAuthFromKeychain(kc),
+				remote.WithUserAgent(userAgent),
 				remote.WithTransport(tr),
 			},
+			HTTP: &HTTP{Transport: tr, Keychain: kc},
 		})
 	}
 	if len(out) == 0 {

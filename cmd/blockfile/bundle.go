@@ -16,6 +16,7 @@ import (
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/registry"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 func init() {
@@ -109,9 +110,9 @@ layer), so CI with an empty store can make an update bundle.`,
 				continue
 			}
 			var res *registry.PullResult
-			err := readFrom(cmd.Context(), reg, f, func(ref gname.Reference, ropts []remote.Option) error {
+			err := readFrom(cmd.Context(), reg, f, func(ref gname.Reference, ropts []remote.Option, conn *transport.HTTP) error {
 				var err error
-				res, err = registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, Registry: *reg, NoMaterialize: true, Progress: pw, PlainProgress: plain})
+				res, err = registry.Pull(cmd.Context(), s, ref, "", registry.PullOptions{Remote: ropts, HTTP: conn, Registry: *reg, NoMaterialize: true, Progress: pw, PlainProgress: plain})
 				return err
 			})
 			if err != nil {

@@ -128,13 +128,13 @@ func referrerKind(d ocispec.Descriptor) string {
 // and re-frame it); done is false when it does not.
 func exportBlocked(ctx context.Context, cmd *cobra.Command, s *store.Store, reg *transport.Registry, src, name string, asJSON bool, pw io.Writer, plain bool) (done bool, err error) {
 	var res *registry.PullResult
-	err = readFrom(ctx, reg, src, func(ref gname.Reference, ropts []remote.Option) error {
+	err = readFrom(ctx, reg, src, func(ref gname.Reference, ropts []remote.Option, conn *transport.HTTP) error {
 		blocked, err := registry.HasBlockedForm(ctx, ref, ropts)
 		if err != nil || !blocked {
 			return err
 		}
 		done = true
-		res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, Registry: *reg, Progress: pw, PlainProgress: plain})
+		res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{Remote: ropts, HTTP: conn, Registry: *reg, Progress: pw, PlainProgress: plain})
 		return err
 	})
 	if err != nil || !done {

@@ -13,6 +13,7 @@ import (
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/registry"
+	"github.com/blockfile/blockfile/blocks/transport"
 	"github.com/blockfile/blockfile/internal/units"
 )
 
@@ -84,10 +85,10 @@ the size of the standard image a plain client would have downloaded.`,
 			name = args[1]
 		}
 		var res *registry.PullResult
-		err = readFrom(ctx, reg, args[0], func(ref gname.Reference, ropts []remote.Option) error {
+		err = readFrom(ctx, reg, args[0], func(ref gname.Reference, ropts []remote.Option, conn *transport.HTTP) error {
 			var err error
 			res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{
-				Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
+				Remote: ropts, HTTP: conn, Jobs: jobs, Progress: pw, PlainProgress: plain,
 				NoMaterialize: !materialize, Outputs: outputs, Registry: *reg,
 				Export: image.ExportOptions{Compression: c, MinBlockSize: size},
 			})

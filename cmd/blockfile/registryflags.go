@@ -35,16 +35,18 @@ func registryFlags(cmd *cobra.Command) *transport.Registry {
 
 // readFrom runs read against each endpoint ref is read from (the hosts.toml
 // mirrors that may pull, then the registry, as containerd orders them) until
-// one succeeds. When all fail it returns the registry's own error, explained
-// (one clear message for a refused login).
-func readFrom(ctx context.Context, reg *transport.Registry, ref string, read func(ref name.Reference, opts []remote.Option) error) error {
+// one succeeds. read gets the endpoint's reference, its connection options
+// and the same connection for Range GETs (registry.PullOptions.HTTP). When
+// all fail it returns the registry's own error, explained (one clear
+// message for a refused login).
+func readFrom(ctx context.Context, reg *transport.Registry, ref string, read func(ref name.Reference, opts []remote.Option, conn *transport.HTTP) error) error {
 	eps, err := reg.PullEndpoints(ctx, ref)
 	if err != nil {
 		return usageError{err}
 	}
 	var last error
 	for _, e := range eps {
-		err := read(e.Ref, e.Options)
+		err := read(e.Ref, e.Options, e.HTTP)
 		if err == nil {
 			return nil
 		}
