@@ -117,13 +117,20 @@ func (r *ownRegistry) gc() string {
 
 // proxy is a reverse proxy in front of a real registry: it counts the body
 // bytes of every response (downloads) and request (uploads), and can flip
-// one byte of a chosen blob on its way to the client.
+// one byte of a chosen blob on its way to the client, or ignore Range
+// headers as some registries do.
 type proxy struct {
 	addr     string
 	down, up atomic.Int64
 	mu       sync.Mutex
 	tamper   string // blob digest whose served bytes get one byte flipped
-	blobGETs []string
+	// tamperAt, if >= 0, is the blob offset of the byte to flip (in whole
+	// responses and in Range responses that hold it); else the middle
+	// byte of each response is flipped.
+	tamperAt    int64
+	ignoreRange bool // drop Range headers: answer with the whole blob
+	blobGETs    []string
+	rangeGETs   int
 }
 
 func startProxy(t testing.TB, target string) *proxy {
@@ -132,7 +139,7 @@ func startProxy(t testing.TB, target string) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{}
+	p := &proxy{tamperAt: -1}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		body := io.Reader(resp.Body)
@@ -140,15 +147,24 @@ func startProxy(t testing.TB, target string) *proxy {
 			d := resp.Request.URL.Path[strings.LastIndex(resp.Request.URL.Path, "/")+1:]
 			p.mu.Lock()
 			p.blobGETs = append(p.blobGETs, d)
-			flip := d == p.tamper
+			flip, at := d == p.tamper, p.tamperAt
 			p.mu.Unlock()
 			if flip {
 				data, err := io.ReadAll(resp.Body)
 				if err != nil {
 					return err
 				}
-				if len(data) > 0 {
+				var base int64 // the blob offset of data[0]
+				if cr := resp.Header.Get("Content-Range"); cr != "" {
+					if _, err := fmt.Sscanf(cr, "bytes %d-", &base); err != nil {
+						return fmt.Errorf("proxy: Content-Range %q: %w", cr, err)
+					}
+				}
+				switch {
+				case at < 0 && len(data) > 0:
 					data[len(data)/2] ^= 0x01
+				case at >= base && at < base+int64(len(data)):
+					data[at-base] ^= 0x01
 				}
 				body = bytes.NewReader(data)
 			}
@@ -159,6 +175,14 @@ func startProxy(t testing.TB, target string) *proxy {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil {
 			r.Body = readCloser{&countingReader{r: r.Body, n: &p.up}, r.Body}
+		}
+		if r.Header.Get("Range") != "" {
+			p.mu.Lock()
+			p.rangeGETs++
+			if p.ignoreRange {
+				r.Header.Del("Range")
+			}
+			p.mu.Unlock()
 		}
 		rp.ServeHTTP(w, r)
 	}))
@@ -178,12 +202,23 @@ func (p *proxy) reset() {
 	p.up.Store(0)
 	p.mu.Lock()
 	p.blobGETs = nil
+	p.rangeGETs = 0
 	p.mu.Unlock()
 }
 
-func (p *proxy) setTamper(d string) {
+func (p *proxy) setTamper(d string) { p.setTamperAt(d, -1) }
+
+// setTamperAt flips the byte at offset at of blob d (at < 0: the middle
+// byte of each response) wherever a response carries it.
+func (p *proxy) setTamperAt(d string, at int64) {
 	p.mu.Lock()
-	p.tamper = d
+	p.tamper, p.tamperAt = d, at
+	p.mu.Unlock()
+}
+
+func (p *proxy) setIgnoreRange(on bool) {
+	p.mu.Lock()
+	p.ignoreRange = on
 	p.mu.Unlock()
 }
 

@@ -9,6 +9,9 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/blockfile/blockfile/blocks/bundle"
+	"github.com/blockfile/blockfile/blocks/image"
+	"github.com/blockfile/blockfile/blocks/layer"
+	"github.com/blockfile/blockfile/blocks/store"
 
 	"github.com/blockfile/blockfile/integration/harness"
 )
@@ -142,7 +145,9 @@ func TestRegistryOldClients(t *testing.T) {
 
 // TestRegistryTamperedBlob: a registry (a proxy in front of it) serving one
 // blob with a byte flipped: the pull fails naming the blob, and the store
-// and the --output are unchanged.
+// and the --output are unchanged. A block member is read as a Range of the
+// standard layer that holds it: the byte flipped is the member's, in that
+// layer's response.
 func TestRegistryTamperedBlob(t *testing.T) {
 	harness.RequireIntegration(t)
 	b := getBundleImages(t)
@@ -180,7 +185,12 @@ func TestRegistryTamperedBlob(t *testing.T) {
 	for kind, d := range victims {
 		before := storeListing(t, site)
 		out := filepath.Join(t.TempDir(), "v2.tar")
-		px.setTamper(d.String())
+		if kind == bundle.KindBlock {
+			std, off := memberInStandard(t, b.src, b.v2.Name, d)
+			px.setTamperAt(std.String(), off)
+		} else {
+			px.setTamper(d.String())
+		}
 		r := bfRun(t, bin, "pull", "--store", site, "--progress", "none", "--output", "oci-archive:"+out, ref2)
 		px.setTamper("")
 		if r.code != 1 || !strings.Contains(r.stderr, d.String()) {
@@ -379,4 +389,155 @@ func mustClosure(t testing.TB, storeDir, name string) *bundle.Closure {
 		t.Fatal(err)
 	}
 	return cs[0]
+}
+
+// memberInStandard returns the standard layer of image name (in the store
+// at dir) that holds block member m, and the offset of m's middle byte in
+// it (docs/FORMAT.md section 5, layer.Layout).
+func memberInStandard(t *testing.T, dir, name string, m digest.Digest) (digest.Digest, int64) {
+	t.Helper()
+	ctx := ctxT(t)
+	s := openStoreT(t, dir)
+	img, err := image.Resolve(ctx, s, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, man := range img.Manifests {
+		for _, l := range man.Layers {
+			if !l.HasBlocks() {
+				continue
+			}
+			rc, err := s.Fetch(ctx, l.Blocked)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, parts, err := layer.Layout(ctx, rc, l.Standard.MediaType)
+			rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range parts {
+				if p.Kind == layer.PartMember && p.Member == m {
+					return l.Standard.Digest, p.Offset + p.Size/2
+				}
+			}
+		}
+	}
+	t.Fatalf("member %s is in no layer of %s", m, name)
+	return "", 0
+}
+
+// TestRegistryPullRangeTampered: a first pull reads the block members as
+// Range GETs of the standard layers; a registry flipping a byte inside a
+// Range response (the middle of every response for the largest layer) makes
+// the pull fail naming that layer or one of its members, and the empty store
+// and the --output stay as they were. Served intact, the pull reads several
+// ranges and gets the exact image.
+func TestRegistryPullRangeTampered(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	px := startProxy(t, reg.addr)
+	ref := px.addr + "/ranges/app:v1"
+	bfPush(t, bin, copyStore(t, b.src), b.v1.Name, ref)
+
+	ctx := ctxT(t)
+	img, err := image.Resolve(ctx, openStoreT(t, b.src), b.v1.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim image.Layer
+	for _, l := range img.Manifests[0].Layers {
+		if l.HasBlocks() && l.Standard.Size > victim.Standard.Size {
+			victim = l
+		}
+	}
+	if victim.Standard.Digest == "" {
+		t.Fatal("v1 has no layer with blocks")
+	}
+	named := []string{victim.Standard.Digest.String()}
+	for _, m := range victim.Members {
+		named = append(named, m.Digest.String())
+	}
+
+	site := filepath.Join(t.TempDir(), "site")
+	if _, err := store.Create(site); err != nil {
+		t.Fatal(err)
+	}
+	before := storeListing(t, site)
+	out := filepath.Join(t.TempDir(), "v1.tar")
+	px.setTamper(victim.Standard.Digest.String())
+	px.reset()
+	r := bfRun(t, bin, "pull", "--store", site, "--progress", "none", "--output", "oci-archive:"+out, ref)
+	ranges := px.rangeGETs
+	px.setTamper("")
+	if ranges == 0 {
+		t.Fatal("the pull made no Range request")
+	}
+	if r.code != 1 || !containsAny(r.stderr, named) {
+		t.Errorf("flipped byte in a Range response: exit %d, stderr %q; want exit 1 naming layer %s or one of its members", r.code, r.stderr, victim.Standard.Digest)
+	}
+	t.Logf("tampered range: %s", strings.TrimSpace(r.stderr))
+	if after := storeListing(t, site); after != before {
+		t.Errorf("the store changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	mustAbsent(t, out)
+
+	px.reset()
+	res := bfPull(t, bin, site, ref)
+	if res.Standard.Digest != b.v1.Standard.Digest || res.Ranges == 0 || res.WholeLayers != 0 {
+		t.Errorf("pull served intact: standard %s (want %s), %d ranges, %d whole layers", res.Standard.Digest, b.v1.Standard.Digest, res.Ranges, res.WholeLayers)
+	}
+	if res.Ranges != px.rangeGETs {
+		t.Errorf("pull says %d Range GETs, the proxy saw %d", res.Ranges, px.rangeGETs)
+	}
+	bfMust(t, bin, "verify", "--store", site)
+}
+
+// TestRegistryPullIgnoringRange: a registry that answers Range requests with
+// the whole blob (200) still gives the exact image, first pull and upgrade;
+// the pull says how many layers came whole and counts every byte it read.
+func TestRegistryPullIgnoringRange(t *testing.T) {
+	harness.RequireIntegration(t)
+	b := getBundleImages(t)
+	bin := harness.Get(t).BlockfileBin(t)
+	reg := startOwnRegistry(t)
+	px := startProxy(t, reg.addr)
+	ref1, ref2 := px.addr+"/whole/app:v1", px.addr+"/whole/app:v2"
+	src := copyStore(t, b.src)
+	bfPush(t, bin, src, b.v1.Name, ref1)
+	bfPush(t, bin, src, b.v2.Name, ref2)
+	px.setIgnoreRange(true)
+
+	site := filepath.Join(t.TempDir(), "site")
+	for _, c := range []struct {
+		ref  string
+		want digest.Digest
+	}{{ref1, b.v1.Standard.Digest}, {ref2, b.v2.Standard.Digest}} {
+		px.reset()
+		res := bfPull(t, bin, site, c.ref)
+		down := px.down.Load()
+		if res.Standard.Digest != c.want {
+			t.Fatalf("pull %s: standard %s, want %s", c.ref, res.Standard.Digest, c.want)
+		}
+		if res.Ranges == 0 || res.WholeLayers != res.Ranges || px.rangeGETs != res.Ranges {
+			t.Errorf("pull %s: %d ranges, %d answered whole, proxy saw %d Range GETs; want every one answered whole", c.ref, res.Ranges, res.WholeLayers, px.rangeGETs)
+		}
+		// Counted honestly: what the registry sent is what the pull counts.
+		if res.Downloaded.Bytes < down*95/100 || res.Downloaded.Bytes > down {
+			t.Errorf("pull %s counts %d bytes downloaded, the proxy %d", c.ref, res.Downloaded.Bytes, down)
+		}
+		t.Logf("pull %s, Range ignored: %d bytes, standard image %d", c.ref, down, res.StandardSize)
+		bfMust(t, bin, "verify", "--store", site)
+	}
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, x := range subs {
+		if strings.Contains(s, x) {
+			return true
+		}
+	}
+	return false
 }

@@ -171,7 +171,27 @@ func FuzzHydrateBlockedLayer(f *testing.F) {
 		for _, c := range compressions {
 			_ = Hydrate(context.Background(), bytes.NewReader(b), io.Discard, members, ms, wants[c])
 		}
-		_, _ = ReadStubs(context.Background(), bytes.NewReader(b))
+		stubs, serr := ReadStubs(context.Background(), bytes.NewReader(b))
+		// Layout walks as ReadStubs does: the same verdict, one header and
+		// one member part per stub, parts that tile from offset 0.
+		_, parts, lerr := Layout(context.Background(), bytes.NewReader(b), "")
+		if (serr == nil) != (lerr == nil) {
+			t.Fatalf("ReadStubs: %v, Layout: %v", serr, lerr)
+		}
+		var off int64
+		n := 0
+		for _, p := range parts {
+			if p.Offset != off || p.Size <= 0 {
+				t.Fatalf("part %+v at %d", p, off)
+			}
+			off += p.Size
+			if p.Kind == PartMember {
+				n++
+			}
+		}
+		if lerr == nil && n != len(stubs) {
+			t.Fatalf("%d member parts for %d stubs", n, len(stubs))
+		}
 	})
 }
 

@@ -401,9 +401,12 @@ func (l *rangeLayer) prepare(ctx context.Context, e *rangeEnv) (err error) {
 		}
 		tee := io.TeeReader(progReader{rc, e.prog}, l.bw)
 		l.comp, l.parts, err = layer.Layout(ctx, tee, l.std.MediaType)
-		if err == nil || errors.Is(err, layer.ErrTooLarge) {
+		if ctx.Err() == nil {
 			// Layout reads to the end, where the blob is verified; make
-			// sure, and finish the blob if Layout gave up.
+			// sure, finish the blob if Layout gave up, and if the layer did
+			// not parse, say whether its bytes were the registry's fault.
+			// (A blocked layer that reads right and does not parse is the
+			// publisher's fault: that error stands.)
 			if _, cerr := io.Copy(io.Discard, tee); cerr != nil {
 				err = cerr
 			}
@@ -944,15 +947,24 @@ func checkContentRange(v string, sp span, size int64) error {
 	if !ok {
 		return fmt.Errorf("Content-Range %q is not a range", v)
 	}
-	first, err1 := strconv.ParseInt(a, 10, 64)
-	last, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || first != sp.start || last != sp.end-1 {
+	first, ok1 := decimal(a)
+	last, ok2 := decimal(b)
+	if !ok1 || !ok2 || first != sp.start || last != sp.end-1 {
 		return fmt.Errorf("Content-Range %q, asked bytes %d-%d", v, sp.start, sp.end-1)
 	}
 	if total != "*" {
-		if n, err := strconv.ParseInt(total, 10, 64); err != nil || n != size {
+		if n, ok := decimal(total); !ok || n != size {
 			return fmt.Errorf("Content-Range %q for a blob of %d bytes", v, size)
 		}
 	}
 	return nil
+}
+
+// decimal parses a non-empty run of ASCII digits (no sign, no spaces).
+func decimal(s string) (int64, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }

@@ -77,6 +77,8 @@ func TestCheckContentRange(t *testing.T) {
 		{"bytes */1000", false},
 		{"100-199/1000", false},
 		{"bytes 0x64-199/1000", false},
+		{"bytes +100-199/1000", false},
+		{"bytes 100-199/+1000", false},
 		{"", false},
 	} {
 		if err := checkContentRange(c.v, sp, 1000); (err == nil) != c.ok {
@@ -471,4 +473,30 @@ func TestLayoutTilesStandardLayer(t *testing.T) {
 	if kinds[layer.PartMember] < 8 || kinds[layer.PartVerbatim] < 4 || kinds[layer.PartHeader] != kinds[layer.PartMember] {
 		t.Errorf("parts by kind %v", kinds)
 	}
+}
+
+// FuzzCheckContentRange: whatever a registry sends, a Content-Range is
+// accepted only if it states exactly the span asked for.
+func FuzzCheckContentRange(f *testing.F) {
+	f.Add("bytes 100-199/1000")
+	f.Add("bytes 100-199/*")
+	f.Add("bytes +100-199/1000")
+	f.Add("bytes 100-199/01000")
+	f.Fuzz(func(t *testing.T, v string) {
+		sp := span{100, 200}
+		if checkContentRange(v, sp, 1000) != nil {
+			return
+		}
+		// Accepted: "bytes " digits "-" digits "/" (digits | "*"), the
+		// digits naming exactly the span and the size.
+		rest, ok := strings.CutPrefix(v, "bytes ")
+		rng, total, _ := strings.Cut(rest, "/")
+		a, b, _ := strings.Cut(rng, "-")
+		first, ok1 := decimal(a)
+		last, ok2 := decimal(b)
+		n, ok3 := decimal(total)
+		if !ok || !ok1 || !ok2 || first != sp.start || last != sp.end-1 || (total != "*" && (!ok3 || n != 1000)) {
+			t.Fatalf("%q accepted for bytes %d-%d/1000", v, sp.start, sp.end-1)
+		}
+	})
 }
