@@ -14,11 +14,15 @@
 //     under the tag, last: a tag never names an incomplete image.
 //   - Pull resolves the tag; if its index has a blocked form it fetches the
 //     manifests, then only the blobs the store lacks (blocked layers, block
-//     members, configs), never the standard layers that hydrate rebuilds.
-//     Every byte is verified before anything is written into place, then
-//     the image is tagged and materialized exactly as bundle apply does
-//     (bundle.Deliver). An index without a blocked form is an ordinary
-//     image: it is exported as blockfile export would.
+//     members, configs). Block members are read as byte ranges of the
+//     standard layer that holds them, one request per run of missing
+//     members, and the standard layer is written from those bytes as they
+//     arrive (ranges.go says how and why). Every byte is verified before
+//     anything is written into place, then the image is tagged and
+//     materialized exactly as bundle apply does (bundle.Deliver), which
+//     rebuilds only the standard layers not written yet. An index without a
+//     blocked form is an ordinary image: it is exported as blockfile export
+//     would.
 //
 // The store remembers which repositories of which registry hold a blob
 // (blockfile/registry/ in the store, see seen.go), so a second repository

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // A batch checks every blob when it is added, shows none under its name
@@ -74,5 +77,36 @@ func TestBatchCommitAndDiscard(t *testing.T) {
 	}
 	if n := len(ingestEntries(t, s)); n != 0 {
 		t.Fatalf("ingest holds %d temp files after Discard", n)
+	}
+}
+
+// A writer reads back what it wrote, before it is added to a batch, and
+// nothing past it; once added, not at all.
+func TestBlobWriterReadAt(t *testing.T) {
+	ctx := context.Background()
+	s, err := Create(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.NewWriter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("blocked layer bytes")
+	w.Write(data)
+	got := make([]byte, 5)
+	if n, err := w.ReadAt(got, 8); err != nil || n != 5 || string(got) != "layer" {
+		t.Fatalf("ReadAt: %d %q %v", n, got, err)
+	}
+	if _, err := w.ReadAt(got, int64(len(data))-2); err == nil {
+		t.Error("ReadAt past what was written succeeded")
+	}
+	b := s.NewBatch()
+	defer b.Discard()
+	if err := b.Add(ctx, w, ocispec.Descriptor{Digest: digest.FromBytes(data), Size: int64(len(data))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.ReadAt(got, 0); err == nil {
+		t.Error("ReadAt after Add succeeded")
 	}
 }
