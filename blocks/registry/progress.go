@@ -51,6 +51,12 @@ func (p *progress) add(n int64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// A pull reads a little more than the blobs it lacks (the header
+	// members and gaps of its Range GETs): the total is not passed.
+	n = min(n, p.total-p.done)
+	if n <= 0 {
+		return
+	}
 	p.done += n
 	if p.bar != nil {
 		_ = p.bar.Add64(n)

@@ -61,7 +61,7 @@ const (
 )
 
 // rangePool returns the gap bytes the layers of a pull share beyond their
-// own: 1% of their standard layers, at most a tenth of the members
+// own: 1% of their standard layers (those that start at once take none), at most a tenth of the members
 // missing. With each layer's own 1%, a first pull stays within 1.02 times
 // the standard image, and an upgrade within 1.2 times what it lacks. A
 // layer of small files with blocks among them (an OS layer) has hundreds
@@ -351,34 +351,75 @@ func plainDesc(d ocispec.Descriptor) ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}
 }
 
-// fetchLayers reads what layers lack: every layout first (the blocked
-// layers are small, but one of many small files takes longest to walk: it
-// goes first), so that the gap bytes go where they save the most requests
-// (planSpans); then the ranges, jobs layers at a time, the largest first.
+// fetchLayers reads what layers lack. Every layer is laid out first (its
+// blocked layer read), several at a time, the largest blocked layers first
+// (one of many small files takes longest to walk). A layer whose runs of
+// missing members merge on its own budget into spans separated only by
+// gaps too large for the pool starts reading at once; the others wait for
+// every layout, so that the pool goes to the smallest gaps of all (the
+// requests it saves). Then jobs layers read at a time.
 func (e *rangeEnv) fetchLayers(ctx context.Context, layers []*rangeLayer, jobs int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	fetching := make(chan struct{}, jobs)
+	fetch := func(l *rangeLayer) {
+		g.Go(func() error {
+			select {
+			case fetching <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			defer func() { <-fetching }()
+			return l.fetch(gctx, e)
+		})
+	}
 	sort.SliceStable(layers, func(a, b int) bool { return layers[a].blocked.Size > layers[b].blocked.Size })
-	pg, pctx := errgroup.WithContext(ctx)
-	pg.SetLimit(max(jobs, 2))
+	preparing := make(chan struct{}, max(jobs, 2))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var later []*rangeLayer
 	for _, l := range layers {
-		pg.Go(func() error { return l.prepare(pctx, e) })
+		wg.Add(1)
+		g.Go(func() error {
+			defer wg.Done()
+			select {
+			case preparing <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			err := l.prepare(gctx, e)
+			<-preparing
+			if err != nil {
+				return err
+			}
+			own := planSpans([][]span{l.runs}, []int64{l.wanted}, 0)[0]
+			for i := 1; i < len(own); i++ {
+				if own[i].start-own[i-1].end <= rangePoolMax {
+					mu.Lock()
+					later = append(later, l)
+					mu.Unlock()
+					return nil
+				}
+			}
+			l.spans = own
+			fetch(l)
+			return nil
+		})
 	}
-	if err := pg.Wait(); err != nil {
-		return err
+	wg.Wait()
+	if gctx.Err() == nil {
+		runs, wanted := make([][]span, len(later)), make([]int64, len(later))
+		for i, l := range later {
+			runs[i], wanted[i] = l.runs, l.wanted
+		}
+		for i, sp := range planSpans(runs, wanted, rangePool(layers)) {
+			later[i].spans = sp
+		}
+		sort.SliceStable(later, func(a, b int) bool { return later[a].std.Size > later[b].std.Size })
+		for _, l := range later {
+			fetch(l)
+		}
 	}
-	runs, wanted := make([][]span, len(layers)), make([]int64, len(layers))
-	for i, l := range layers {
-		runs[i], wanted[i] = l.runs, l.wanted
-	}
-	for i, sp := range planSpans(runs, wanted, rangePool(layers)) {
-		layers[i].spans = sp
-	}
-	sort.SliceStable(layers, func(a, b int) bool { return layers[a].std.Size > layers[b].std.Size })
-	fg, fctx := errgroup.WithContext(ctx)
-	fg.SetLimit(jobs)
-	for _, l := range layers {
-		fg.Go(func() error { return l.fetch(fctx, e) })
-	}
-	return fg.Wait()
+	return g.Wait()
 }
 
 // prepare reads the blocked layer (from the registry into the batch's
