@@ -178,6 +178,7 @@ type rangeLayer struct {
 	runs   []span       // runs of wanted parts
 	wanted int64        // their bytes
 	spans  []span       // what fetch reads (planSpans)
+	held   int64        // layoutBytes of parts, counted in rangeEnv.held
 }
 
 // discard drops what prepare kept.
@@ -217,6 +218,22 @@ type rangeEnv struct {
 	rtErr  error
 
 	ranges, whole atomic.Int64
+	held          atomic.Int64 // bytes of the layouts held (maxLayoutsHeld)
+}
+
+// maxLayoutsHeld bounds the memory of the layouts a pull holds at once
+// (each layer's is bounded by layer.MaxLayoutParts and MaxLayoutHeaders):
+// a layer whose layout does not fit reads its members one by one and is
+// hydrated after the pull, as without ranges. A variable for tests.
+var maxLayoutsHeld int64 = 256 << 20
+
+// layoutBytes estimates the memory of a layout.
+func layoutBytes(parts []layer.Part) int64 {
+	n := int64(len(parts)) * 128
+	for _, p := range parts {
+		n += int64(len(p.Header))
+	}
+	return n
 }
 
 func (e *rangeEnv) counted(n int64) {
@@ -493,6 +510,11 @@ func (l *rangeLayer) prepare(ctx context.Context, e *rangeEnv) (err error) {
 		l.want[i] = l.assemble || (l.claims[p.Member] && !planned[p.Member])
 		planned[p.Member] = true
 	}
+	if l.held = layoutBytes(l.parts); e.held.Add(l.held) > maxLayoutsHeld {
+		e.held.Add(-l.held)
+		l.parts, l.want, l.held = nil, nil, 0
+		return nil
+	}
 	l.runs, l.wanted = runsOf(l.parts, l.want)
 	return nil
 }
@@ -511,6 +533,10 @@ func (l *rangeLayer) fetch(ctx context.Context, e *rangeEnv) (err error) {
 		// and the standard layer hydrated after the pull as before.
 		return l.plain(ctx, e)
 	}
+	defer func() {
+		e.held.Add(-l.held)
+		l.parts, l.want, l.held = nil, nil, 0
+	}()
 	comp, parts, bw := l.comp, l.parts, l.bw
 	sr := &spanReader{e: e, std: l.std, spans: l.spans}
 	defer sr.close()

@@ -292,6 +292,25 @@ func TestRangePull(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("layouts over the memory bound", func(t *testing.T) {
+		defer func(n int64) { maxLayoutsHeld = n }(maxLayoutsHeld)
+		maxLayoutsHeld = 0
+		s, err := store.Create(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := rig.pull(t, s, "1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Members one by one, the standard layer hydrated after.
+		if res.Standard.Digest != rig.std["1"].Digest || res.Ranges != 0 {
+			t.Fatalf("standard %s, %d ranges; want %s without ranges", res.Standard.Digest, res.Ranges, rig.std["1"].Digest)
+		}
+		if err := s.Verify(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("registry ignores Range", func(t *testing.T) {
 		rig.spoil = func(w http.ResponseWriter, r *http.Request, h http.Handler) bool {
 			r.Header.Del("Range")
