@@ -155,7 +155,7 @@ func makeDeltaManifest(subject, bundleDesc ocispec.Descriptor, base, baseStd dig
 // patches), unless the registry already lists a delta from that base.
 // Called after the index is pushed, so the subject exists.
 func (p *pusher) pushDeltas(ctx context.Context, imageName string, idx ocispec.Descriptor, bases []string) ([]DeltaPush, error) {
-	listed, err := transport.ListArtifacts(ctx, p.r.repo, p.r.opts, idx.Digest, blocks.ArtifactTypeDelta)
+	listed, err := transport.ListDeltas(ctx, p.r.repo, p.r.opts, idx.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("push %s: deltas: %w", imageName, err)
 	}
@@ -192,7 +192,9 @@ func (p *pusher) pushDeltas(ctx context.Context, imageName string, idx ocispec.D
 // checked, or nil.
 func (p *pusher) existingDelta(ctx context.Context, listed []ocispec.Descriptor, subject, base digest.Digest) *deltaManifest {
 	for _, d := range listed {
-		if d.Annotations[blocks.AnnotationDeltaBase] != base.String() || d.Size > maxDeltaManifest {
+		// Registries should copy the manifest's annotations into the
+		// listing; some do not.
+		if a, ok := d.Annotations[blocks.AnnotationDeltaBase]; (ok && a != base.String()) || d.Size > maxDeltaManifest {
 			continue
 		}
 		data, err := p.r.manifest(ctx, d)
@@ -359,27 +361,32 @@ func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocisp
 // smallest bundle (under limit bytes) whose base image the store holds
 // completely, or nil.
 func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, limit int64) (*deltaManifest, error) {
-	listed, err := transport.ListArtifacts(ctx, meta.r.repo, meta.r.opts, root.Digest, blocks.ArtifactTypeDelta)
+	listed, err := transport.ListDeltas(ctx, meta.r.repo, meta.r.opts, root.Digest)
 	if err != nil {
 		return nil, err
 	}
 	var best *deltaManifest
 	held := map[digest.Digest]bool{}
-	tried := 0
-	for _, l := range listed {
-		// The listing's annotation picks candidates; the manifest, read by
-		// digest and checked, decides.
-		base := digest.Digest(l.Annotations[blocks.AnnotationDeltaBase])
-		if base.Validate() != nil || l.Size > maxDeltaManifest {
-			continue
-		}
+	holds := func(base digest.Digest) bool {
 		ok, seen := held[base]
 		if !seen {
 			ok = holdsImage(ctx, s, base)
 			held[base] = ok
 		}
-		if !ok {
+		return ok
+	}
+	tried := 0
+	for _, l := range listed {
+		if l.Size > maxDeltaManifest {
 			continue
+		}
+		// The listing's annotation (registries should copy the manifest's;
+		// some do not) skips deltas from bases the store lacks without
+		// reading them; the manifest, read by digest and checked, decides.
+		if a, ok := l.Annotations[blocks.AnnotationDeltaBase]; ok {
+			if base := digest.Digest(a); base.Validate() != nil || !holds(base) {
+				continue
+			}
 		}
 		if tried++; tried > maxDeltaCandidates {
 			break
@@ -392,7 +399,7 @@ func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocis
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", l.Digest, err)
 		}
-		if d.base != base || d.bundle.Size >= limit {
+		if d.bundle.Size >= limit || !holds(d.base) {
 			continue
 		}
 		if best == nil || d.bundle.Size < best.bundle.Size {

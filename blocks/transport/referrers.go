@@ -58,7 +58,7 @@ func (s *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor
 // ListReferrers is Registry.Referrers for callers that hold a repository and
 // its connection options (blocks/registry's pull). Delta manifests
 // (blocks.ArtifactTypeDelta) are left out: they carry update bundles for
-// blockfile pull (ListArtifacts finds them), not signatures or attestations,
+// blockfile pull (ListDeltas finds them), not signatures or attestations,
 // and copying them would bring megabytes of bundle into the store.
 func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	where := "docker://" + repo.String()
@@ -69,7 +69,7 @@ func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Opti
 	}
 	var out []ocispec.Descriptor
 	for _, desc := range all {
-		if desc.ArtifactType != blocks.ArtifactTypeDelta {
+		if !IsDelta(desc) {
 			out = append(out, desc)
 		}
 	}
@@ -98,11 +98,24 @@ func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Opti
 	return out, nil
 }
 
-// ListArtifacts lists the OCI 1.1 referrers of subject (the registry's
-// referrers API, else the sha256-<hex> fallback index) whose artifactType,
-// as the listing gives it, is artifactType. The listing is the registry's
-// word: a caller reads each manifest by digest and checks it.
-func ListArtifacts(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
+// IsDelta reports whether a referrers listing entry is a delta manifest
+// (docs/FORMAT.md section 8c): artifactType blocks.ArtifactTypeDelta, or,
+// for registries that list the config's media type as the artifactType (as
+// the OCI 1.1 drafts did), the delta's base annotation, which the
+// referrers API and the fallback index copy from the manifest.
+func IsDelta(desc ocispec.Descriptor) bool {
+	if desc.ArtifactType == blocks.ArtifactTypeDelta {
+		return true
+	}
+	_, ok := desc.Annotations[blocks.AnnotationDeltaBase]
+	return ok
+}
+
+// ListDeltas lists the delta manifests of subject (IsDelta) in the
+// registry's referrers API, else the sha256-<hex> fallback index. The
+// listing is the registry's word: a caller reads each manifest by digest
+// and checks it.
+func ListDeltas(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	opts = append(append([]remote.Option{}, opts...), remote.WithContext(ctx))
 	all, err := listSubjectReferrers(repo, opts, subject)
 	if err != nil {
@@ -110,7 +123,7 @@ func ListArtifacts(ctx context.Context, repo name.Repository, opts []remote.Opti
 	}
 	var out []ocispec.Descriptor
 	for _, desc := range all {
-		if desc.ArtifactType == artifactType && IsManifest(desc.MediaType) {
+		if IsDelta(desc) && IsManifest(desc.MediaType) {
 			out = append(out, desc)
 		}
 	}
