@@ -321,7 +321,7 @@ func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocisp
 	// larger than the standard image: a hostile listing cannot make the
 	// pull download more than it would anyway.
 	limit := min(total, res.StandardSize)
-	d, err := findDelta(ctx, s, meta, root, limit)
+	d, err := findDelta(ctx, s, meta, root, limit, func(err error) { note("%v: skipped", err) })
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, 0, ctx.Err()
@@ -359,8 +359,9 @@ func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocisp
 
 // findDelta lists the delta manifests of root and returns the one with the
 // smallest bundle (under limit bytes) whose base image the store holds
-// completely, or nil.
-func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, limit int64) (*deltaManifest, error) {
+// completely, or nil. A candidate that does not read or check is reported
+// to skipped and passed over.
+func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, limit int64, skipped func(error)) (*deltaManifest, error) {
 	listed, err := transport.ListDeltas(ctx, meta.r.repo, meta.r.opts, root.Digest)
 	if err != nil {
 		return nil, err
@@ -391,13 +392,20 @@ func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocis
 		if tried++; tried > maxDeltaCandidates {
 			break
 		}
+		// One delta that does not read or check (deleted, damaged) does not
+		// hide the others.
 		data, err := meta.r.manifest(ctx, l)
 		if err != nil {
-			return nil, err
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			skipped(fmt.Errorf("delta %s: %w", l.Digest, err))
+			continue
 		}
 		d, err := parseDeltaManifest(data, root.Digest)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", l.Digest, err)
+			skipped(fmt.Errorf("%s: %w", l.Digest, err))
+			continue
 		}
 		if d.bundle.Size >= limit || !holds(d.base) {
 			continue

@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -212,6 +214,19 @@ func TestPushPullDelta(t *testing.T) {
 				t.Fatalf("ListReferrers of the index: %v, %v; want none", refs, err)
 			}
 
+			// A delta manifest that does not check (two layers) beside the
+			// good one is passed over, not fatal.
+			good, _, _, _ := testDeltaManifest(t)
+			var bad map[string]any
+			json.Unmarshal(good, &bad)
+			bad["subject"] = ocispec.Descriptor{MediaType: r2.Index.MediaType, Digest: r2.Index.Digest, Size: r2.Index.Size}
+			bad["annotations"] = map[string]string{blocks.AnnotationDeltaBase: r1.Index.Digest.String()}
+			bad["layers"] = append(bad["layers"].([]any), bad["layers"].([]any)[0])
+			badData, _ := json.Marshal(bad)
+			if err := remote.Put(ref2.Context().Digest(digest.FromBytes(badData).String()), rawDelta{badData}); err != nil {
+				t.Fatal(err)
+			}
+
 			site, err := store.Create(filepath.Join(t.TempDir(), "site"))
 			if err != nil {
 				t.Fatal(err)
@@ -255,3 +270,8 @@ func TestPushPullDelta(t *testing.T) {
 		})
 	}
 }
+
+type rawDelta struct{ data []byte }
+
+func (r rawDelta) RawManifest() ([]byte, error)        { return r.data, nil }
+func (r rawDelta) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
