@@ -52,6 +52,9 @@ type PullOptions struct {
 	// written as they arrive (ranges.go); without it, each member is one GET
 	// and the layers are hydrated afterwards.
 	HTTP *transport.HTTP
+	// NoDeltas fetches the blobs the store lacks even when the registry
+	// holds a delta to the image from an image the store has (delta.go).
+	NoDeltas bool
 }
 
 // PullResult says what Pull did.
@@ -81,6 +84,9 @@ type PullResult struct {
 	// layer (which was then read through; its bytes are in Downloaded).
 	Ranges      int `json:"ranges,omitempty"`
 	WholeLayers int `json:"wholeLayers,omitempty"`
+	// Delta is the delta bundle the pull applied instead of fetching the
+	// blobs the store lacked (delta.go), if any.
+	Delta *DeltaPull `json:"delta,omitempty"`
 	// Referrers counts the signatures, attestations and SBOMs copied with
 	// the image (docs/SIGNING.md).
 	Referrers int           `json:"referrers,omitempty"`
@@ -175,7 +181,7 @@ func HasBlockedForm(ctx context.Context, ref name.Reference, opts []remote.Optio
 
 func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, res *PullResult, opts PullOptions) (err error) {
 	ref := meta.r.ref
-	c, err := bundle.Walk(ctx, meta, res.Name, root)
+	c, err := bundle.Walk(ctx, storeFirst{s: s, next: meta}, res.Name, root)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
@@ -194,6 +200,9 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 		}
 		need = append(need, b)
 		total += b.Size
+	}
+	if need, total, err = useDelta(ctx, s, meta, root, c, need, total, res, opts); err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	prog := newProgress(opts.Progress, opts.PlainProgress, total, "pull "+ref.String())
 	batch := s.NewBatch()

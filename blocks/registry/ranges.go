@@ -251,7 +251,8 @@ func planRangeLayers(ctx context.Context, s *store.Store, meta *metaFetcher, roo
 	for _, b := range need {
 		missing[b.Digest] = true
 	}
-	pairs, err := layerPairs(ctx, meta, root)
+	// The manifests as the walk read them: from the store when it has them.
+	pairs, err := layerPairs(ctx, storeFirst{s: s, next: meta}, root)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -302,8 +303,9 @@ type layerPair struct {
 
 // layerPairs lists the layers with blocks of the image index root (each
 // standard layer once), with their blocked layer and block set, read from
-// the manifests the walk fetched and checked as image.Resolve does.
-func layerPairs(ctx context.Context, meta *metaFetcher, root ocispec.Descriptor) ([]layerPair, error) {
+// the manifests the walk read (through meta) and checked as image.Resolve
+// does.
+func layerPairs(ctx context.Context, meta bundle.Fetcher, root ocispec.Descriptor) ([]layerPair, error) {
 	var idx ocispec.Index
 	if err := getJSON(ctx, meta, root, &idx); err != nil {
 		return nil, err
