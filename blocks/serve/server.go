@@ -48,8 +48,8 @@ const DefaultLinger = time.Minute
 
 // Server is the site mirror's HTTP handler.
 type Server struct {
-	s   *store.Store
-	cat *catalog
+	s    *store.Store
+	cat  *catalog
 	hyd  *hydrator
 	fill *filler // nil: no upstream
 	log  *slog.Logger
