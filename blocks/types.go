@@ -43,6 +43,17 @@ const (
 	// list of block members that the stubs of one blocked layer name. It
 	// exists so that every registry's garbage collector keeps the members.
 	ArtifactTypeBlockSet = "application/vnd.blockfile.blockset.v1"
+
+	// ArtifactTypeDelta is the artifactType of a delta manifest in a
+	// registry (docs/FORMAT.md section 8c): an OCI 1.1 referrer of an image
+	// index whose one layer is an update bundle (MediaTypeBundle) from a
+	// base image to that index. It is transport, not a statement about the
+	// image: it is never recorded in a store as a referrer nor copied as one.
+	ArtifactTypeDelta = "application/vnd.blockfile.delta.v1"
+
+	// MediaTypeBundle is the media type of a bundle file (docs/BUNDLES.md)
+	// stored as a blob: the layer of a delta manifest.
+	MediaTypeBundle = "application/vnd.blockfile.bundle.v1.tar"
 )
 
 // Annotations.
@@ -84,6 +95,13 @@ const (
 	// which registries list through the referrers API or the
 	// sha256-<subject hex> fallback index. Never written into a manifest.
 	AnnotationReferrerTag = "dev.blockfile.referrer.tag"
+
+	// AnnotationDeltaBase, on a delta manifest, is the digest of the image
+	// index of the base: the image a store must hold for the delta's bundle
+	// to apply. AnnotationDeltaBaseStandard is the standard image that base
+	// hydrates to (informative: what a user recognises as the release).
+	AnnotationDeltaBase         = "dev.blockfile.delta.base"
+	AnnotationDeltaBaseStandard = "dev.blockfile.delta.base.standard"
 
 	// LabelImports is the image config label in which the frontend records
 	// what IMPORT placed where: a JSON object mapping an absolute path in the

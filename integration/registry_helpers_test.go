@@ -115,6 +115,12 @@ func (r *ownRegistry) gc() string {
 	return string(out)
 }
 
+// version is what the registry binary's --version prints.
+func (r *ownRegistry) version() string {
+	out, _ := exec.Command(r.bin, "--version").CombinedOutput()
+	return string(out)
+}
+
 // proxy is a reverse proxy in front of a real registry: it counts the body
 // bytes of every response (downloads) and request (uploads), and can flip
 // one byte of a chosen blob on its way to the client.

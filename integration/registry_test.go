@@ -348,6 +348,20 @@ func TestRegistryGCKeepsBlocks(t *testing.T) {
 	src := copyStore(t, b.src)
 	ref := reg.addr + "/gc/app:v2"
 	bfPush(t, bin, src, b.v2.Name, ref)
+	// An upgrade with a delta (a referrer of the new index: the sha256-<hex>
+	// fallback tag and the delta manifest's own child tag keep it).
+	d := getDeltaImages(t)
+	dsrc := copyStore(t, d.src)
+	bfPush(t, bin, dsrc, d.v1.Name, reg.addr+"/gc/delta:v1")
+	bfPush(t, bin, dsrc, d.v2.Name, reg.addr+"/gc/delta:v2", "--delta-from", d.v1.Name)
+	// Distribution 3 follows indexes, so the fallback index alone keeps the
+	// delta manifest there, without child tags.
+	v3 := strings.Contains(reg.version(), " v3.")
+	t.Logf("registry: %s (distribution 3: %v)", strings.TrimSpace(reg.version()), v3)
+	if v3 {
+		bfPush(t, bin, dsrc, d.v1.Name, reg.addr+"/gc3/delta:v1", "--tag-children=false")
+		bfPush(t, bin, dsrc, d.v2.Name, reg.addr+"/gc3/delta:v2", "--tag-children=false", "--delta-from", d.v1.Name)
+	}
 	// An untagged image beside it, so the collector has something to drop.
 	bfPush(t, bin, src, b.other.Name, reg.addr+"/gc/app@"+b.other.Index.Digest.String())
 	out := reg.gc()
@@ -366,6 +380,20 @@ func TestRegistryGCKeepsBlocks(t *testing.T) {
 		t.Errorf("after gc, pull: %s, want %s", r.Standard.Digest, b.v2.Standard.Digest)
 	}
 	bfMust(t, bin, "verify", "--store", site)
+	// The delta survived: a store holding v1 upgrades through it.
+	repos := []string{"gc"}
+	if v3 {
+		repos = append(repos, "gc3")
+	}
+	for _, repo := range repos {
+		up := filepath.Join(t.TempDir(), "up")
+		bfPull(t, bin, up, reg.addr+"/"+repo+"/delta:v1")
+		r := bfPull(t, bin, up, reg.addr+"/"+repo+"/delta:v2")
+		if r.Standard.Digest != d.v2.Standard.Digest || r.Delta == nil {
+			t.Errorf("%s: after gc, upgrade pull: standard %s (want %s), delta %+v", repo, r.Standard.Digest, d.v2.Standard.Digest, r.Delta)
+		}
+		bfMust(t, bin, "verify", "--store", up)
+	}
 	// The untagged image is gone: the collector did run.
 	if r := bfRun(t, bin, "pull", "--store", t.TempDir(), "--progress", "none", reg.addr+"/gc/app@"+b.other.Index.Digest.String()); r.code == 0 {
 		t.Errorf("the untagged index survived garbage-collect --delete-untagged")

@@ -43,6 +43,13 @@ type ApplyOptions struct {
 	// hosts.toml), for the images and for their signatures and attestations
 	// (transport.Registry.PushReferrers); the zero value is the default.
 	Registry transport.Registry
+
+	// IngestOnly stops after step 3: the blobs are checked and ingested,
+	// but no image is tagged, no referrer recorded and nothing hydrated or
+	// written to Outputs. It is for a caller that tags and delivers the
+	// image itself, under its own name (registry pull with a delta bundle,
+	// which holds a lease across both).
+	IngestOnly bool
 }
 
 // ApplyResult says what apply did.
@@ -109,6 +116,10 @@ func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) 
 	}
 	if err := ingest(ctx, s, path, h, res, opts.Progress); err != nil {
 		return nil, err
+	}
+	if opts.IngestOnly {
+		res.Duration = time.Since(start)
+		return res, nil
 	}
 	for _, im := range h.Images {
 		if err := s.Tag(ctx, im.Name, im.Index); err != nil {

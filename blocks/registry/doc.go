@@ -19,6 +19,11 @@
 //     the image is tagged and materialized exactly as bundle apply does
 //     (bundle.Deliver). An index without a blocked form is an ordinary
 //     image: it is exported as blockfile export would.
+//   - Deltas (delta.go): push --delta-from BASE also publishes the update
+//     bundle from BASE (bundle.Create) as an OCI referrer of the index; a
+//     pull into a store that holds a delta's base downloads that bundle and
+//     applies it (bundle.Apply), which carries changed blocks as binary
+//     deltas, instead of fetching them whole. The index never changes.
 //
 // The store remembers which repositories of which registry hold a blob
 // (blockfile/registry/ in the store, see seen.go), so a second repository

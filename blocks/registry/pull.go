@@ -46,6 +46,9 @@ type PullOptions struct {
 	Export image.ExportOptions
 	// Registry is the connection configuration for docker:// outputs.
 	Registry transport.Registry
+	// NoDeltas fetches the blobs the store lacks even when the registry
+	// holds a delta to the image from an image the store has (delta.go).
+	NoDeltas bool
 }
 
 // PullResult says what Pull did.
@@ -70,6 +73,9 @@ type PullResult struct {
 	Downloaded Count `json:"downloaded"`
 	// Present counts the blobs the store already held.
 	Present Count `json:"present"`
+	// Delta is the delta bundle the pull applied instead of fetching the
+	// blobs the store lacked (delta.go), if any.
+	Delta *DeltaPull `json:"delta,omitempty"`
 	// Referrers counts the signatures, attestations and SBOMs copied with
 	// the image (docs/SIGNING.md).
 	Referrers int           `json:"referrers,omitempty"`
@@ -164,7 +170,7 @@ func HasBlockedForm(ctx context.Context, ref name.Reference, opts []remote.Optio
 
 func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, res *PullResult, opts PullOptions) (err error) {
 	ref := meta.r.ref
-	c, err := bundle.Walk(ctx, meta, res.Name, root)
+	c, err := bundle.Walk(ctx, storeFirst{s: s, next: meta}, res.Name, root)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
@@ -183,6 +189,9 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 		}
 		need = append(need, b)
 		total += b.Size
+	}
+	if need, total, err = useDelta(ctx, s, meta, root, c, need, total, res, opts); err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	prog := newProgress(opts.Progress, opts.PlainProgress, total, "pull "+ref.String())
 	batch := s.NewBatch()

@@ -48,6 +48,11 @@ type PushOptions struct {
 	// for every client; a tag keeps each child. Registries whose collector
 	// follows indexes (distribution 3) do not need it.
 	TagChildren bool
+	// DeltaFrom names store images (earlier releases) from which to publish
+	// a delta to this image beside it (delta.go): the bundle that bundle
+	// create --from BASE makes, as an OCI referrer of the index. A delta
+	// the registry already lists for a base is not made again.
+	DeltaFrom []string
 }
 
 // ChildTag is the tag TagChildren gives a manifest: "sha256-<hex>.blockfile",
@@ -78,6 +83,8 @@ type PushResult struct {
 	// manifests that the store keeps, pushed after the image
 	// (docs/SIGNING.md).
 	Referrers int `json:"referrers,omitempty"`
+	// Deltas are the deltas published (or found) for DeltaFrom.
+	Deltas []DeltaPush `json:"deltas,omitempty"`
 	// Materialized is set when standard layers missing from the store
 	// (pulled or applied without materializing) were rebuilt first.
 	Materialized bool          `json:"materialized,omitempty"`
@@ -178,6 +185,11 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 			return nil, fmt.Errorf("push %s: pushed the image, but not its signatures and attestations: %w", imageName, err)
 		}
 		res.Referrers = len(refs)
+	}
+	if len(opts.DeltaFrom) > 0 {
+		if res.Deltas, err = p.pushDeltas(ctx, imageName, idx, opts.DeltaFrom); err != nil {
+			return nil, err
+		}
 	}
 	// Remember where the blobs now are, for mounts into other repositories.
 	ds := make([]digest.Digest, 0, len(leaves))

@@ -27,6 +27,10 @@ var CosignTagSuffixes = []string{"sig", "att", "sbom"}
 // registry cannot make export copy without bound.
 const maxSourceReferrers = 256
 
+// maxListed caps the entries of one referrers listing (signatures and
+// delta manifests together) that are looked at.
+const maxListed = 4 * maxSourceReferrers
+
 // ReferrerSource is a Source that can list what refers to one of its
 // manifests (docker:// sources can).
 type ReferrerSource interface {
@@ -52,33 +56,22 @@ func (s *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor
 }
 
 // ListReferrers is Registry.Referrers for callers that hold a repository and
-// its connection options (blocks/registry's pull).
+// its connection options (blocks/registry's pull). Delta manifests
+// (blocks.ArtifactTypeDelta) are left out: they carry update bundles for
+// blockfile pull (ListDeltas finds them), not signatures or attestations,
+// and copying them would bring megabytes of bundle into the store.
 func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
-	if err := subject.Validate(); err != nil {
-		return nil, fmt.Errorf("referrers: subject %q: %w", subject, err)
-	}
 	where := "docker://" + repo.String()
 	opts = append(append([]remote.Option{}, opts...), remote.WithContext(ctx))
-	idx, err := remote.Referrers(repo.Digest(subject.String()), opts...)
+	all, err := listSubjectReferrers(repo, opts, subject)
 	if err != nil {
-		return nil, fmt.Errorf("%s: referrers of %s: %w", where, subject, err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return nil, fmt.Errorf("%s: referrers of %s: %w", where, subject, err)
+		return nil, err
 	}
 	var out []ocispec.Descriptor
-	seen := map[digest.Digest]bool{}
-	for _, d := range im.Manifests {
-		desc := ociDescriptor(d)
-		if !IsManifest(desc.MediaType) && !IsIndex(desc.MediaType) {
-			continue // not something the store keeps as a referrer
+	for _, desc := range all {
+		if !IsDelta(desc) {
+			out = append(out, desc)
 		}
-		if err := desc.Digest.Validate(); err != nil || seen[desc.Digest] || desc.Digest == subject {
-			continue
-		}
-		seen[desc.Digest] = true
-		out = append(out, desc)
 	}
 	for _, suffix := range CosignTagSuffixes {
 		tag := repo.Tag(subject.Algorithm().String() + "-" + subject.Encoded() + "." + suffix)
@@ -101,6 +94,73 @@ func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Opti
 	}
 	if len(out) > maxSourceReferrers {
 		return nil, fmt.Errorf("%s: %d referrers of %s, more than the %d accepted", where, len(out), subject, maxSourceReferrers)
+	}
+	return out, nil
+}
+
+// IsDelta reports whether a referrers listing entry is a delta manifest
+// (docs/FORMAT.md section 8c): artifactType blocks.ArtifactTypeDelta, or,
+// for registries that list the config's media type as the artifactType (as
+// the OCI 1.1 drafts did), the delta's base annotation, which the
+// referrers API and the fallback index copy from the manifest.
+func IsDelta(desc ocispec.Descriptor) bool {
+	if desc.ArtifactType == blocks.ArtifactTypeDelta {
+		return true
+	}
+	_, ok := desc.Annotations[blocks.AnnotationDeltaBase]
+	return ok
+}
+
+// ListDeltas lists the delta manifests of subject (IsDelta) in the
+// registry's referrers API, else the sha256-<hex> fallback index. The
+// listing is the registry's word: a caller reads each manifest by digest
+// and checks it.
+func ListDeltas(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	opts = append(append([]remote.Option{}, opts...), remote.WithContext(ctx))
+	all, err := listSubjectReferrers(repo, opts, subject)
+	if err != nil {
+		return nil, err
+	}
+	var out []ocispec.Descriptor
+	for _, desc := range all {
+		if IsDelta(desc) && IsManifest(desc.MediaType) {
+			out = append(out, desc)
+		}
+	}
+	return out, nil
+}
+
+// listSubjectReferrers reads the referrers API or the fallback index of
+// subject: manifests and indexes with valid digests, each once, at most
+// maxListed.
+func listSubjectReferrers(repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	if err := subject.Validate(); err != nil {
+		return nil, fmt.Errorf("referrers: subject %q: %w", subject, err)
+	}
+	where := "docker://" + repo.String()
+	idx, err := remote.Referrers(repo.Digest(subject.String()), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: referrers of %s: %w", where, subject, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("%s: referrers of %s: %w", where, subject, err)
+	}
+	var out []ocispec.Descriptor
+	seen := map[digest.Digest]bool{}
+	for _, d := range im.Manifests {
+		desc := ociDescriptor(d)
+		if !IsManifest(desc.MediaType) && !IsIndex(desc.MediaType) {
+			continue // not something the store keeps as a referrer
+		}
+		if err := desc.Digest.Validate(); err != nil || seen[desc.Digest] || desc.Digest == subject {
+			continue
+		}
+		seen[desc.Digest] = true
+		out = append(out, desc)
+	}
+	if len(out) > maxListed {
+		return nil, fmt.Errorf("%s: %d referrers of %s, more than the %d accepted", where, len(out), subject, maxListed)
 	}
 	return out, nil
 }

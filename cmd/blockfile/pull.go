@@ -27,6 +27,7 @@ func newPullCmd() *cobra.Command {
 		outputs     []string
 		minSize     string
 		compression string
+		noDeltas    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "pull [flags] REF [NAME]",
@@ -44,7 +45,14 @@ stored under NAME (default: REF's repository:tag), its standard layers rebuilt
 in the store (--materialize=false: keep only the blocked form, as bundle apply)
 and written to each --output: oci-archive:FILE[:REF], oci:DIR[:REF] or
 docker://REF ({name} is replaced by NAME). Prints the bytes downloaded next to
-the size of the standard image a plain client would have downloaded.`,
+the size of the standard image a plain client would have downloaded.
+
+If the registry holds a delta to the image (pushed with 'push --delta-from')
+from an image the store holds whole, pull downloads that update bundle, which
+carries changed blocks as binary deltas, and applies it (every prerequisite
+and digest checked before anything is written), instead of fetching the
+changed blocks whole; --no-deltas does not look for one. A delta whose bytes
+do not verify fails the pull, store unchanged, naming its digest.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usageError{fmt.Errorf("%s: want REF [NAME], got %d argument(s) (see --help)", cmd.CommandPath(), len(args))}
@@ -57,6 +65,7 @@ the size of the standard image a plain client would have downloaded.`,
 	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs downloaded at once")
 	addOutputsFlag(cmd, &outputs, "where to write the image (repeatable): oci-archive:FILE[:REF], oci:DIR[:REF], docker://REF")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
+	cmd.Flags().BoolVar(&noDeltas, "no-deltas", false, "fetch the blobs the store lacks even when the registry holds a delta from an image the store has")
 	addJSONFlag(cmd, &asJSON, "print what was done as JSON")
 	addProgressFlag(cmd, &progress)
 	cmd.Flags().StringVar(&minSize, "min-block-size", units.Exact(image.DefaultMinBlockSize), "for an image without a blocked form: as export --min-block-size")
@@ -88,7 +97,7 @@ the size of the standard image a plain client would have downloaded.`,
 			var err error
 			res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{
 				Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain,
-				NoMaterialize: !materialize, Outputs: outputs, Registry: *reg,
+				NoMaterialize: !materialize, Outputs: outputs, Registry: *reg, NoDeltas: noDeltas,
 				Export: image.ExportOptions{Compression: c, MinBlockSize: size},
 			})
 			return err
@@ -112,6 +121,10 @@ the size of the standard image a plain client would have downloaded.`,
 		}
 		fmt.Fprintf(w, "  downloaded %s in %d blobs, standard image %s (%.1f%%); %d blobs already in the store\n",
 			sizeString(res.Downloaded.Bytes), res.Downloaded.Blobs, sizeString(res.StandardSize), pct, res.Present.Blobs)
+		if d := res.Delta; d != nil {
+			fmt.Fprintf(w, "  delta %s from %s: bundle %s instead of %s of blobs, %d blobs added\n",
+				d.Manifest.Digest, d.BaseIndex, sizeString(d.Bundle.Size), sizeString(d.Instead), d.Ingested.Blobs)
+		}
 		for _, o := range res.Outputs {
 			fmt.Fprintf(w, "    -> %s\n", blocks.Quote(o))
 		}

@@ -20,6 +20,7 @@ func newPushCmd() *cobra.Command {
 		asJSON      bool
 		progress    string
 		tagChildren bool
+		deltaFrom   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "push [flags] NAME REF",
@@ -41,13 +42,22 @@ Distribution 2.x's garbage-collect --delete-untagged deletes the untagged
 manifests a tagged index names (distribution/distribution#3004), which breaks
 multi-platform images and this index alike; so push also tags each of them
 as sha256-<hex>.blockfile (--tag-children=false: not, for registries whose
-collector follows indexes, such as distribution 3).`,
+collector follows indexes, such as distribution 3).
+
+--delta-from BASE (repeatable; BASE an image of the store, e.g. the previous
+release) also publishes, beside the image, the update bundle from BASE to it
+('bundle create --from BASE NAME': changed blocks as binary deltas, changed
+layers as patches) as an OCI referrer of the index. 'blockfile pull' into a
+store that holds BASE downloads that bundle instead of the changed blocks
+whole. The index and its digest do not change; plain clients never see it.
+A delta the registry already holds for a base is not made again.`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
 	reg := registryFlags(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs uploaded at once")
 	cmd.Flags().BoolVar(&tagChildren, "tag-children", true, "also tag each manifest the index names (sha256-<hex>.blockfile), so that garbage-collect --delete-untagged of distribution 2.x keeps them")
+	cmd.Flags().StringArrayVar(&deltaFrom, "delta-from", nil, "also publish the update bundle from this store image (repeatable), for pulls into stores that hold it")
 	addJSONFlag(cmd, &asJSON, "print the result as JSON")
 	addProgressFlag(cmd, &progress)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -70,6 +80,7 @@ collector follows indexes, such as distribution 3).`,
 		}
 		res, err := registry.Push(ctx, s, args[0], ref, registry.PushOptions{
 			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain, TagChildren: tagChildren,
+			DeltaFrom: deltaFrom,
 		})
 		if err != nil {
 			return reg.Explain(ref, err)
@@ -84,6 +95,13 @@ collector follows indexes, such as distribution 3).`,
 		fmt.Fprintf(w, "  uploaded %d blobs (%s), mounted %d (%s), skipped %d already there (%s), %d manifests\n",
 			res.Uploaded.Blobs, sizeString(res.Uploaded.Bytes), res.Mounted.Blobs, sizeString(res.Mounted.Bytes),
 			res.Skipped.Blobs, sizeString(res.Skipped.Bytes), res.Manifests.Blobs)
+		for _, d := range res.Deltas {
+			how := "pushed"
+			if d.Present {
+				how = "already there"
+			}
+			fmt.Fprintf(w, "  delta from %s (%s): %s, bundle %s, %s\n", blocks.Quote(d.Base), d.BaseIndex.Digest, d.Manifest.Digest, sizeString(d.Bundle.Size), how)
+		}
 		return nil
 	}
 	return cmd

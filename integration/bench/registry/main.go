@@ -11,9 +11,12 @@
 // pull goes into an empty store, each upgrade pull into a copy of the store
 // that pulled v1; skopeo's first copy goes to an empty layout, each upgrade
 // copy to a copy of the layout holding v1 (skopeo skips layers a layout
-// has). The upgrade byte bound checked is the one of the registry issue:
-// at most 1.5x the v1 -> upgrade bundle + 256 KiB; the first pull at most
-// 1.02x the standard image.
+// has). Each upgrade is pushed with --delta-from v1 (the v1 -> upgrade
+// bundle published beside it) and pulled twice from the same starting
+// store: as a store holding v1 does by default (the delta), and with
+// --no-deltas (the changed blobs). The upgrade byte bound checked is the
+// one of the registry issue: at most 1.5x the v1 -> upgrade bundle + 256
+// KiB; the first pull at most 1.02x the standard image.
 package main
 
 import (
@@ -37,7 +40,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
-	"github.com/blockfile/blockfile/blocks/bundle"
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/registry"
 	"github.com/blockfile/blockfile/blocks/store"
@@ -142,11 +144,12 @@ func startRegistry(dir string, c *counter) (string, func(), error) {
 }
 
 type row struct {
-	name                       string
-	pushT, pullT, skopeoT      time.Duration
-	pushUp, pullDown, skopeoDn int64
-	standard, bundleSize       int64
-	present                    int
+	name                                 string
+	pushT, pullT, blocksT, skopeoT       time.Duration
+	pushUp, pullDown, blocksDn, skopeoDn int64
+	standard, bundleSize                 int64
+	present                              int
+	delta                                bool // the pull applied the delta
 }
 
 func run(ctx context.Context, scen benchimg.Scenario, work string) error {
@@ -234,23 +237,24 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		// Push.
 		c.reset()
 		t := time.Now()
-		pr, err := registry.Push(ctx, src, v, ref, registry.PushOptions{Remote: ropts, TagChildren: true})
+		po := registry.PushOptions{Remote: ropts, TagChildren: true}
+		if v != "v1" {
+			po.DeltaFrom = []string{"v1"}
+		}
+		pr, err := registry.Push(ctx, src, v, ref, po)
 		if err != nil {
 			return err
 		}
 		r.pushT, r.pushUp, r.standard = time.Since(t), c.up.Load(), pr.StandardSize
 
-		// Bundle of the same upgrade (the bound of the issue).
+		// The bundle of the same upgrade (the bound of the issue) is the
+		// delta push published: bundle.Create --from v1, byte for byte
+		// (TestRegistryUpgradeWithinBundle checks they are equal).
 		if v != "v1" {
-			out := filepath.Join(work, v+".bundle")
-			if _, err := bundle.Create(ctx, src, []string{v}, out, bundle.CreateOptions{From: []string{"v1"}}); err != nil {
-				return err
+			if len(pr.Deltas) != 1 {
+				return fmt.Errorf("%s: push published %d deltas", v, len(pr.Deltas))
 			}
-			fi, err := os.Stat(out)
-			if err != nil {
-				return err
-			}
-			r.bundleSize = fi.Size()
+			r.bundleSize = pr.Deltas[0].Bundle.Size
 		}
 
 		// skopeo copy of the standard image (the tag without --all).
@@ -271,47 +275,66 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		}
 		r.skopeoT, r.skopeoDn = time.Since(t), c.down.Load()
 
-		// blockfile pull.
+		// blockfile pull: by default (the delta, for an upgrade), then
+		// with --no-deltas from the same starting store.
+		pull := func(site string, noDeltas bool) (*registry.PullResult, time.Duration, int64, error) {
+			if v != "v1" {
+				if err := exec.Command("cp", "-a", site1, site).Run(); err != nil {
+					return nil, 0, 0, err
+				}
+			}
+			s, err := store.Create(site)
+			if err != nil {
+				return nil, 0, 0, err
+			}
+			drop()
+			c.reset()
+			t := time.Now()
+			res, err := registry.Pull(ctx, s, ref, v, registry.PullOptions{Remote: ropts, NoDeltas: noDeltas})
+			if err != nil {
+				return nil, 0, 0, err
+			}
+			if res.Standard.Digest != pr.Standard.Digest {
+				return nil, 0, 0, fmt.Errorf("%s: pulled %s, pushed %s", v, res.Standard.Digest, pr.Standard.Digest)
+			}
+			return res, time.Since(t), c.down.Load(), nil
+		}
 		site := site1
 		if v != "v1" {
 			site = filepath.Join(work, "site-"+v)
-			if err := exec.Command("cp", "-a", site1, site).Run(); err != nil {
+		}
+		res, d, n, err := pull(site, false)
+		if err != nil {
+			return err
+		}
+		r.pullT, r.pullDown, r.present, r.delta = d, n, res.Present.Blobs, res.Delta != nil
+		if v != "v1" {
+			if _, r.blocksT, r.blocksDn, err = pull(site+"-blocks", true); err != nil {
 				return err
 			}
 		}
-		s, err := store.Create(site)
-		if err != nil {
-			return err
-		}
-		drop()
-		c.reset()
-		t = time.Now()
-		res, err := registry.Pull(ctx, s, ref, v, registry.PullOptions{Remote: ropts})
-		if err != nil {
-			return err
-		}
-		r.pullT, r.pullDown, r.present = time.Since(t), c.down.Load(), res.Present.Blobs
-		if res.Standard.Digest != pr.Standard.Digest {
-			return fmt.Errorf("%s: pulled %s, pushed %s", v, res.Standard.Digest, pr.Standard.Digest)
-		}
 		rows = append(rows, r)
-		fmt.Fprintf(os.Stderr, "%s: push %s, pull %s, skopeo %s\n", v, r.pushT.Round(time.Millisecond), r.pullT.Round(time.Millisecond), r.skopeoT.Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "%s: push %s, pull %s (delta %v; blocks %s), skopeo %s\n", v, r.pushT.Round(time.Millisecond), r.pullT.Round(time.Millisecond), r.delta, r.blocksT.Round(time.Millisecond), r.skopeoT.Round(time.Millisecond))
 	}
 
 	fmt.Printf("IMPORT label: %v; %d blocks in v1\n\n", withImport, v1Blocks)
-	fmt.Println("| image | push s | push MB up | pull s | pull MB down | skopeo copy s | skopeo MB down | pull/skopeo time | pull/skopeo bytes | bound | within |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| image | push s | push MB up | pull s | pull MB down | delta used | pull --no-deltas s | --no-deltas MB down | skopeo copy s | skopeo MB down | pull/skopeo time | pull/skopeo bytes | bound | within | --no-deltas within |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		bound := 1.02 * float64(r.standard)
 		what := fmt.Sprintf("1.02x standard %.1f MB", mb(r.standard))
+		blocks := "-"
 		if r.bundleSize > 0 {
 			bound = 1.5*float64(r.bundleSize) + 256<<10
 			what = fmt.Sprintf("1.5x bundle %.2f MB + 256 KiB", mb(r.bundleSize))
+			blocks = yes(float64(r.blocksDn) <= bound)
 		}
-		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %s | %s |\n", r.name,
-			r.pushT.Seconds(), mb(r.pushUp), r.pullT.Seconds(), mb(r.pullDown), r.skopeoT.Seconds(), mb(r.skopeoDn),
-			r.pullT.Seconds()/r.skopeoT.Seconds(), float64(r.pullDown)/float64(r.skopeoDn), what, yes(float64(r.pullDown) <= bound))
+		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %s | %s | %s |\n", r.name,
+			r.pushT.Seconds(), mb(r.pushUp), r.pullT.Seconds(), mb(r.pullDown), map[bool]string{true: "yes", false: "no"}[r.delta],
+			r.blocksT.Seconds(), mb(r.blocksDn), r.skopeoT.Seconds(), mb(r.skopeoDn),
+			r.pullT.Seconds()/r.skopeoT.Seconds(), float64(r.pullDown)/float64(r.skopeoDn), what, yes(float64(r.pullDown) <= bound), blocks)
 	}
+	fmt.Println("\npush s and MB up of an upgrade include making and uploading its delta (the v1 -> upgrade bundle).")
 	return nil
 }
 
