@@ -42,82 +42,99 @@ func ctrForget(ctr func(...string) *exec.Cmd, ref string, blobs []digest.Digest)
 
 // TestServeUpstreamUpgrade (must-hold 2): containerd, with a hosts.toml
 // mirror entry for the registry pointing at serve, pulls v1 and then v2
-// through serve, whose store starts empty and is filled from the registry.
-// What serve downloads from the registry for v2 (counted by a proxy in
-// front of it) is at most 1.5x the v1 -> v2 bundle + 256 KiB; containerd
-// gets the exact index and layers and runs v2; serve's store keeps the
-// blocked form only and verifies clean.
+// through serve, whose store starts empty and is filled from the registry
+// (v2 pushed with --delta-from v1). What serve downloads from the registry
+// for v2 (counted by a proxy in front of it) is at most 1.5x the v1 -> v2
+// bundle + 256 KiB, for the bundle test images (new blocks) and for images
+// whose files changed a little (where the blocks alone are far over the
+// bound and the pull must take the delta); containerd gets the exact index
+// and layers; serve's store keeps the blocked form only and verifies clean.
 func TestServeUpstreamUpgrade(t *testing.T) {
 	harness.RequireIntegration(t)
 	env := harness.Get(t)
 	b := getBundleImages(t)
+	d := getDeltaImages(t)
 	bin := env.BlockfileBin(t)
 	reg := startOwnRegistry(t)
 	px := startProxy(t, reg.addr)
-	src := copyStore(t, b.src)
-	bfPush(t, bin, src, b.v1.Name, reg.addr+"/shop/app:v1")
-	bfPush(t, bin, src, b.v2.Name, reg.addr+"/shop/app:v2")
-
-	site := filepath.Join(t.TempDir(), "site")
-	sp := startServe(t, site, "--upstream", px.addr)
 	_, ctr := env.Containerd(t)
-	hosts := mirrorHosts(t, px.addr, sp.addr)
-	ref1, ref2 := px.addr+"/shop/app:v1", px.addr+"/shop/app:v2"
-	v2img, err := image.Resolve(ctxT(t), openStoreT(t, b.src), b.v2.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2layers := v2img.Manifests[0].Manifest.Layers
-	ctrForget(ctr, ref1, nil)
-	ctrForget(ctr, ref2, descDigests(v2layers))
-	t.Cleanup(func() { ctrForget(ctr, ref1, nil); ctrForget(ctr, ref2, nil) })
+	for _, c := range []struct {
+		label  string
+		src    string
+		v1, v2 *image.ExportResult
+		runs   bool // has a shell and /app/app.jar (the bundle images)
+	}{
+		{"bundle-images", b.src, b.v1, b.v2, true},
+		{"changed-a-little", d.src, d.v1, d.v2, false},
+	} {
+		t.Run(c.label, func(t *testing.T) {
+			src := copyStore(t, c.src)
+			ref1, ref2 := px.addr+"/"+c.label+"/app:v1", px.addr+"/"+c.label+"/app:v2"
+			bfPush(t, bin, src, c.v1.Name, reg.addr+"/"+c.label+"/app:v1")
+			bfPush(t, bin, src, c.v2.Name, reg.addr+"/"+c.label+"/app:v2", "--delta-from", c.v1.Name)
 
-	px.reset()
-	cmdOut(t, ctr("images", "pull", "--hosts-dir", hosts, ref1))
-	t.Logf("v1 through serve (empty store): serve downloaded %d bytes from the registry", px.down.Load())
+			site := filepath.Join(t.TempDir(), "site")
+			sp := startServe(t, site, "--upstream", px.addr)
+			hosts := mirrorHosts(t, px.addr, sp.addr)
+			v2img, err := image.Resolve(ctxT(t), openStoreT(t, c.src), c.v2.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v2layers := v2img.Manifests[0].Manifest.Layers
+			ctrForget(ctr, ref1, nil)
+			ctrForget(ctr, ref2, descDigests(v2layers))
+			t.Cleanup(func() { ctrForget(ctr, ref1, nil); ctrForget(ctr, ref2, nil) })
 
-	px.reset()
-	cmdOut(t, ctr("images", "pull", "--hosts-dir", hosts, ref2))
-	down := px.down.Load()
+			px.reset()
+			cmdOut(t, ctr("images", "pull", "--hosts-dir", hosts, ref1))
+			t.Logf("v1 through serve (empty store): serve downloaded %d bytes from the registry", px.down.Load())
 
-	up := filepath.Join(t.TempDir(), "up.bundle")
-	bfMust(t, bin, "bundle", "create", "--store", b.src, "--progress", "none", "--from", b.v1.Name, b.v2.Name, "-o", up)
-	fi, err := os.Stat(up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	limit := 1.5*float64(fi.Size()) + 256<<10
-	t.Logf("v2 through serve holding v1: serve downloaded %d bytes from the registry; bundle v1 -> v2 %d, limit %.0f", down, fi.Size(), limit)
-	if float64(down) > limit {
-		t.Errorf("serve downloaded %d bytes for v2, over 1.5x the v1 -> v2 bundle (%d) + 256 KiB", down, fi.Size())
-	}
-	if !strings.Contains(sp.logText(), `msg="filled from upstream" ref=`+ref2) {
-		t.Errorf("serve did not log the fill of %s:\n%s", ref2, sp.logText())
-	}
+			px.reset()
+			cmdOut(t, ctr("images", "pull", "--hosts-dir", hosts, ref2))
+			down := px.down.Load()
 
-	if ls := cmdOut(t, ctr("images", "ls")); !lineHas(ls, ref2, b.v2.Index.Digest.String()) {
-		t.Errorf("ctr images ls does not show %s at the pushed index %s:\n%s", ref2, b.v2.Index.Digest, ls)
-	}
-	content := cmdOut(t, ctr("content", "ls", "-q"))
-	for _, d := range append([]digest.Digest{b.v2.Standard.Digest}, descDigests(v2layers)...) {
-		if !strings.Contains(content, d.String()) {
-			t.Errorf("containerd's content store lacks %s after the pull", d)
-		}
-	}
-	out := cmdOut(t, ctr("run", "--rm", ref2, "serve-upstream-run", "sha256sum", "/app/app.jar"))
-	if want := sha256Hex(b.appJar) + "  /app/app.jar\n"; out != want {
-		t.Errorf("ctr run printed %q, want %q", out, want)
-	}
-	// serve kept the blocked form: the standard layers with blocks were
-	// hydrated for containerd, not downloaded or stored.
-	for _, l := range v2img.Manifests[0].Layers {
-		if l.HasBlocks() && fileExists(filepath.Join(site, "blobs", "sha256", l.Standard.Digest.Encoded())) {
-			t.Errorf("serve's store holds the standard layer %s", l.Standard.Digest)
-		}
-	}
-	sp.kill()
-	if v := verifyJSON(t, bin, site); v.code != 0 || !v.OK || len(v.Problems) != 0 {
-		t.Errorf("verify of serve's store: exit %d, problems %+v", v.code, v.Problems)
+			up := filepath.Join(t.TempDir(), "up.bundle")
+			bfMust(t, bin, "bundle", "create", "--store", c.src, "--progress", "none", "--from", c.v1.Name, c.v2.Name, "-o", up)
+			fi, err := os.Stat(up)
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := 1.5*float64(fi.Size()) + 256<<10
+			t.Logf("v2 through serve holding v1: serve downloaded %d bytes from the registry; bundle v1 -> v2 %d, limit %.0f", down, fi.Size(), limit)
+			if float64(down) > limit {
+				t.Errorf("serve downloaded %d bytes for v2, over 1.5x the v1 -> v2 bundle (%d) + 256 KiB", down, fi.Size())
+			}
+			if !strings.Contains(sp.logText(), `msg="filled from upstream" ref=`+ref2) {
+				t.Errorf("serve did not log the fill of %s:\n%s", ref2, sp.logText())
+			}
+
+			if ls := cmdOut(t, ctr("images", "ls")); !lineHas(ls, ref2, c.v2.Index.Digest.String()) {
+				t.Errorf("ctr images ls does not show %s at the pushed index %s:\n%s", ref2, c.v2.Index.Digest, ls)
+			}
+			content := cmdOut(t, ctr("content", "ls", "-q"))
+			for _, d := range append([]digest.Digest{c.v2.Standard.Digest}, descDigests(v2layers)...) {
+				if !strings.Contains(content, d.String()) {
+					t.Errorf("containerd's content store lacks %s after the pull", d)
+				}
+			}
+			if c.runs {
+				out := cmdOut(t, ctr("run", "--rm", ref2, "serve-upstream-run", "sha256sum", "/app/app.jar"))
+				if want := sha256Hex(b.appJar) + "  /app/app.jar\n"; out != want {
+					t.Errorf("ctr run printed %q, want %q", out, want)
+				}
+			}
+			// serve kept the blocked form: the standard layers with blocks
+			// were hydrated for containerd, not downloaded or stored.
+			for _, l := range v2img.Manifests[0].Layers {
+				if l.HasBlocks() && fileExists(filepath.Join(site, "blobs", "sha256", l.Standard.Digest.Encoded())) {
+					t.Errorf("serve's store holds the standard layer %s", l.Standard.Digest)
+				}
+			}
+			sp.kill()
+			if v := verifyJSON(t, bin, site); v.code != 0 || !v.OK || len(v.Problems) != 0 {
+				t.Errorf("verify of serve's store: exit %d, problems %+v", v.code, v.Problems)
+			}
+		})
 	}
 }
 
