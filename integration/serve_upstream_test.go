@@ -250,3 +250,60 @@ func TestServeUpstreamPlainImage(t *testing.T) {
 		t.Errorf("verify: exit %d, problems %+v", v.code, v.Problems)
 	}
 }
+
+// TestServeConformance runs the OCI distribution-spec conformance suite
+// (tools/conformance, built by the harness) against serve, in its
+// read-only mode: pushes and deletes off, the pull, HEAD, Range and tag
+// list tests over content pre-seeded in the store. The store holds the
+// image in blocked form only, so the standard layers the suite reads are
+// hydrated on demand. The suite must pass.
+func TestServeConformance(t *testing.T) {
+	harness.RequireIntegration(t)
+	env := harness.Get(t)
+	suite, err := env.Tool(ctxT(t), "oci-conformance")
+	if err != nil {
+		t.Fatalf("building the conformance suite: %v", err)
+	}
+	si := getServeImage(t)
+	img, err := image.Resolve(ctxT(t), openStoreT(t, si.site), si.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifests := []string{si.index.String()}
+	var blobs []string
+	for _, m := range img.Manifests {
+		manifests = append(manifests, m.Descriptor.Digest.String(), m.Blocked.Digest.String())
+		blobs = append(blobs, m.Manifest.Config.Digest.String())
+		for _, l := range m.Layers {
+			blobs = append(blobs, l.Standard.Digest.String())
+			if l.HasBlocks() {
+				blobs = append(blobs, l.Blocked.Digest.String())
+				manifests = append(manifests, l.BlockSet.Digest.String())
+				for _, mb := range l.Members {
+					blobs = append(blobs, mb.Digest.String())
+				}
+			}
+		}
+	}
+	sp := startServe(t, si.site)
+	results := t.TempDir()
+	cmd := exec.Command(suite)
+	cmd.Dir = results
+	cmd.Env = append(os.Environ(),
+		"OCI_REGISTRY="+sp.addr, "OCI_TLS=disabled",
+		"OCI_REPO1="+si.repo, "OCI_REPO2="+si.repo,
+		"OCI_RESULTS_DIR="+results, "OCI_VERSION=1.1", "OCI_LOG=warn",
+		"OCI_API_PULL=true", "OCI_API_PUSH=false", "OCI_API_TAGS_LIST=true",
+		"OCI_API_BLOBS_DELETE=false", "OCI_API_MANIFESTS_DELETE=false", "OCI_API_TAGS_DELETE=false",
+		// serve has no referrers API (docs/SERVE.md).
+		"OCI_API_REFERRER=false",
+		"OCI_RO_DATA_TAGS=1",
+		"OCI_RO_DATA_MANIFESTS="+strings.Join(manifests, " "),
+		"OCI_RO_DATA_BLOBS="+strings.Join(blobs, " "),
+	)
+	out, err := cmd.CombinedOutput()
+	t.Logf("conformance suite (%d manifests, %d blobs):\n%s", len(manifests), len(blobs), out)
+	if err != nil {
+		t.Fatalf("the OCI conformance suite failed against serve: %v (results in %s)", err, results)
+	}
+}
