@@ -303,7 +303,23 @@ func TestServeConformance(t *testing.T) {
 	)
 	out, err := cmd.CombinedOutput()
 	t.Logf("conformance suite (%d manifests, %d blobs):\n%s", len(manifests), len(blobs), out)
-	if err != nil {
-		t.Fatalf("the OCI conformance suite failed against serve: %v (results in %s)", err, results)
+	// The verdict is the report the suite prints. (This version of the
+	// suite sometimes panics afterwards, in ReportResultsYAML writing
+	// results.yaml, with a nil data entry: exit status 2 after a printed
+	// Pass is that, and is not taken as serve's failure.)
+	report := string(out)
+	for _, want := range []string{"OCI Conformance Result: Pass", "Pass..........................:"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("the suite's report lacks %q", want)
+		}
+	}
+	for _, line := range strings.Split(report, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && (strings.HasPrefix(f[0], "FAIL....") || strings.HasPrefix(f[0], "Error....")) && f[1] != "0" {
+			t.Errorf("the suite reports %s", strings.TrimSpace(line))
+		}
+	}
+	if err != nil && !(strings.Contains(report, "OCI Conformance Result: Pass") && strings.Contains(report, "ReportResultsYAML")) {
+		t.Errorf("the OCI conformance suite failed against serve: %v (results in %s)", err, results)
 	}
 }
