@@ -24,6 +24,11 @@ import (
 // upstreamRegistry is a registry (go-containerregistry's, in memory) that
 // counts the requests it answers; it returns its host:port.
 func upstreamRegistry(t testing.TB) (string, *sync.Map) {
+	host, reqs, _ := upstreamRegistryServer(t)
+	return host, reqs
+}
+
+func upstreamRegistryServer(t testing.TB) (string, *sync.Map, *httptest.Server) {
 	t.Helper()
 	reqs := &sync.Map{} // "METHOD path" -> *int
 	h := ggcrregistry.New()
@@ -36,7 +41,7 @@ func upstreamRegistry(t testing.TB) (string, *sync.Map) {
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://"), reqs
+	return strings.TrimPrefix(srv.URL, "http://"), reqs, srv
 }
 
 // pushImage pushes the store's image name to ref with blockfile push.
@@ -181,6 +186,26 @@ func TestUpstreamTagMoves(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "msg=\"tag moved upstream\"") {
 		t.Errorf("no 'tag moved upstream' in the log:\n%s", logs)
+	}
+}
+
+// TestUpstreamDownServesStored: when the registry cannot be reached, a tag
+// filled earlier is served from the store (logged), not failed.
+func TestUpstreamDownServesStored(t *testing.T) {
+	src := openStore(t)
+	a := exportImage(t, src, "team/app:a", 43)
+	up, _, srv := upstreamRegistryServer(t)
+	pushImage(t, src, a.name, up+"/team/app:latest")
+	_, addr, logs := upstreamServer(t, []string{up}, true)
+	if md, _ := pullAll(t, addr, "team/app", "latest"); md.String() != a.standard.Digest.String() {
+		t.Fatalf("first pull: %s, want %s", md, a.standard.Digest)
+	}
+	srv.Close()
+	if md, _ := pullAll(t, addr, "team/app", "latest"); md.String() != a.standard.Digest.String() {
+		t.Fatalf("with the registry down: %s, want the stored %s", md, a.standard.Digest)
+	}
+	if !strings.Contains(logs.String(), "upstream resolve failed; serving the stored image") {
+		t.Errorf("the failed check is not logged:\n%s", logs)
 	}
 }
 
