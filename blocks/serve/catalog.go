@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -65,9 +66,20 @@ func statKey(p string) (fileKey, error) {
 // is repository team/app, tag v2; a name without a tag is tag "latest". A
 // registry host stays part of the repository ("registry.example/team/app"):
 // requests reach it with containerd's ?ns=registry.example (see lookup).
+//
+// A name pinned by digest ("team/app@sha256:...", what a pull or fill of a
+// digest is stored under) is no tag: its key is "@" and the digest, which
+// no tag can be (tagRe), so it is reachable by digest and not listed.
 func splitStoreName(n string) (repo, tag string, ok bool) {
-	if strings.ContainsRune(n, '@') {
-		return "", "", false // pinned by digest: reachable by digest through its tags only
+	if i := strings.IndexByte(n, '@'); i >= 0 {
+		repo, d := n[:i], digest.Digest(n[i+1:])
+		if j := strings.LastIndexByte(repo, ':'); j > strings.LastIndexByte(repo, '/') {
+			repo = repo[:j] // name:tag@digest
+		}
+		if repo == "" || d.Validate() != nil {
+			return "", "", false
+		}
+		return repo, pinnedKey(d), true
 	}
 	repo, tag = n, "latest"
 	if i := strings.LastIndexByte(n, ':'); i > strings.LastIndexByte(n, '/') {
@@ -119,16 +131,30 @@ func (c *catalog) reposTable(ctx context.Context) (map[string]map[string]taggedI
 	return repos, nil
 }
 
+// pinnedKey is the key of a digest-pinned store name in a repository's
+// table (see splitStoreName).
+func pinnedKey(d digest.Digest) string { return "@" + d.String() }
+
+// isPinned tells a pinned key from a tag.
+func isPinned(key string) bool { return strings.HasPrefix(key, "@") }
+
 // candidates are the store repositories a request for repository name
 // from registry ns (containerd's ?ns=, "" when absent) may mean, most
-// specific first: "ns/name", then "name". Docker Hub's official images
-// ("docker.io", "library/x") also match a store name "x".
-func candidates(ns, name string) []string {
+// specific first: "ns/name", then "src/name" for each registry src the
+// request may be filled from (where fills are stored), then "name".
+// Docker Hub's official images ("docker.io", "library/x") also match a
+// store name "x".
+func candidates(ns, name string, srcs []string) []string {
 	var out []string
 	if ns != "" {
 		out = append(out, ns+"/"+name)
 		if ns == "docker.io" || ns == "index.docker.io" || ns == "registry-1.docker.io" {
 			out = append(out, "docker.io/"+name)
+		}
+	}
+	for _, src := range srcs {
+		if c := src + "/" + name; !slices.Contains(out, c) {
+			out = append(out, c)
 		}
 	}
 	out = append(out, name)
@@ -142,14 +168,14 @@ func candidates(ns, name string) []string {
 // ns, each with its store name and tagged index; a tag found under a more
 // specific candidate hides the same tag under a later one. ok is false when
 // no candidate exists (NAME_UNKNOWN).
-func (c *catalog) lookup(ctx context.Context, ns, name string) (map[string]taggedImage, bool, error) {
+func (c *catalog) lookup(ctx context.Context, ns, name string, srcs []string) (map[string]taggedImage, bool, error) {
 	repos, err := c.reposTable(ctx)
 	if err != nil {
 		return nil, false, err
 	}
 	out := map[string]taggedImage{}
 	found := false
-	for _, cand := range candidates(ns, name) {
+	for _, cand := range candidates(ns, name, srcs) {
 		tags, ok := repos[cand]
 		if !ok {
 			continue

@@ -328,8 +328,37 @@ func (j *job) wait(ctx context.Context, off int64) (int64, error) {
 }
 
 // copyRange writes bytes [off, end) of the layer to w as they become
-// available.
+// available. Each reader sends from a descriptor of its own on the file, so
+// that the HTTP server passes it to the socket with sendfile (the bytes
+// never enter user space: layer.Hydrate checked them as it wrote them, and
+// wait holds the last byte back until the digest matched); where the file
+// cannot be reopened, it copies through a buffer.
 func (j *job) copyRange(ctx context.Context, w io.Writer, off, end int64) error {
+	if rf := j.reopen(); rf != nil {
+		defer rf.Close()
+		for off < end {
+			avail, err := j.wait(ctx, off)
+			if err != nil {
+				return err
+			}
+			n := min(avail, end) - off
+			if n <= 0 {
+				return fmt.Errorf("layer %s: hydrated file ends at %d, want %d: %w", j.desc.Digest, avail, end, store.ErrSizeMismatch)
+			}
+			if _, err := rf.Seek(off, io.SeekStart); err != nil {
+				return fmt.Errorf("layer %s: seek %s: %w", j.desc.Digest, j.f.Name(), err)
+			}
+			k, err := io.Copy(w, io.LimitReader(rf, n))
+			off += k
+			if err != nil {
+				return err
+			}
+			if k != n {
+				return fmt.Errorf("layer %s: read %s: %d bytes at %d, want %d: %w", j.desc.Digest, j.f.Name(), k, off-k, n, io.ErrUnexpectedEOF)
+			}
+		}
+		return nil
+	}
 	bp := bufs.Get().(*[]byte)
 	defer bufs.Put(bp)
 	buf := *bp
@@ -357,6 +386,18 @@ func (j *job) copyRange(ctx context.Context, w io.Writer, off, end int64) error 
 		}
 	}
 	return nil
+}
+
+// reopen opens the job's file again, with an offset of its own (through
+// /proc, which also reaches the unlinked file of a layer not kept), or
+// returns nil where that is not possible. The caller closes it; the job's
+// file stays open while the caller holds the job.
+func (j *job) reopen() *os.File {
+	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", j.f.Fd()))
+	if err != nil {
+		return nil
+	}
+	return f
 }
 
 // bufs are the readers' copy buffers.

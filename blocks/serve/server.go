@@ -36,8 +36,9 @@ type Options struct {
 	// Linger is how long a hydrated layer that is not kept stays for new
 	// requests after its last reader (0: DefaultLinger).
 	Linger time.Duration
-	// Upstream, if set, fills the store with images it lacks.
-	Upstream Upstream
+	// Upstream, if it names registries, fills the store with the images
+	// clients ask for and it lacks.
+	Upstream UpstreamOptions
 	// Log receives hydrations, fills and failures (nil: discarded).
 	Log *slog.Logger
 }
@@ -47,11 +48,11 @@ const DefaultLinger = time.Minute
 
 // Server is the site mirror's HTTP handler.
 type Server struct {
-	s   *store.Store
-	cat *catalog
-	hyd *hydrator
-	up  Upstream
-	log *slog.Logger
+	s    *store.Store
+	cat  *catalog
+	hyd  *hydrator
+	fill *filler // nil: no upstream
+	log  *slog.Logger
 }
 
 // New returns a Server reading the store s. ctx bounds the hydrations and
@@ -79,8 +80,8 @@ func New(ctx context.Context, s *store.Store, opts Options) *Server {
 		cat: newCatalog(s),
 		hyd: &hydrator{s: s, keep: opts.KeepHydrated, linger: linger, log: log, ctx: ctx,
 			sem: make(chan struct{}, max(2, runtime.GOMAXPROCS(0))), jobs: map[digest.Digest]*job{}},
-		up:  opts.Upstream,
-		log: log,
+		fill: newFiller(ctx, opts.Upstream, log),
+		log:  log,
 	}
 }
 
@@ -135,27 +136,35 @@ func (sv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// images returns the repository's tags, filling from upstream when the
-// store has none of ref (a tag or digest) and an upstream is configured.
-func (sv *Server) images(ctx context.Context, ns, name string) (map[string]taggedImage, error) {
-	tags, found, err := sv.cat.lookup(ctx, ns, name)
+// images returns the repository's tags (and digest-pinned images) as the
+// request may see them: those the store holds under the name, under
+// "ns/name", and under "src/name" for each registry src the request may be
+// filled from.
+func (sv *Server) images(ctx context.Context, r *http.Request, ns, name string) (map[string]taggedImage, error) {
+	tags, found, err := sv.cat.lookup(ctx, ns, name, sv.fill.sources(r, ns))
 	if err != nil {
 		return nil, err
 	}
 	if !found {
-		return nil, errf(http.StatusNotFound, codeNameUnknown, "repository name not known to registry", map[string]string{"name": name})
+		return nil, nameUnknown(name)
 	}
 	return tags, nil
 }
 
+func nameUnknown(name string) *apiError {
+	return errf(http.StatusNotFound, codeNameUnknown, "repository name not known to registry", map[string]string{"name": name})
+}
+
 func (sv *Server) tags(w http.ResponseWriter, r *http.Request, ns string, rt route) error {
-	images, err := sv.images(r.Context(), ns, rt.name)
+	images, err := sv.images(r.Context(), r, ns, rt.name)
 	if err != nil {
 		return err
 	}
 	list := make([]string, 0, len(images))
 	for t := range images {
-		list = append(list, t)
+		if !isPinned(t) {
+			list = append(list, t)
+		}
 	}
 	sort.Strings(list)
 	q := r.URL.Query()
@@ -199,11 +208,19 @@ func (sv *Server) tags(w http.ResponseWriter, r *http.Request, ns string, rt rou
 // and, as unknown/unknown entries clients skip, the blocked form), exactly
 // what `blockfile push` puts under the tag, so a digest pinned from either
 // matches. A client that does not accept indexes gets the standard manifest.
+//
+// With an upstream, a tag or digest the store lacks is filled first (the
+// request waits for it), and a tag filled earlier is resolved upstream
+// again once its TagTTL has passed.
 func (sv *Server) manifest(w http.ResponseWriter, r *http.Request, ns string, rt route) error {
 	ctx := r.Context()
-	images, err := sv.images(ctx, ns, rt.name)
+	srcs := sv.fill.sources(r, ns)
+	images, found, err := sv.cat.lookup(ctx, ns, rt.name, srcs)
 	if err != nil {
 		return err
+	}
+	if !found && len(srcs) == 0 {
+		return nameUnknown(rt.name)
 	}
 	var desc ocispec.Descriptor
 	if isDigest(rt.ref) {
@@ -211,21 +228,58 @@ func (sv *Server) manifest(w http.ResponseWriter, r *http.Request, ns string, rt
 		if aerr != nil {
 			return aerr
 		}
+		unknown := errf(http.StatusNotFound, codeManifestUnknown, "manifest unknown", map[string]string{"name": rt.name, "digest": d.String()})
 		var ok bool
 		desc, _, ok, err = sv.find(ctx, images, d)
 		if err != nil {
 			return err
 		}
+		if !ok && len(srcs) > 0 {
+			if err := sv.fill.fill(ctx, srcs, rt.name, d.String()); err != nil {
+				return fillFailed(err, orNameUnknown(found, rt.name, unknown), rt.ref)
+			}
+			if images, _, err = sv.cat.lookup(ctx, ns, rt.name, srcs); err != nil {
+				return err
+			}
+			if desc, _, ok, err = sv.find(ctx, images, d); err != nil {
+				return err
+			}
+		}
+		if !ok && !found {
+			return nameUnknown(rt.name)
+		}
 		if !ok || !(transport.IsManifest(desc.MediaType) || transport.IsIndex(desc.MediaType)) {
-			return errf(http.StatusNotFound, codeManifestUnknown, "manifest unknown", map[string]string{"name": rt.name, "digest": d.String()})
+			return unknown
 		}
 	} else {
 		if !tagRe.MatchString(rt.ref) {
 			return errf(http.StatusBadRequest, codeTagInvalid, "invalid tag", map[string]string{"tag": truncate(rt.ref)})
 		}
+		unknown := errf(http.StatusNotFound, codeManifestUnknown, "manifest unknown", map[string]string{"name": rt.name, "tag": rt.ref})
 		ti, ok := images[rt.ref]
+		if len(srcs) > 0 {
+			refilled := false
+			if !ok {
+				if err := sv.fill.fill(ctx, srcs, rt.name, rt.ref); err != nil {
+					return fillFailed(err, orNameUnknown(found, rt.name, unknown), rt.ref)
+				}
+				refilled = true
+			} else if src, up := upstreamOf(ti, srcs, rt.name, rt.ref); up {
+				sv.fill.refresh(ctx, ti, src, rt.name, rt.ref)
+				refilled = true
+			}
+			if refilled {
+				if images, found, err = sv.cat.lookup(ctx, ns, rt.name, srcs); err != nil {
+					return err
+				}
+				ti, ok = images[rt.ref]
+			}
+		}
+		if !ok && !found {
+			return nameUnknown(rt.name)
+		}
 		if !ok {
-			return errf(http.StatusNotFound, codeManifestUnknown, "manifest unknown", map[string]string{"name": rt.name, "tag": rt.ref})
+			return unknown
 		}
 		desc = ti.desc
 		if desc.MediaType == "" {
@@ -254,6 +308,15 @@ func (sv *Server) manifest(w http.ResponseWriter, r *http.Request, ns string, rt
 	}
 	sv.sendVerified(w, f, desc)
 	return nil
+}
+
+// orNameUnknown is NAME_UNKNOWN when the store has no repository of the
+// name either, else unknown.
+func orNameUnknown(found bool, name string, unknown *apiError) *apiError {
+	if !found {
+		return nameUnknown(name)
+	}
+	return unknown
 }
 
 // standardFor returns the standard manifest to serve instead of the index
@@ -318,7 +381,7 @@ func (sv *Server) find(ctx context.Context, images map[string]taggedImage, d dig
 // blocked form.
 func (sv *Server) blob(w http.ResponseWriter, r *http.Request, ns string, rt route) error {
 	ctx := r.Context()
-	images, err := sv.images(ctx, ns, rt.name)
+	images, err := sv.images(ctx, r, ns, rt.name)
 	if err != nil {
 		return err
 	}

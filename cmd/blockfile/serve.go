@@ -21,6 +21,7 @@ func init() {
 	var addr, tlsCert, tlsKey string
 	var upstreams []string
 	var keep bool
+	var ttl time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve [--store DIR] [--addr HOST:PORT] [--upstream REGISTRY]... [--tls-cert F --tls-key F]",
 		Short: "Serve the store's standard images to unchanged clients (a read-only registry mirror)",
@@ -46,18 +47,38 @@ form's size.
 Images added to the store while serve runs (bundle apply, export) are served
 at once. Writes (push, delete) are refused with UNSUPPORTED.
 
+--upstream REGISTRY (repeatable) fills the store with what clients ask for
+and it lacks: a tag or digest missing from the store is read from the
+registry (each --upstream in order; or only the one containerd names in
+?ns=, when it is one of them). If the registry's index has a blocked form
+(pushed by 'blockfile push'), serve fetches the manifests and only the
+blocks the store lacks, as 'blockfile pull --materialize=false' does, and
+hydrates the standard layers for the client; otherwise it copies the image
+as it is. The request waits for the fill; concurrent requests for one
+reference share it. The image is stored as REGISTRY/REPOSITORY:TAG. A tag
+filled this way is resolved upstream again (a HEAD) when it was last
+checked more than --upstream-ttl ago, and filled again if it moved; when
+the registry cannot be reached, the stored image is served.
+--upstream '*' fills from whatever registry ?ns= names: any client that
+reaches serve can then make it connect to any host, so use it only for
+trusted clients. The connection flags (--authfile, --plain-http,
+--tls-verify, --hosts-dir) are those of blockfile pull.
+
 The listening address is printed on stderr ("listening on ..."); --addr
 with port 0 picks a free port. Logs go to stderr.`,
 		Example: `  blockfile serve --store /var/lib/blockfile --addr :5000
-  blockfile serve --addr 0.0.0.0:443 --tls-cert site.crt --tls-key site.key`,
+  blockfile serve --addr 0.0.0.0:443 --tls-cert site.crt --tls-key site.key
+  blockfile serve --store /var/lib/blockfile --upstream registry.example --upstream-ttl 5m`,
 		Args: exactArgs(0),
 	}
 	// Created if missing: a site starts serve on an empty volume and applies
 	// bundles into it while it runs.
 	open := createStoreFlag(cmd)
+	reg := registryFlags(cmd)
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", ":5000", "address to listen on (HOST:PORT)")
-	f.StringArrayVar(&upstreams, "upstream", nil, "registry to fill missing images from (repeatable; not available in this build yet)")
+	f.StringArrayVar(&upstreams, "upstream", nil, "registry (HOST[:PORT]) to fill missing images from (repeatable, tried in order; '*': the registry ?ns= names)")
+	f.DurationVar(&ttl, "upstream-ttl", time.Minute, "how long a tag filled from upstream is served before it is resolved upstream again (0: on every request)")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM; with --tls-key)")
 	f.StringVar(&tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.BoolVar(&keep, "keep-hydrated", false, "keep layers hydrated on demand in the store (faster later pulls; the store grows by the standard layers)")
@@ -65,12 +86,26 @@ with port 0 picks a free port. Logs go to stderr.`,
 		if (tlsCert == "") != (tlsKey == "") {
 			return usageError{errors.New("serve: --tls-cert and --tls-key go together")}
 		}
-		if len(upstreams) > 0 {
-			return fmt.Errorf("serve --upstream %s: %w", upstreams[0], serve.ErrNoUpstreamPull)
+		if ttl < 0 {
+			return usageError{fmt.Errorf("serve: --upstream-ttl %s: want 0 or more", ttl)}
+		}
+		uo := serve.UpstreamOptions{TagTTL: ttl}
+		for _, u := range upstreams {
+			if u == "*" {
+				uo.AnyNamespace = true
+				continue
+			}
+			if err := serve.CheckRegistry(u); err != nil {
+				return usageError{fmt.Errorf("serve --upstream: %w", err)}
+			}
+			uo.Registries = append(uo.Registries, u)
 		}
 		s, err := open()
 		if err != nil {
 			return err
+		}
+		if len(upstreams) > 0 {
+			uo.Upstream = serve.NewRegistryUpstream(s, *reg, 0)
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -85,7 +120,7 @@ with port 0 picks a free port. Logs go to stderr.`,
 		}
 		hctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		sv := serve.New(hctx, s, serve.Options{KeepHydrated: keep, Log: log})
+		sv := serve.New(hctx, s, serve.Options{KeepHydrated: keep, Upstream: uo, Log: log})
 		srv := &http.Server{
 			Handler:           sv,
 			ReadHeaderTimeout: 30 * time.Second,
@@ -94,6 +129,9 @@ with port 0 picks a free port. Logs go to stderr.`,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "listening on %s://%s (store %s)\n", scheme, ln.Addr(), s.Root())
+		if uo.Upstream != nil {
+			log.Info("upstream", "registries", uo.String())
+		}
 		errc := make(chan error, 1)
 		go func() {
 			if tlsCert != "" {

@@ -66,11 +66,17 @@ var tools = map[string]toolSet{
 	"cosign": {moduleDir: "tools/cosign", pkgs: map[string]string{
 		"cosign": "github.com/sigstore/cosign/v2/cmd/cosign",
 	}},
+	// The OCI distribution-spec conformance suite, run against blockfile
+	// serve (its pull section, read-only).
+	"conformance": {moduleDir: "tools/conformance", pkgs: map[string]string{
+		"oci-conformance": "github.com/opencontainers/distribution-spec/conformance",
+	}},
 }
 
 // Tool returns the path of a cached binary built from the module files:
 // "buildkitd", "buildctl" (go.mod), "docker", "docker-buildx"
-// (tools/go.mod) or "cosign" (tools/cosign/go.mod). Binaries live in <repo>/.cache/bin/<key>/, where key hashes
+// (tools/go.mod), "cosign" (tools/cosign/go.mod) or "oci-conformance"
+// (tools/conformance/go.mod). Binaries live in <repo>/.cache/bin/<key>/, where key hashes
 // the module's go.mod and go.sum and the Go version, so a dependency bump
 // rebuilds them and nothing else does. Concurrent test binaries serialize on
 // a lock file; the first one builds and the others reuse.

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -47,6 +48,7 @@ func main() {
 	variant := flag.String("variant", "v1", "scenario variant")
 	work := flag.String("work", "", "work directory (default $BENCH/work-serve; emptied first)")
 	runs := flag.Int("runs", 3, "pulls per client and figure (the median is reported)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the measured pulls to this file")
 	flag.Parse()
 	if err := run(context.Background(), *variant, *work, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-serve:", err)
@@ -55,6 +57,10 @@ func main() {
 }
 
 const repo = "bench/app"
+
+// cpuProfile, if set, receives a CPU profile of the measured pulls (the
+// servers run in this process, so it shows where serve spends its time).
+var cpuProfile string
 
 func run(ctx context.Context, variant, work string, runs int) error {
 	sc := benchimg.DefaultScenario()
@@ -190,6 +196,16 @@ func run(ctx context.Context, variant, work string, runs int) error {
 		{what: "serve, warm (hydrated less than a minute ago)", start: fixed(warmAddr)},
 		{what: "serve --keep-hydrated, warm (layers kept in the store)", start: fixed(keptAddr)},
 	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer f.Close()
+	}
 	for i := 0; i < runs; i++ {
 		for _, client := range []string{"go", "skopeo"} {
 			for _, tg := range targets {
@@ -217,6 +233,7 @@ func run(ctx context.Context, variant, work string, runs int) error {
 			}
 		}
 	}
+	pprof.StopCPUProfile()
 	if want := int64(2 * runs * hydrated); coldHydrations != want {
 		return fmt.Errorf("cold pulls hydrated %d layers, want %d", coldHydrations, want)
 	}
