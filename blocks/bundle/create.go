@@ -137,12 +137,15 @@ func Create(ctx context.Context, s *store.Store, names []string, path string, op
 			return nil, fmt.Errorf("bundle create: %w", err)
 		}
 		defer os.RemoveAll(dir)
-		files, err := addPatches(ctx, s, plan, names, view, base, dir)
+		// The deflate work apply will do, member patches and deltas
+		// together, within MaxDeflatedBytes.
+		budget := newDeflateBudget()
+		files, err := addPatches(ctx, s, plan, names, view, base, dir, budget)
 		if err != nil {
 			return nil, fmt.Errorf("bundle create: patches: %w", err)
 		}
 		if !opts.NoDeltas {
-			if err := addDeltas(ctx, s, plan, names, view, base, dir, files); err != nil {
+			if err := addDeltas(ctx, s, plan, names, view, base, dir, files, budget); err != nil {
 				return nil, fmt.Errorf("bundle create: deltas: %w", err)
 			}
 		}

@@ -196,6 +196,9 @@ func (h *Header) check() error {
 	if patchedBytes > MaxPatchedBytes {
 		return fmt.Errorf("%d bytes of blobs travel as patches, more than the %d a bundle may rebuild: %w", patchedBytes, int64(MaxPatchedBytes), ErrBound)
 	}
+	if n := h.deltaDeflate(); n > MaxDeflatedBytes {
+		return fmt.Errorf("block deltas ask for %d bytes to be deflated, more than the %d a bundle may ask: %w", n, int64(MaxDeflatedBytes), ErrBound)
+	}
 	if got, want := patched(h.Blobs), h.Patched; (got == nil) != (want == nil) || got != nil && *got != *want {
 		return fmt.Errorf("patched says %v; the blob list has %v", want, got)
 	}
