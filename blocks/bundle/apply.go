@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -265,6 +266,13 @@ func verifyBlobs(ctx context.Context, s *store.Store, path string, r *Reader, re
 		if err != nil {
 			return nil, nil, err
 		}
+		if b.Derive != nil {
+			if err := rb.derive(b, rd); err != nil {
+				return nil, nil, err
+			}
+			report(b.Size)
+			continue
+		}
 		if b.Patch == nil {
 			// The tar reader has checked the entry's size.
 			dg.Reset()
@@ -328,16 +336,35 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	for _, b := range h.Blobs {
 		shipped[b.Digest] = b
 	}
+	// Blobs derived from standard layers shipped in place of their blocked
+	// form (Blob.Derive): the blocked layer and its block set come from the
+	// bundle too, and the block set's members with them, so the walk, which
+	// cannot read the block set yet, does not go below it.
+	derived := map[digest.Digest]bool{}
+	for _, b := range h.Blobs {
+		if b.Derive != nil {
+			derived[b.Derive.Blocked.Digest] = true
+			derived[b.Derive.BlockSet.Digest] = true
+		}
+	}
 	var missing []Blob
 	required := map[digest.Digest]Blob{}
 	inClosure := map[digest.Digest]bool{}
+	hydrated := map[digest.Digest]bool{}
 	for _, im := range h.Images {
-		c, err := walk(ctx, meta, im.Name, im.Index, true)
+		// A derived block set is not read even when the store has it (an
+		// apply run again): the walk is the same as at create.
+		hide := hideFetcher{f: meta, hidden: derived}
+		c, err := walk(ctx, hide, im.Name, im.Index, true)
 		if err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
 		}
-		if err := c.addReferrers(ctx, meta, im.Referrers, true); err != nil {
+		if err := c.addReferrers(ctx, hide, im.Referrers, true); err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
+		}
+		c.Missing = slices.DeleteFunc(c.Missing, func(b Blob) bool { return derived[b.Digest] })
+		for _, d := range c.Hydrated {
+			hydrated[d.Digest] = true
 		}
 		if len(c.Missing) == 0 && (c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size) {
 			return fmt.Errorf("bundle %s: image %s: the header says standard image %s, its index says %s", path, im.Name, im.Standard.Digest, c.Standard.Digest)
@@ -345,6 +372,9 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 		missing = append(missing, c.Missing...)
 		for _, b := range c.Blobs {
 			inClosure[b.Digest] = true
+			if derived[b.Digest] {
+				continue
+			}
 			if sb, ok := shipped[b.Digest]; ok {
 				if sb.Size != b.Size {
 					return fmt.Errorf("bundle %s: image %s: blob %s is %d bytes in the bundle, %d in its manifest", path, im.Name, b.Digest, sb.Size, b.Size)
@@ -395,6 +425,13 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 		return &MissingError{Missing: out}
 	}
 	for _, b := range h.Blobs {
+		if b.Derive != nil {
+			// A standard layer of an image, whose blocked form is one.
+			if !hydrated[b.Digest] || !inClosure[b.Derive.Blocked.Digest] || !inClosure[b.Derive.BlockSet.Digest] {
+				return fmt.Errorf("bundle %s: standard layer %s and its blocked form %s are not part of any image in the bundle", path, b.Digest, b.Derive.Blocked.Digest)
+			}
+			continue
+		}
 		if !inClosure[b.Digest] {
 			return fmt.Errorf("bundle %s: blob %s is not part of any image in the bundle", path, b)
 		}
@@ -470,6 +507,9 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			return err
 		}
 		switch {
+		case b.Derive != nil:
+			// A standard layer: its blocked form was derived by the
+			// check pass; materializing rebuilds it from that.
 		case rb.prepared(b.Digest):
 			// Rebuilt and checked by the check pass, in the batch already.
 			res.Ingested.Blobs++
@@ -509,5 +549,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			progress("ingest", done, shipped)
 		}
 	}
+	res.Ingested.Blobs += rb.derived.Blobs
+	res.Ingested.Bytes += rb.derived.Bytes
 	return batch.Commit(ctx)
 }

@@ -151,6 +151,19 @@ func Create(ctx context.Context, s *store.Store, names []string, path string, op
 		}
 		fetch = patchFiles{files: files, next: s}
 	}
+	// In an upgrade, a changed layer whose blocked form costs more than
+	// the layer itself travels as its standard layer (layerchoice.go).
+	var derived map[digest.Digest]bool
+	if base != nil {
+		if derived, err = chooseStandardLayers(ctx, s, plan, names, s.TempDir()); err != nil {
+			return nil, fmt.Errorf("bundle create: %w", err)
+		}
+	}
+	if derived != nil {
+		if err := requiresWithDerived(ctx, s, plan, names, derived); err != nil {
+			return nil, fmt.Errorf("bundle create: %w", err)
+		}
+	}
 	h := plan.Header()
 
 	tmp := path + ".tmp"

@@ -21,6 +21,7 @@ import (
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/layer"
 	"github.com/blockfile/blockfile/blocks/store"
+	"github.com/blockfile/blockfile/blocks/transport"
 )
 
 // Standard layers in place of their blocked form. When every file of a
@@ -46,6 +47,25 @@ type Derive struct {
 	// BlockSet is the block-set manifest of Blocked, derived with it; the
 	// block members it lists are cut from the standard layer.
 	BlockSet BlobRef `json:"blockSet"`
+}
+
+// check validates a Derive read from a header of version v.
+func (d *Derive) check(b Blob, v int) error {
+	if v < VersionDerive {
+		return fmt.Errorf("blob %s: derive needs header version %d", b.Digest, VersionDerive)
+	}
+	if b.Kind != KindLayer || b.Patch != nil || b.MediaType != ocispec.MediaTypeImageLayerGzip && b.MediaType != transport.MediaTypeDockerLayerGzip {
+		return fmt.Errorf("blob %s: only a gzip standard layer shipped whole derives a blocked form (%s, %s)", b.Digest, b.Kind, b.MediaType)
+	}
+	for _, r := range []BlobRef{d.Blocked, d.BlockSet} {
+		if err := r.Digest.Validate(); err != nil || r.Digest.Algorithm() != digest.SHA256 || r.Size <= 0 || r.Digest == b.Digest {
+			return fmt.Errorf("blob %s: derived blob %q (%d bytes) is not a valid sha256 blob", b.Digest, r.Digest, r.Size)
+		}
+	}
+	if d.BlockSet.Size > maxJSONSize {
+		return fmt.Errorf("blob %s: derived block set of %d bytes, limit %d: %w", b.Digest, d.BlockSet.Size, maxJSONSize, ErrBound)
+	}
+	return nil
 }
 
 // Limits of a derivation: what is held per block while the standard layer is
@@ -342,4 +362,77 @@ func stubEntry(name string, s blocks.Stub) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// derive reads the standard layer b from rd (verified against its digest),
+// derives its blocked form, checks it against b.Derive and adds the blocked
+// layer, the block set, its config and the members the store lacks to the
+// batch. It runs in apply's check pass, beside the rebuilds.
+func (r *rebuilder) derive(b Blob, rd io.Reader) error {
+	ctx := r.ctx
+	w, err := r.s.NewWriter(ctx)
+	if err != nil {
+		return err
+	}
+	d, err := deriveBlocked(ctx, store.VerifyReader(rd, b.Descriptor()), r.s.TempDir(), b.MediaType, w)
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("bundle %s: standard layer %s: %w", r.path, b.Digest, err)
+	}
+	defer d.close()
+	if d.blocked.Digest != b.Derive.Blocked.Digest || d.blocked.Size != b.Derive.Blocked.Size ||
+		d.setDesc.Digest != b.Derive.BlockSet.Digest || d.setDesc.Size != b.Derive.BlockSet.Size {
+		w.Close()
+		return fmt.Errorf("bundle %s: standard layer %s gives blocked layer %s (%d bytes) and block set %s (%d bytes); the header says %s (%d bytes) and %s (%d bytes)",
+			r.path, b.Digest, d.blocked.Digest, d.blocked.Size, d.setDesc.Digest, d.setDesc.Size,
+			b.Derive.Blocked.Digest, b.Derive.Blocked.Size, b.Derive.BlockSet.Digest, b.Derive.BlockSet.Size)
+	}
+	if err := r.add(w, d.blocked); err != nil {
+		return err
+	}
+	put := func(desc ocispec.Descriptor, src io.Reader) error {
+		r.mu.Lock()
+		done := r.done[desc.Digest]
+		r.mu.Unlock()
+		if done {
+			return nil
+		}
+		if size, ok, err := blobSize(ctx, r.s, desc.Digest); err != nil || ok && size == desc.Size {
+			return err
+		}
+		w, err := r.s.NewWriter(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(w, src); err != nil {
+			w.Close()
+			return fmt.Errorf("bundle %s: standard layer %s: %w", r.path, b.Digest, err)
+		}
+		return r.add(w, desc)
+	}
+	if err := put(d.setDesc, bytes.NewReader(d.blockSet)); err != nil {
+		return err
+	}
+	if err := put(emptyJSON, bytes.NewReader([]byte("{}"))); err != nil {
+		return err
+	}
+	for _, m := range d.members {
+		if err := put(m.desc, d.member(m)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// add adds w, holding desc, to the batch and counts it as derived.
+func (r *rebuilder) add(w *store.BlobWriter, desc ocispec.Descriptor) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.batch.Add(r.ctx, w, desc); err != nil {
+		return fmt.Errorf("bundle %s: derived blob %s: %w", r.path, desc.Digest, err)
+	}
+	r.done[desc.Digest] = true
+	r.derived.Blobs++
+	r.derived.Bytes += desc.Size
+	return nil
 }

@@ -55,9 +55,10 @@ type rebuilder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex // batch, done, err
-	done map[digest.Digest]bool
-	err  error
+	mu      sync.Mutex // batch, done, derived, err
+	done    map[digest.Digest]bool
+	derived Count // blobs derived from standard layers (Blob.Derive)
+	err     error
 }
 
 func newRebuilder(ctx context.Context, s *store.Store, path string, batch *store.Batch, budget *deflateBudget) *rebuilder {
