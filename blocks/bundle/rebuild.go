@@ -29,18 +29,21 @@ import (
 // The rebuilds run on rebuildWorkers goroutines while the check pass reads on:
 // on the JRE upgrade of docs/BENCHMARKS.md most of apply is deflating the
 // ~190 MB of rebuilt blocks, and one block at a time leaves a core idle while
-// its base is inflated. The bases held at once (a block delta holds its base
-// uncompressed, a patch its base) are bounded by rebuildMemory; a larger one
-// waits until it runs alone.
+// its base is inflated. Patch entries are small: the check pass spools each
+// (in memory, or in a temp file past maxSpoolMem) and goes on reading, and
+// the workers take the largest rebuild first, so that the longest one
+// (lib/modules) does not run alone at the end. The bases held at once (a
+// block delta holds its base uncompressed, a patch its base) are bounded by
+// rebuildMemory; a larger one waits until it runs alone.
 
 const (
 	rebuildWorkers = 2
 	// rebuildMemory bounds the base bytes held by concurrent rebuilds
 	// (apply stays under 512 MiB peak RSS with a 256 MiB base alone).
 	rebuildMemory = 192 << 20
-	// maxSpoolMem: a patch entry up to this size waits for its worker in
-	// memory, a larger one in a temp file of the store.
-	maxSpoolMem = 16 << 20
+	// maxSpoolMem: patch entries waiting for a worker are held in memory
+	// up to this size in all, further ones in temp files of the store.
+	maxSpoolMem = 32 << 20
 )
 
 // rebuilder runs the rebuilds of one apply's check pass.
@@ -50,12 +53,15 @@ type rebuilder struct {
 	batch  *store.Batch
 	budget *deflateBudget
 	mem    *semaphore.Weighted
-	slots  chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex // batch, done, derived, err
+	mu      sync.Mutex // batch, done, derived, err, queue, closed, spooled
+	ready   *sync.Cond // a job is queued, or the queue is closed
+	queue   []*rebuildJob
+	closed  bool
+	spooled int64 // bytes of queued patch entries held in memory
 	done    map[digest.Digest]bool
 	derived Count // blobs derived from standard layers (Blob.Derive)
 	err     error
@@ -63,8 +69,56 @@ type rebuilder struct {
 
 func newRebuilder(ctx context.Context, s *store.Store, path string, batch *store.Batch, budget *deflateBudget) *rebuilder {
 	ctx, cancel := context.WithCancel(ctx)
-	return &rebuilder{s: s, path: path, batch: batch, budget: budget, mem: semaphore.NewWeighted(rebuildMemory),
-		slots: make(chan struct{}, rebuildWorkers), ctx: ctx, cancel: cancel, done: map[digest.Digest]bool{}}
+	r := &rebuilder{s: s, path: path, batch: batch, budget: budget, mem: semaphore.NewWeighted(rebuildMemory),
+		ctx: ctx, cancel: cancel, done: map[digest.Digest]bool{}}
+	r.ready = sync.NewCond(&r.mu)
+	for range rebuildWorkers {
+		r.wg.Add(1)
+		go r.worker()
+	}
+	return r
+}
+
+// rebuildJob is a patched blob waiting for a worker.
+type rebuildJob struct {
+	b    Blob
+	p    *spooled
+	work int64 // what it costs: the bytes it deflates or writes
+}
+
+// worker runs queued rebuilds, the largest first, until the queue is closed
+// and empty; after a failure it only releases what is queued.
+func (r *rebuilder) worker() {
+	defer r.wg.Done()
+	for {
+		r.mu.Lock()
+		for len(r.queue) == 0 && !r.closed {
+			r.ready.Wait()
+		}
+		if len(r.queue) == 0 {
+			r.mu.Unlock()
+			return
+		}
+		k := 0
+		for i, j := range r.queue {
+			if j.work > r.queue[k].work {
+				k = i
+			}
+		}
+		j := r.queue[k]
+		r.queue = append(r.queue[:k], r.queue[k+1:]...)
+		if j.p.file == nil {
+			r.spooled -= j.p.size
+		}
+		failed := r.err != nil
+		r.mu.Unlock()
+		if !failed {
+			if err := r.rebuild(j.b, j.p); err != nil {
+				r.fail(err)
+			}
+		}
+		j.p.release()
+	}
 }
 
 // failed returns the first error of a rebuild, if any.
@@ -85,6 +139,10 @@ func (r *rebuilder) fail(err error) {
 
 // wait waits for every rebuild and returns the first error.
 func (r *rebuilder) wait() error {
+	r.mu.Lock()
+	r.closed = true
+	r.ready.Broadcast()
+	r.mu.Unlock()
 	r.wg.Wait()
 	r.cancel()
 	return r.failed()
@@ -119,46 +177,42 @@ func (p *spooled) release() {
 }
 
 // submit reads the patch entry of b from rd (verified against its digest)
-// and hands the rebuild to a worker; it blocks while every worker is busy.
+// and queues its rebuild.
 func (r *rebuilder) submit(b Blob, rd io.Reader, buf []byte) error {
+	if err := r.failed(); err != nil {
+		return err
+	}
 	p := &spooled{size: b.Patch.Size}
 	rd = store.VerifyReader(rd, b.entry())
-	if b.Patch.Size <= maxSpoolMem {
-		data := make([]byte, 0, b.Patch.Size+1)
-		w := bytes.NewBuffer(data)
-		if _, err := w.ReadFrom(rd); err != nil {
-			return fmt.Errorf("bundle %s: %w", r.path, err)
-		}
+	r.mu.Lock()
+	inMem := r.spooled+b.Patch.Size <= maxSpoolMem
+	if inMem {
+		r.spooled += b.Patch.Size
+	}
+	r.mu.Unlock()
+	var err error
+	if inMem {
+		w := bytes.NewBuffer(make([]byte, 0, b.Patch.Size+bytes.MinRead))
+		_, err = w.ReadFrom(rd)
 		p.data = w.Bytes()
-	} else {
-		f, err := os.CreateTemp(r.s.TempDir(), store.TempPattern("patch"))
-		if err != nil {
-			return fmt.Errorf("bundle %s: %w", r.path, err)
-		}
-		p.file = f
-		if _, err := io.CopyBuffer(f, rd, buf); err != nil {
-			p.release()
-			return fmt.Errorf("bundle %s: %w", r.path, err)
-		}
+	} else if p.file, err = os.CreateTemp(r.s.TempDir(), store.TempPattern("patch")); err == nil {
+		_, err = io.CopyBuffer(p.file, rd, buf)
 	}
-	select {
-	case r.slots <- struct{}{}:
-	case <-r.ctx.Done():
+	j := &rebuildJob{b: b, p: p, work: b.Size}
+	if b.Patch.Block != nil {
+		j.work = b.Patch.Block.Size
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		if inMem {
+			r.spooled -= b.Patch.Size
+		}
 		p.release()
-		if err := r.failed(); err != nil {
-			return err
-		}
-		return r.ctx.Err()
+		return fmt.Errorf("bundle %s: %w", r.path, err)
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		defer func() { <-r.slots }()
-		defer p.release()
-		if err := r.rebuild(b, p); err != nil {
-			r.fail(err)
-		}
-	}()
+	r.queue = append(r.queue, j)
+	r.ready.Signal()
 	return nil
 }
 
