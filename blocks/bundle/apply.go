@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
@@ -370,6 +371,9 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 			return fmt.Errorf("bundle %s: image %s: the header says standard image %s, its index says %s", path, im.Name, im.Standard.Digest, c.Standard.Digest)
 		}
 		missing = append(missing, c.Missing...)
+		if err := warmExists(ctx, s, c.Blobs, shipped, derived); err != nil {
+			return err
+		}
 		for _, b := range c.Blobs {
 			inClosure[b.Digest] = true
 			if derived[b.Digest] {
@@ -445,6 +449,25 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	}
 	res.Required = Count{Blobs: len(req), Bytes: totals(req).Bytes}
 	return nil
+}
+
+// warmExists checks, on two goroutines, that the store holds the blobs of
+// bs that the bundle neither ships nor derives: the first check of a blob in
+// a process hashes it (store.Exists), a few hundred megabytes for an image,
+// and the store remembers the result for the checks that follow.
+func warmExists(ctx context.Context, s *store.Store, bs []Blob, shipped map[digest.Digest]Blob, derived map[digest.Digest]bool) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(2)
+	for _, b := range bs {
+		if _, ok := shipped[b.Digest]; ok || derived[b.Digest] {
+			continue
+		}
+		g.Go(func() error {
+			_, err := s.Exists(ctx, b.Digest)
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 func (c *Closure) isMissing(d digest.Digest) bool {
