@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/blockfile/blockfile/blocks/store"
 	"github.com/blockfile/blockfile/blocks/transport"
@@ -110,11 +112,16 @@ func Apply(ctx context.Context, s *store.Store, path string, opts ApplyOptions) 
 		return nil, fmt.Errorf("apply %s: %w", path, err)
 	}
 	defer release()
-	h, err := verifyBundle(ctx, s, path, res, opts)
+	// The check pass rebuilds patched blobs into temp files of this batch,
+	// which the ingest pass adopts (rebuild.go); nothing is visible before
+	// the batch commits.
+	batch := s.NewBatch()
+	h, rb, err := verifyBundle(ctx, s, path, res, opts, batch)
 	if err != nil {
+		batch.Discard()
 		return nil, err
 	}
-	if err := ingest(ctx, s, path, h, res, opts.Progress); err != nil {
+	if err := ingest(ctx, s, path, h, res, opts.Progress, batch, rb); err != nil {
 		return nil, err
 	}
 	if opts.IngestOnly {
@@ -158,20 +165,41 @@ func blobSize(ctx context.Context, s *store.Store, d digest.Digest) (int64, bool
 	return fi.Size(), true, nil
 }
 
-// verifyBundle is apply's first pass; it writes nothing. It reads the
-// manifests at the front of the bundle, checks the prerequisites and the
-// closures (step 1 of Apply), then reads and hashes every other blob.
-func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyResult, opts ApplyOptions) (*Header, error) {
+// verifyBundle is apply's first pass; nothing it writes is visible. It
+// reads the manifests at the front of the bundle, checks the prerequisites
+// and the closures (step 1 of Apply), then reads and hashes every other
+// blob, and rebuilds each patched blob the store lacks into a temp file of
+// batch (checked against its digest there), on rebuildWorkers goroutines.
+// It returns only once every rebuild has ended.
+func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyResult, opts ApplyOptions, batch *store.Batch) (_ *Header, _ *rebuilder, err error) {
 	r, err := Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer r.Close()
+	h := r.Header
+	// One deflate budget for the whole apply: block deltas take theirs up
+	// front (Header.check has bounded it), member patches as they decode.
+	budget := newDeflateBudget()
+	if err := budget.take(h.deltaDeflate()); err != nil {
+		return nil, nil, fmt.Errorf("bundle %s: %w", path, err)
+	}
+	rb := newRebuilder(ctx, s, path, batch, budget)
+	defer func() {
+		if werr := rb.wait(); err == nil && werr != nil {
+			err = werr
+		}
+	}()
+	return verifyBlobs(ctx, s, path, r, res, opts, rb)
+}
+
+// verifyBlobs is verifyBundle once the bundle is open.
+func verifyBlobs(ctx context.Context, s *store.Store, path string, r *Reader, res *ApplyResult, opts ApplyOptions, rb *rebuilder) (*Header, *rebuilder, error) {
 	h := r.Header
 	if len(h.Images) > 1 {
 		for _, o := range opts.Outputs {
 			if !strings.Contains(o, "{name}") {
-				return nil, fmt.Errorf("output %q: the bundle holds %d images; put {name} in the output to write each", o, len(h.Images))
+				return nil, nil, fmt.Errorf("output %q: the bundle holds %d images; put {name} in the output to write each", o, len(h.Images))
 			}
 		}
 	}
@@ -180,12 +208,12 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 	for _, im := range h.Images {
 		for _, o := range opts.Outputs {
 			if _, err := OutputFor(o, im.Name); err != nil {
-				return nil, fmt.Errorf("bundle %s: %w", path, err)
+				return nil, nil, fmt.Errorf("bundle %s: %w", path, err)
 			}
 		}
 	}
 	meta := memFetcher{blobs: map[digest.Digest][]byte{}, next: s}
-	budget := newDeflateBudget()
+	budget := rb.budget
 	var done int64
 	shipped := h.Shipped()
 	report := func(n int64) {
@@ -201,38 +229,38 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 			break
 		}
 		if b.Size > maxJSONSize || held+b.Size > maxMetaTotal {
-			return nil, fmt.Errorf("bundle %s: manifest %s: too large", path, b)
+			return nil, nil, fmt.Errorf("bundle %s: manifest %s: too large", path, b)
 		}
 		got, rd, err := r.Next()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if got.Patch != nil {
 			// A patched block set: rebuild it from its base, if the
 			// store has the base; if not, the walk reports the base.
 			if _, ok, err := blobSize(ctx, s, got.Patch.Base.Digest); err != nil {
-				return nil, err
+				return nil, nil, err
 			} else if !ok {
 				if _, err := io.Copy(io.Discard, rd); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				report(got.Patch.Size)
 				continue
 			}
 			if rd, err = unpatched(ctx, s, got, rd, budget); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		data, err := io.ReadAll(rd)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		meta.blobs[got.Digest] = data
 		held += got.Size
 		report(got.entry().Size)
 	}
 	if err := checkClosures(ctx, s, path, h, meta, res); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	buf := make([]byte, 1<<20)
 	// Blobs shipped whole are hashed on a second core while the next bytes
@@ -241,55 +269,47 @@ func verifyBundle(ctx context.Context, s *store.Store, path string, res *ApplyRe
 	defer dg.Close()
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		b, rd, err := r.nextRaw()
 		if err == io.EOF {
-			return h, nil
+			return h, rb, rb.wait()
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if b.Derive != nil {
+			if err := rb.derive(b, rd); err != nil {
+				return nil, nil, err
+			}
+			report(b.Size)
+			continue
 		}
 		if b.Patch == nil {
 			// The tar reader has checked the entry's size.
 			dg.Reset()
 			if _, err := io.CopyBuffer(dg, rd, buf); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if got := dg.Digest(); got != b.Digest {
-				return nil, fmt.Errorf("bundle %s: blob %s: content hashes to %s: %w", path, b, got, store.ErrDigestMismatch)
+				return nil, nil, fmt.Errorf("bundle %s: blob %s: content hashes to %s: %w", path, b, got, store.ErrDigestMismatch)
 			}
 			report(b.Size)
 			continue
 		}
-		rd = store.VerifyReader(rd, b.entry())
-		if b.Patch.Encoding == PatchDeltaMember {
-			// The rebuilt block is checked here; its member while ingesting.
-			if err := checkDeltaBlock(ctx, s, b, rd); err != nil {
-				return nil, fmt.Errorf("bundle %s: %w", path, err)
+		if size, ok, err := blobSize(ctx, s, b.Digest); err != nil {
+			return nil, nil, err
+		} else if ok && size == b.Size {
+			// The store holds the blob (an apply run again): nothing to
+			// rebuild; the patch entry is still checked.
+			if _, err := io.CopyBuffer(io.Discard, store.VerifyReader(rd, b.entry()), buf); err != nil {
+				return nil, nil, err
 			}
 			report(b.entry().Size)
 			continue
 		}
-		if rd, err = unpatched(ctx, s, b, rd, budget); err != nil {
-			return nil, err
-		}
-		if _, err := io.CopyBuffer(io.Discard, rd, buf); err != nil {
-			if b.Patch != nil {
-				err = fmt.Errorf("bundle %s: %w", path, err)
-				if b.Patch.Encoding == PatchDeltaMember && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
-					// The delta rebuilt the block's bytes (it checks their
-					// sha256); deflating them gave another member.
-					err = fmt.Errorf("%w (the block was rebuilt exactly but deflated here into another member: a bundle made with --no-deltas carries it as it is)", err)
-				}
-				if b.Patch.Encoding == PatchZstdGzipMembers && (errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch)) {
-					// The patch itself was intact (or zstd would have
-					// failed): the deflate of this build differs from the
-					// one that made the layer.
-					err = fmt.Errorf("%w (the layer's members were deflated again here and came out different: a bundle made with --no-patches carries them as they are)", err)
-				}
-			}
-			return nil, err
+		if err := rb.submit(b, rd, buf); err != nil {
+			return nil, nil, err
 		}
 		report(b.entry().Size)
 	}
@@ -328,23 +348,48 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	for _, b := range h.Blobs {
 		shipped[b.Digest] = b
 	}
+	// Blobs derived from standard layers shipped in place of their blocked
+	// form (Blob.Derive): the blocked layer and its block set come from the
+	// bundle too, and the block set's members with them, so the walk, which
+	// cannot read the block set yet, does not go below it.
+	derived := map[digest.Digest]bool{}
+	for _, b := range h.Blobs {
+		if b.Derive != nil {
+			derived[b.Derive.Blocked.Digest] = true
+			derived[b.Derive.BlockSet.Digest] = true
+		}
+	}
 	var missing []Blob
 	required := map[digest.Digest]Blob{}
 	inClosure := map[digest.Digest]bool{}
+	hydrated := map[digest.Digest]bool{}
 	for _, im := range h.Images {
-		c, err := walk(ctx, meta, im.Name, im.Index, true)
+		// A derived block set is not read even when the store has it (an
+		// apply run again): the walk is the same as at create.
+		hide := hideFetcher{f: meta, hidden: derived}
+		c, err := walk(ctx, hide, im.Name, im.Index, true)
 		if err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
 		}
-		if err := c.addReferrers(ctx, meta, im.Referrers, true); err != nil {
+		if err := c.addReferrers(ctx, hide, im.Referrers, true); err != nil {
 			return fmt.Errorf("bundle %s: %w", path, err)
+		}
+		c.Missing = slices.DeleteFunc(c.Missing, func(b Blob) bool { return derived[b.Digest] })
+		for _, d := range c.Hydrated {
+			hydrated[d.Digest] = true
 		}
 		if len(c.Missing) == 0 && (c.Standard.Digest != im.Standard.Digest || c.Standard.Size != im.Standard.Size) {
 			return fmt.Errorf("bundle %s: image %s: the header says standard image %s, its index says %s", path, im.Name, im.Standard.Digest, c.Standard.Digest)
 		}
 		missing = append(missing, c.Missing...)
+		if err := warmExists(ctx, s, c.Blobs, shipped, derived); err != nil {
+			return err
+		}
 		for _, b := range c.Blobs {
 			inClosure[b.Digest] = true
+			if derived[b.Digest] {
+				continue
+			}
 			if sb, ok := shipped[b.Digest]; ok {
 				if sb.Size != b.Size {
 					return fmt.Errorf("bundle %s: image %s: blob %s is %d bytes in the bundle, %d in its manifest", path, im.Name, b.Digest, sb.Size, b.Size)
@@ -395,6 +440,13 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 		return &MissingError{Missing: out}
 	}
 	for _, b := range h.Blobs {
+		if b.Derive != nil {
+			// A standard layer of an image, whose blocked form is one.
+			if !hydrated[b.Digest] || !inClosure[b.Derive.Blocked.Digest] || !inClosure[b.Derive.BlockSet.Digest] {
+				return fmt.Errorf("bundle %s: standard layer %s and its blocked form %s are not part of any image in the bundle", path, b.Digest, b.Derive.Blocked.Digest)
+			}
+			continue
+		}
 		if !inClosure[b.Digest] {
 			return fmt.Errorf("bundle %s: blob %s is not part of any image in the bundle", path, b)
 		}
@@ -408,6 +460,25 @@ func checkClosures(ctx context.Context, s *store.Store, path string, h *Header, 
 	}
 	res.Required = Count{Blobs: len(req), Bytes: totals(req).Bytes}
 	return nil
+}
+
+// warmExists checks, on two goroutines, that the store holds the blobs of
+// bs that the bundle neither ships nor derives: the first check of a blob in
+// a process hashes it (store.Exists), a few hundred megabytes for an image,
+// and the store remembers the result for the checks that follow.
+func warmExists(ctx context.Context, s *store.Store, bs []Blob, shipped map[digest.Digest]Blob, derived map[digest.Digest]bool) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(2)
+	for _, b := range bs {
+		if _, ok := shipped[b.Digest]; ok || derived[b.Digest] {
+			continue
+		}
+		g.Go(func() error {
+			_, err := s.Exists(ctx, b.Digest)
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 func (c *Closure) isMissing(d digest.Digest) bool {
@@ -434,24 +505,24 @@ func (m memFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.Read
 }
 
 // ingest is apply's second pass: every blob the store lacks is written to a
-// temp file in the store and checked against its digest and size; then one
+// temp file in the store and checked against its digest and size (a patched
+// blob the check pass rebuilt is in batch already: adopted as it is); then one
 // filesystem sync makes them all durable and each is renamed into place
 // (store.Batch). One sync for the whole bundle instead of one per blob: an
 // fsync after each of a thousand blocks is most of the time of a naive
 // ingest. No blob is ever visible under its name before it is complete.
-func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *ApplyResult, progress ProgressFunc) (err error) {
-	r, err := Open(path)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	batch := s.NewBatch()
-	budget := newDeflateBudget()
+func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *ApplyResult, progress ProgressFunc, batch *store.Batch, rb *rebuilder) (err error) {
 	defer func() {
 		if err != nil {
 			batch.Discard()
 		}
 	}()
+	r, err := Open(path)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	budget := rb.budget
 	var done int64
 	shipped := h.Shipped()
 	buf := make([]byte, 1<<20)
@@ -469,11 +540,21 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 		if err != nil {
 			return err
 		}
-		if ok && size == b.Size {
+		switch {
+		case b.Derive != nil:
+			// A standard layer: its blocked form was derived by the
+			// check pass; materializing rebuilds it from that.
+		case rb.prepared(b.Digest):
+			// Rebuilt and checked by the check pass, in the batch already.
+			res.Ingested.Blobs++
+			res.Ingested.Bytes += b.Size
+		case ok && size == b.Size:
 			res.Present.Blobs++
 			res.Present.Bytes += b.Size
-		} else {
+		default:
 			if b.Patch != nil {
+				// A patched manifest (read in memory by the check pass), or
+				// a blob the store held then and has lost since.
 				// The BlobWriter checks the rebuilt blob; a damaged patch
 				// fails to decode or to match.
 				out, closeDec, err := openPatched(ctx, s, b, rd, budget)
@@ -491,11 +572,6 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 				return fmt.Errorf("bundle %s: ingest %s: %w", path, b, err)
 			}
 			if err := batch.Add(ctx, w, b.Descriptor()); err != nil {
-				if b.Patch != nil && b.Patch.Encoding == PatchDeltaMember {
-					// The check pass rebuilt the block exactly; its member
-					// is deflated and checked only here.
-					return fmt.Errorf("bundle %s: ingest %s: the block was rebuilt exactly but deflated here into another member (a bundle made with --no-deltas carries it as it is): %w", path, b, err)
-				}
 				// Only if the file changed since the first pass.
 				return fmt.Errorf("bundle %s: ingest %s (did the bundle change while being applied?): %w", path, b, err)
 			}
@@ -507,5 +583,7 @@ func ingest(ctx context.Context, s *store.Store, path string, h *Header, res *Ap
 			progress("ingest", done, shipped)
 		}
 	}
+	res.Ingested.Blobs += rb.derived.Blobs
+	res.Ingested.Bytes += rb.derived.Bytes
 	return batch.Commit(ctx)
 }

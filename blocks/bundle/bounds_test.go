@@ -7,6 +7,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -277,4 +278,62 @@ func TestReadInventoryBounds(t *testing.T) {
 	if _, err := ReadInventory(gz(fmt.Sprintf("%s sha256 16 %d\n", inventoryMagic, maxInventoryLen+1))); err == nil || !strings.Contains(err.Error(), "bad prefix or count") {
 		t.Fatalf("inventory over the count bound: %v", err)
 	}
+}
+
+// Block deltas count in the bundle's deflate budget: each asks apply to
+// deflate its whole block (up to maxDeltaRaw) whatever the size of its
+// member, so a header whose deltas declare more than MaxDeflatedBytes in
+// all is refused before any delta is read, and apply leaves the store as
+// it was.
+func TestApplyRefusesDeltasOverTheDeflateBudget(t *testing.T) {
+	h := Header{MediaType: HeaderMediaType, Version: Version, Images: []Image{{Name: "app:v1",
+		Index: ociDesc("index"), Standard: ociDesc("standard")}}}
+	// Members of 300 KB each (the size of 256 MiB of zeros deflated):
+	// well within MaxPatchedBytes, far beyond the deflate budget.
+	n := MaxDeflatedBytes/maxDeltaRaw + 1
+	for i := range n {
+		d := digest.FromString(fmt.Sprint("member", i))
+		h.Blobs = append(h.Blobs, Blob{MediaType: "application/vnd.blockfile.member.v1.tar+gzip", Digest: d, Size: 300 << 10, Kind: KindBlock,
+			Patch: &Patch{Encoding: PatchDeltaMember, Base: BlobRef{Digest: digest.FromString(fmt.Sprint("base", i)), Size: 1000},
+				Digest: digest.FromString(fmt.Sprint("delta", i)), Size: 100,
+				Block: &BlobRef{Digest: digest.FromString(fmt.Sprint("block", i)), Size: maxDeltaRaw}}})
+	}
+	h.Adds = totals(h.Blobs)
+	h.Patched = patched(h.Blobs)
+	if err := h.check(); !errors.Is(err, ErrBound) || !strings.Contains(err.Error(), "deflated") {
+		t.Fatalf("check = %v, want ErrBound on the deflate work of the deltas", err)
+	}
+	// One delta fewer is within the budget.
+	h.Blobs = h.Blobs[:n-1]
+	h.Adds = totals(h.Blobs)
+	h.Patched = patched(h.Blobs)
+	if err := h.check(); err != nil {
+		t.Fatalf("%d deltas of %d bytes: %v", n-1, maxDeltaRaw, err)
+	}
+
+	// The same through apply: a bundle holding only the hostile header.
+	h.Blobs = append(h.Blobs, Blob{MediaType: "application/vnd.blockfile.member.v1.tar+gzip", Digest: digest.FromString("last"), Size: 300 << 10, Kind: KindBlock,
+		Patch: &Patch{Encoding: PatchDeltaMember, Base: BlobRef{Digest: digest.FromString("last base"), Size: 1000},
+			Digest: digest.FromString("last delta"), Size: 100, Block: &BlobRef{Digest: digest.FromString("last block"), Size: maxDeltaRaw}}})
+	h.Adds = totals(h.Blobs)
+	h.Patched = patched(h.Blobs)
+	data, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := writeFile(tw, HeaderName, data); err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	p := filepath.Join(t.TempDir(), "hostile.bundle")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = applyMustFail(t, openStore(t), p)
+	if !errors.Is(err, ErrBound) {
+		t.Fatalf("apply = %v, want ErrBound", err)
+	}
+	t.Log(err)
 }

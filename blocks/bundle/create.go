@@ -137,16 +137,32 @@ func Create(ctx context.Context, s *store.Store, names []string, path string, op
 			return nil, fmt.Errorf("bundle create: %w", err)
 		}
 		defer os.RemoveAll(dir)
-		files, err := addPatches(ctx, s, plan, names, view, base, dir)
+		// The deflate work apply will do, member patches and deltas
+		// together, within MaxDeflatedBytes.
+		budget := newDeflateBudget()
+		files, err := addPatches(ctx, s, plan, names, view, base, dir, budget)
 		if err != nil {
 			return nil, fmt.Errorf("bundle create: patches: %w", err)
 		}
 		if !opts.NoDeltas {
-			if err := addDeltas(ctx, s, plan, names, view, base, dir, files); err != nil {
+			if err := addDeltas(ctx, s, plan, names, view, base, dir, files, budget); err != nil {
 				return nil, fmt.Errorf("bundle create: deltas: %w", err)
 			}
 		}
 		fetch = patchFiles{files: files, next: s}
+	}
+	// In an upgrade, a changed layer whose blocked form costs more than
+	// the layer itself travels as its standard layer (layerchoice.go).
+	var derived map[digest.Digest]bool
+	if base != nil {
+		if derived, err = chooseStandardLayers(ctx, s, plan, names, s.TempDir()); err != nil {
+			return nil, fmt.Errorf("bundle create: %w", err)
+		}
+	}
+	if derived != nil {
+		if err := requiresWithDerived(ctx, s, plan, names, derived); err != nil {
+			return nil, fmt.Errorf("bundle create: %w", err)
+		}
 	}
 	h := plan.Header()
 

@@ -57,6 +57,22 @@ func deltaWorth(n, size int64) bool {
 	return n+patchOverhead < size-size/8
 }
 
+// deltaDeflate is the deflate work of a block delta: its block and the tar
+// padding, which the site deflates into the member.
+func deltaDeflate(block BlobRef) int64 { return block.Size + (512-block.Size%512)%512 }
+
+// deltaDeflate sums the deflate work of the block deltas of h (each block
+// at most maxDeltaRaw, checked by Patch.check).
+func (h *Header) deltaDeflate() int64 {
+	var n int64
+	for _, b := range h.Blobs {
+		if b.Patch != nil && b.Patch.Encoding == PatchDeltaMember && b.Patch.Block != nil {
+			n += deltaDeflate(*b.Patch.Block)
+		}
+	}
+	return n
+}
+
 // checkDelta validates a block-delta patch read from a header.
 func (p *Patch) checkDelta(b Blob) error {
 	if b.Kind != KindBlock || b.MediaType != blocks.MediaTypeMemberGzip {
@@ -140,24 +156,6 @@ func openDelta(ctx context.Context, s *store.Store, b Blob, r io.Reader) (*delta
 			b.Digest, b.Patch.Digest, dh.TargetSize, dh.Target, blk.Digest, blk.Size)
 	}
 	return dec, nil
-}
-
-// checkDeltaBlock rebuilds the block of b from its delta (read from r) and
-// checks it against the block digest, without deflating it: apply's check
-// pass. The member is deflated and checked against its digest while
-// ingesting, before anything is committed (a delta is made only when the
-// pinned deflater reproduces its member, so that check does not fail
-// unless the header lies, and then the ingest is discarded).
-func checkDeltaBlock(ctx context.Context, s *store.Store, b Blob, r io.Reader) error {
-	dec, err := openDelta(ctx, s, b, r)
-	if err != nil {
-		return err
-	}
-	defer dec.Close()
-	if _, err := io.Copy(io.Discard, dec); err != nil {
-		return fmt.Errorf("blob %s: delta %s against %s: %w", b.Digest, b.Patch.Digest, b.Patch.Base.Digest, err)
-	}
-	return nil
 }
 
 // unpatchDelta returns a reader of block member b rebuilt from its delta

@@ -123,8 +123,10 @@ type deltaTask struct {
 
 // addDeltas turns block members of p.Ship into deltas against members the
 // target holds, where that saves enough (deltaWorth). The deltas are
-// written under dir and added to files.
-func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string, base Base, dir string, files map[digest.Digest]string) error {
+// written under dir and added to files. budget is the deflate work apply
+// will do (member patches made so far): a delta whose block would pass it
+// is not made, and its block travels whole.
+func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string, base Base, dir string, files map[digest.Digest]string, budget *deflateBudget) error {
 	x := &deltaIndex{byPath: map[string][]baseMember{}, byVPath: map[string][]baseMember{}, byVName: map[string][]baseMember{}}
 	seenLayer := map[digest.Digest]bool{}
 	held := map[digest.Digest]bool{}
@@ -225,7 +227,7 @@ func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string
 	}
 	for _, t := range tasks {
 		b := &p.Ship[t.ship]
-		if patchedBytes+b.Size > MaxPatchedBytes {
+		if patchedBytes+b.Size > MaxPatchedBytes || !budget.fits(deltaDeflate(t.block)) {
 			continue
 		}
 		patch, err := tryDelta(ctx, s, *b, t, dir, files)
@@ -234,6 +236,9 @@ func addDeltas(ctx context.Context, s *store.Store, p *Plan, news, view []string
 		}
 		if patch == nil {
 			continue
+		}
+		if err := budget.take(deltaDeflate(t.block)); err != nil {
+			return err // fits said it would not
 		}
 		b.Patch = patch
 		patchedBytes += b.Size

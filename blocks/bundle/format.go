@@ -29,8 +29,14 @@ const (
 	// HeaderMediaType is Header.MediaType.
 	HeaderMediaType = "application/vnd.blockfile.bundle.v1+json"
 
-	// Version is Header.Version for this format.
+	// Version is Header.Version of a bundle that ships every changed layer
+	// in its blocked form.
 	Version = 1
+
+	// VersionDerive is Header.Version of a bundle that ships some standard
+	// layers in place of their blocked form (Blob.Derive); a version 1
+	// reader refuses it by its version rather than misreading it.
+	VersionDerive = 2
 
 	// blobDir is where blobs sit inside the tar (OCI image layout).
 	blobDir = "blobs/sha256/"
@@ -49,7 +55,8 @@ type Header struct {
 	// MediaType is HeaderMediaType.
 	MediaType string `json:"mediaType"`
 
-	// Version is the bundle format version (Version); readers refuse others.
+	// Version is the bundle format version (Version, or VersionDerive when
+	// a blob has Derive); readers refuse others.
 	Version int `json:"version"`
 
 	// Images are the images the bundle delivers, in command-line order.
@@ -179,6 +186,10 @@ type Blob struct {
 	// Patch, if set, says the blob travels as a patch against a blob the
 	// target holds (the tar entry holds the patch, not the blob).
 	Patch *Patch `json:"patch,omitempty"`
+
+	// Derive, on a standard layer (kind layer, gzip), says it travels in
+	// place of its blocked form, which apply derives from it (derive.go).
+	Derive *Derive `json:"derive,omitempty"`
 }
 
 // Descriptor returns b as an OCI descriptor.

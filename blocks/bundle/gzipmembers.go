@@ -55,14 +55,19 @@ const (
 	deflateSlack    = 1024
 )
 
-// MaxDeflatedBytes bounds the uncompressed bytes that the member patches of
-// one bundle ask apply to deflate (in each of its two passes). Create
-// stops making member patches before it (the blob then travels as a
-// zstd-dict patch, which costs no deflate).
-const MaxDeflatedBytes = 256 << 20
+// MaxDeflatedBytes bounds the uncompressed bytes that one bundle asks apply
+// to deflate: the 'D' records of its member patches and the blocks of its
+// block deltas together (apply rebuilds each patched blob once). Apply
+// refuses a header whose deltas alone declare more, and stops a member patch
+// that would pass it while decoding. Create stops making member patches and
+// deltas before it (the blob then travels as a zstd-dict patch, which costs
+// no deflate, or whole). A delta is at most maxDeltaRaw bytes and its
+// decoding work is proportional to its output, so the deflate budget bounds
+// the work of a bundle's deltas too.
+const MaxDeflatedBytes = 1 << 30
 
-// deflateBudget counts the bytes deflated for member patches in one pass
-// over a bundle, against MaxDeflatedBytes.
+// deflateBudget counts the bytes deflated for member patches and block
+// deltas in one apply (or planned by one create), against MaxDeflatedBytes.
 type deflateBudget struct {
 	used atomic.Int64
 	max  int64
@@ -80,6 +85,9 @@ func (d *deflateBudget) take(n int64) error {
 	}
 	return nil
 }
+
+// fits reports whether n more bytes of deflate work stay within the budget.
+func (d *deflateBudget) fits(n int64) bool { return d.used.Load()+n <= d.max }
 
 // deflateWithinBound reports whether n uncompressed bytes that deflate to c
 // bytes may travel as a 'D' record.

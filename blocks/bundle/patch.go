@@ -33,7 +33,7 @@ import (
 // layout inside the bundle stays valid content-addressed storage; apply
 // rebuilds the blob from the patch and the base (read from the store and
 // verified) and checks the result against the blob's digest and size, in
-// the check pass and again while ingesting.
+// the check pass, which leaves it in a temp file for the ingest pass.
 
 // PatchZstdDict is Patch.Encoding: one zstd frame (RFC 8878) whose decoder
 // is given the whole base blob as raw content dictionary (history before
@@ -50,9 +50,9 @@ const (
 	minPatchTarget = 512       // below this a patch cannot save much
 
 	// MaxPatchedBytes bounds the bytes of all the blobs of one bundle that
-	// travel as patches: apply rebuilds each (decoding, and deflating
-	// member patches) in its check pass and again while ingesting, so this
-	// is the bundle's budget of patch work. Create patches no more; apply
+	// travel as patches: apply rebuilds each once (decoding, and deflating
+	// member patches and deltas) in its check pass (rebuild.go), so this and
+	// MaxDeflatedBytes are the bundle's budget of patch work. Create patches no more; apply
 	// refuses a header that declares more, before reading any patch.
 	MaxPatchedBytes = 1 << 30
 )

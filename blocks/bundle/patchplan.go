@@ -54,9 +54,10 @@ type patcher struct {
 // lowest digest, so the choice is deterministic), its block set against
 // that layer's block set, and a config against the config of the held
 // manifest sharing most layers. The patches are written under dir; the
-// returned map gives their paths by patch digest.
-func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []string, base Base, dir string) (map[digest.Digest]string, error) {
-	pt := &patcher{s: s, base: base, dir: dir, files: map[digest.Digest]string{}, usable: map[digest.Digest]bool{}, deflate: newDeflateBudget()}
+// returned map gives their paths by patch digest. budget counts the deflate
+// work the member patches will ask of apply.
+func addPatches(ctx context.Context, s *store.Store, p *Plan, news, view []string, base Base, dir string, budget *deflateBudget) (map[digest.Digest]string, error) {
+	pt := &patcher{s: s, base: base, dir: dir, files: map[digest.Digest]string{}, usable: map[digest.Digest]bool{}, deflate: budget}
 	for _, name := range view {
 		img, err := image.Resolve(ctx, s, name)
 		if err != nil {

@@ -72,10 +72,16 @@ func MakePlan(closures []*Closure, base Base) (*Plan, error) {
 
 // Header returns the bundle header for p.
 func (p *Plan) Header() *Header {
+	v := Version
+	for _, b := range p.Ship {
+		if b.Derive != nil {
+			v = VersionDerive
+		}
+	}
 	// Empty lists are [] rather than null, for readers in other languages.
 	return &Header{
 		MediaType: HeaderMediaType,
-		Version:   Version,
+		Version:   v,
 		Images:    append([]Image{}, p.Images...),
 		Blobs:     append([]Blob{}, p.Ship...),
 		Requires:  totals(p.Requires),

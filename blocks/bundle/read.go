@@ -123,8 +123,8 @@ func (r *Reader) start() error {
 // check makes sure a header read from a file is self-consistent, so the
 // rest of apply can trust its lists.
 func (h *Header) check() error {
-	if h.MediaType != HeaderMediaType || h.Version != Version {
-		return fmt.Errorf("media type %q version %d: this blockfile reads %s version %d", h.MediaType, h.Version, HeaderMediaType, Version)
+	if h.MediaType != HeaderMediaType || h.Version != Version && h.Version != VersionDerive {
+		return fmt.Errorf("media type %q version %d: this blockfile reads %s versions %d and %d", h.MediaType, h.Version, HeaderMediaType, Version, VersionDerive)
 	}
 	if len(h.Images) == 0 {
 		return errors.New("no images")
@@ -159,6 +159,17 @@ func (h *Header) check() error {
 			return fmt.Errorf("blob %s is listed twice", b.Digest)
 		}
 		seen[b.Digest] = true
+		if b.Derive != nil {
+			if err := b.Derive.check(b, h.Version); err != nil {
+				return err
+			}
+			for _, d := range []digest.Digest{b.Derive.Blocked.Digest, b.Derive.BlockSet.Digest} {
+				if seen[d] {
+					return fmt.Errorf("blob %s: derived blob %s is listed twice", b.Digest, d)
+				}
+				seen[d] = true
+			}
+		}
 		if b.Patch != nil {
 			if err := b.Patch.check(b); err != nil {
 				return err
@@ -195,6 +206,9 @@ func (h *Header) check() error {
 	}
 	if patchedBytes > MaxPatchedBytes {
 		return fmt.Errorf("%d bytes of blobs travel as patches, more than the %d a bundle may rebuild: %w", patchedBytes, int64(MaxPatchedBytes), ErrBound)
+	}
+	if n := h.deltaDeflate(); n > MaxDeflatedBytes {
+		return fmt.Errorf("block deltas ask for %d bytes to be deflated, more than the %d a bundle may ask: %w", n, int64(MaxDeflatedBytes), ErrBound)
 	}
 	if got, want := patched(h.Blobs), h.Patched; (got == nil) != (want == nil) || got != nil && *got != *want {
 		return fmt.Errorf("patched says %v; the blob list has %v", want, got)

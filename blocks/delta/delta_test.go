@@ -140,3 +140,21 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// addBytes is a bytewise add mod 256, whatever the alignment and length.
+func TestAddBytes(t *testing.T) {
+	r := rand.New(rand.NewSource(1))
+	for n := range 40 {
+		q, b := make([]byte, n), make([]byte, n)
+		r.Read(q)
+		r.Read(b)
+		want := make([]byte, n)
+		for i := range q {
+			want[i] = q[i] + b[i]
+		}
+		addBytes(q, b)
+		if !bytes.Equal(q, want) {
+			t.Fatalf("n=%d: %x, want %x", n, q, want)
+		}
+	}
+}

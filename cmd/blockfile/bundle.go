@@ -55,7 +55,10 @@ where that is smaller (--no-patches: always whole). A changed block (a rebuilt
 binary, a JDK's lib/modules, a jar) travels as a binary delta against the
 block the site holds at the same path, at the same path without version, or
 with similar content, where that saves at least an eighth (--no-deltas: never;
---no-patches turns deltas off too).
+--no-patches turns deltas off too). A changed layer whose blocked form would
+still cost more than the layer itself travels as its standard layer, and
+apply derives the blocked form from it: an upgrade never carries more than the
+changed layers whole.
 
 A --from docker://REF names a base in a registry: its blocked form is pulled
 into the store first (as 'blockfile pull --materialize=false': no standard
@@ -266,6 +269,12 @@ func printHeader(w io.Writer, h *bundle.Header) {
 		}
 		fmt.Fprintf(w, "  %d of them travel as patches: %s for %s\n", p.Blobs, sizeString(p.Bytes), sizeString(whole))
 		printDeltas(w, h)
+	}
+	for _, b := range h.Blobs {
+		if d := b.Derive; d != nil {
+			fmt.Fprintf(w, "  standard layer %s (%s) travels in place of its blocked form (smaller): apply derives blocked layer %s and block set %s from it\n",
+				b.Digest, sizeString(b.Size), d.Blocked.Digest, d.BlockSet.Digest)
+		}
 	}
 	r := h.Requires
 	fmt.Fprintf(w, "requires %d blobs (%s) in the target store\n", r.Blobs, sizeString(r.Bytes))

@@ -131,7 +131,7 @@ func run(ctx context.Context, scen, work string) error {
 		if err != nil {
 			return err
 		}
-		m.Annotations = map[string]string{ocispec.AnnotationRefName: v + "+import"}
+		m.Annotations = map[string]string{ocispec.AnnotationRefName: imported(v)}
 		entries = append(entries, m)
 	}
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: entries}
@@ -201,20 +201,20 @@ func run(ctx context.Context, scen, work string) error {
 		if err != nil {
 			return err
 		}
-		imported, err := bundleSize(v+"+import", "v1+import", "")
+		withIm, err := bundleSize(imported(v), imported("v1"), "")
 		if err != nil {
 			return err
 		}
 		created := lastCreate
-		whole, err := bundleSize(v+"+import", "v1+import", "no-patches")
+		whole, err := bundleSize(imported(v), imported("v1"), "no-patches")
 		if err != nil {
 			return err
 		}
-		noDeltas, err := bundleSize(v+"+import", "v1+import", "no-deltas")
+		noDeltas, err := bundleSize(imported(v), imported("v1"), "no-deltas")
 		if err != nil {
 			return err
 		}
-		r := row{name: v, bundle: imported, whole: whole, noDeltas: noDeltas, plain: plain, save: b.saveSize(split[v]), create: created}
+		r := row{name: v, bundle: withIm, whole: whole, noDeltas: noDeltas, plain: plain, save: b.saveSize(split[v]), create: created}
 		if v != "v1" {
 			if r.xdelta, err = b.xdelta(split["v1"], split[v]); err != nil {
 				return err
@@ -635,7 +635,7 @@ func standardSize(ctx context.Context, s *store.Store, name string) (int64, erro
 func withImport(vs []string) []string {
 	var out []string
 	for _, v := range vs {
-		out = append(out, v+"+import")
+		out = append(out, imported(v))
 	}
 	return out
 }
@@ -678,3 +678,7 @@ func isDir(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
 }
+
+// imported is the name of variant v exported with the imports label (a
+// valid image reference: '+' is not allowed in a tag).
+func imported(v string) string { return v + "-import" }
