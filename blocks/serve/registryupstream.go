@@ -205,7 +205,9 @@ func (u *RegistryUpstream) fillFrom(ctx context.Context, e transport.Endpoint, s
 	}
 	if hasBlockedForm(root, got.Manifest) {
 		res, err := registry.Pull(ctx, u.s, dref, storeName, registry.PullOptions{
-			Remote: opts, Jobs: u.jobs, NoMaterialize: true,
+			// e.HTTP lets the pull read runs of missing members as
+			// Range GETs of the standard layer: far fewer requests.
+			Remote: opts, HTTP: e.HTTP, Jobs: u.jobs, NoMaterialize: true,
 			// serve has no referrers API to serve them through.
 			Export: image.ExportOptions{NoReferrers: true},
 		})

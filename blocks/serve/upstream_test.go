@@ -30,12 +30,16 @@ func upstreamRegistry(t testing.TB) (string, *sync.Map) {
 
 func upstreamRegistryServer(t testing.TB) (string, *sync.Map, *httptest.Server) {
 	t.Helper()
-	reqs := &sync.Map{} // "METHOD path" -> *int
+	reqs := &sync.Map{} // "METHOD path" -> *int; a GET with a Range header counts as "RANGE path"
 	h := ggcrregistry.New()
 	var mu sync.Mutex
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method := r.Method
+		if method == http.MethodGet && r.Header.Get("Range") != "" {
+			method = "RANGE"
+		}
 		mu.Lock()
-		n, _ := reqs.LoadOrStore(r.Method+" "+r.URL.Path, new(int))
+		n, _ := reqs.LoadOrStore(method+" "+r.URL.Path, new(int))
 		*n.(*int)++
 		mu.Unlock()
 		h.ServeHTTP(w, r)
@@ -99,15 +103,24 @@ func TestUpstreamFillsBlockedForm(t *testing.T) {
 	if n := logs.count("msg=\"filled from upstream\""); n != 1 {
 		t.Errorf("%d fills logged, want 1:\n%s", n, logs)
 	}
-	// Only the blocked form crossed: no standard layer with blocks was
-	// downloaded from upstream, and the site keeps none.
+	// Only what the site lacks crossed: no standard layer with blocks was
+	// downloaded whole (the missing members were read as byte ranges of
+	// it, the registry pull's path with a connection), and the site keeps
+	// none.
+	ranged := 0
 	for _, d := range img.blocked {
 		if v, ok := reqs.Load("GET /v2/team/app/blobs/" + d.String()); ok {
-			t.Errorf("standard layer %s downloaded from upstream %d times", d, *v.(*int))
+			t.Errorf("standard layer %s downloaded whole from upstream %d times", d, *v.(*int))
+		}
+		if v, ok := reqs.Load("RANGE /v2/team/app/blobs/" + d.String()); ok {
+			ranged += *v.(*int)
 		}
 		if _, err := os.Stat(site.BlobPath(d)); err == nil {
 			t.Errorf("site store holds the standard layer %s", d)
 		}
+	}
+	if ranged == 0 {
+		t.Errorf("no Range GET of a standard layer: the fill did not read missing members as ranges")
 	}
 	tags, err := site.Tags(context.Background())
 	if err != nil {
