@@ -129,11 +129,10 @@ type proxy struct {
 	addr     string
 	down, up atomic.Int64
 	mu       sync.Mutex
-	tamper   string // blob digest whose served bytes get one byte flipped
-	// tamperAt, if >= 0, is the blob offset of the byte to flip (in whole
-	// responses and in Range responses that hold it); else the middle
-	// byte of each response is flipped.
-	tamperAt    int64
+	// tamper maps a blob digest whose served bytes get one byte flipped to
+	// the blob offset of that byte (in whole responses and in Range
+	// responses that hold it), or to -1: the middle byte of each response.
+	tamper      map[string]int64
 	ignoreRange bool // drop Range headers: answer with the whole blob
 	blobGETs    []string
 	rangeGETs   int
@@ -145,7 +144,7 @@ func startProxy(t testing.TB, target string) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{tamperAt: -1}
+	p := &proxy{}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		body := io.Reader(resp.Body)
@@ -153,7 +152,7 @@ func startProxy(t testing.TB, target string) *proxy {
 			d := resp.Request.URL.Path[strings.LastIndex(resp.Request.URL.Path, "/")+1:]
 			p.mu.Lock()
 			p.blobGETs = append(p.blobGETs, d)
-			flip, at := d == p.tamper, p.tamperAt
+			at, flip := p.tamper[d]
 			p.mu.Unlock()
 			if flip {
 				data, err := io.ReadAll(resp.Body)
@@ -215,10 +214,24 @@ func (p *proxy) reset() {
 func (p *proxy) setTamper(d string) { p.setTamperAt(d, -1) }
 
 // setTamperAt flips the byte at offset at of blob d (at < 0: the middle
-// byte of each response) wherever a response carries it.
+// byte of each response) wherever a response carries it, and no other
+// blob's; d "" tampers with nothing.
 func (p *proxy) setTamperAt(d string, at int64) {
 	p.mu.Lock()
-	p.tamper, p.tamperAt = d, at
+	p.tamper = nil
+	p.mu.Unlock()
+	if d != "" {
+		p.addTamperAt(d, at)
+	}
+}
+
+// addTamperAt flips the byte at offset at of blob d too (see setTamperAt).
+func (p *proxy) addTamperAt(d string, at int64) {
+	p.mu.Lock()
+	if p.tamper == nil {
+		p.tamper = map[string]int64{}
+	}
+	p.tamper[d] = at
 	p.mu.Unlock()
 }
 

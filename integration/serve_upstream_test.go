@@ -166,7 +166,12 @@ func TestServeUpstreamTamper(t *testing.T) {
 	if member.Digest == "" {
 		t.Fatal("v1 has no block member")
 	}
+	// The fill reads a missing member either as its own blob or as a Range
+	// of the standard layer that holds it (registry.PullOptions.HTTP):
+	// the member's bytes are flipped on both paths.
+	std, off := memberInStandard(t, b.src, b.v1.Name, member.Digest)
 	px.setTamper(member.Digest.String())
+	px.addTamperAt(std.String(), off)
 
 	site := filepath.Join(t.TempDir(), "site")
 	sp := startServe(t, site, "--upstream", px.addr)
