@@ -131,6 +131,13 @@ type compressor struct {
 	hashPrev   [windowSize]uint32
 	hashOffset int
 
+	// Blockfile: hashPrev2[s] is the link after hashPrev[s], stored when
+	// hashPrev[s] is: hashPrev[hashPrev[s] & windowMask] at that time. With
+	// it findMatch follows two interleaved halves of the chain, each a
+	// dependent load per two links, so waiting on memory takes half as long;
+	// the links it visits are the same (see findMatch).
+	hashPrev2 [windowSize]uint32
+
 	// hashMatch must be able to contain hashes for the maximum match length.
 	hashMatch [maxMatchLength - 1]uint32
 }
@@ -166,6 +173,15 @@ func (d *compressor) fillDeflate(b []byte) int {
 					d.hashHead[i] = uint32(int(v) - delta)
 				} else {
 					d.hashHead[i] = 0
+				}
+			}
+			// The same transformation as hashPrev's, so that hashPrev2
+			// stays hashPrev's next link.
+			for i, v := range d.hashPrev2[:] {
+				if int(v) > delta {
+					d.hashPrev2[i] = uint32(int(v) - delta)
+				} else {
+					d.hashPrev2[i] = 0
 				}
 			}
 		}
@@ -230,7 +246,7 @@ func (d *compressor) fillWindow(b []byte) {
 			hh := &d.hashHead[val&hashMask]
 			// Get previous value with the same hash.
 			// Our chain should point to the previous value.
-			d.hashPrev[(di+d.hashOffset)&windowMask] = *hh
+			d.link(di, *hh)
 			// Set the head of the hash chain to us.
 			*hh = uint32(di + d.hashOffset)
 		}
@@ -238,6 +254,15 @@ func (d *compressor) fillWindow(b []byte) {
 	// Update window information.
 	d.windowEnd = n
 	d.index = n
+}
+
+// link sets the link of the position at window index to the stored
+// position prev (Go: d.hashPrev[index&windowMask] = prev), and the second
+// link, prev's own link, in hashPrev2.
+func (d *compressor) link(index int, prev uint32) {
+	s := (index + d.hashOffset) & windowMask
+	d.hashPrev[s] = prev
+	d.hashPrev2[s] = d.hashPrev[prev&windowMask]
 }
 
 // Try to find a match starting at index whose length is greater than prevSize.
@@ -282,49 +307,93 @@ func (d *compressor) findMatch(pos int, prevHead int, prevLength int, lookahead 
 	// padded reaches windowPad bytes beyond the window (initDeflate), so an
 	// 8-byte load at pos+probeOff is in bounds even when fewer than 8 bytes
 	// remain; the bytes past win that it reads are masked out.
-	padded := d.window[:cap(d.window)]
+	padded := (*paddedWindow)(d.window[:cap(d.window)])
 	probeOff, mask := probeMask(length)
 	probe := binary.LittleEndian.Uint64(padded[pos+probeOff:])
 
-	// The chain is walked in stored (hashOffset-based) positions r, so that
-	// going to the next link is a mask and a load, not also a subtraction;
+	// The chain is walked in stored (hashOffset-based) positions, so that
+	// going to a next link is a mask and a load, not also a subtraction;
 	// i = r - hashOffset is the window index as in Go's loop, and the stop
 	// tests below are Go's tests on i with hashOffset added to both sides.
+	//
+	// r is the link being looked at, next the one after it (hashPrev[r]),
+	// and hashPrev2[r] the one after next. Each link's successor is loaded
+	// one step ahead, so the links come at a dependent load per two. This
+	// visits the links Go's loop visits, in the same order, as long as each
+	// hashPrev2[r] that becomes r equals hashPrev[next] now. It was so when
+	// r was linked (link), and hashPrev[next] has changed since only if a
+	// position windowSize (or more) after next was linked, that is if
+	// next <= minRaw; the loop then stops at next (next < lowRaw, or
+	// next == minRaw after looking at it) before using the value. Loads whose
+	// value the loop does not use (past its end) read no more than Go's
+	// tables.
 	hashOffset := d.hashOffset
 	minRaw := minIndex + hashOffset
 	lowRaw := max(minRaw, hashOffset) // i < minIndex || i < 0
-	for r := prevHead + hashOffset; tries > 0; tries-- {
+	r := prevHead + hashOffset
+	next := int(d.hashPrev[r&windowMask])
+	for {
+		var after int
+		var hit bool
+		r, next, after, tries, hit = d.scanChain(r, next, tries, minRaw, lowRaw, padded, probeOff-hashOffset, probe, mask)
+		if !hit {
+			break
+		}
 		i := r - hashOffset
-		if (binary.LittleEndian.Uint64(padded[i+probeOff:])^probe)&mask == 0 {
-			n := matchLen(win[i:], wPos, minMatchLook)
-
-			if n > length && (n > minMatchLength || pos-i <= 4096) {
-				length = n
-				offset = pos - i
-				ok = true
-				if n >= nice {
-					// The match is good enough that we don't try to find a better one.
-					break
-				}
-				probeOff, mask = probeMask(n)
-				probe = binary.LittleEndian.Uint64(padded[pos+probeOff:])
+		n := matchLen(win[i:], wPos, minMatchLook)
+		if n > length && (n > minMatchLength || pos-i <= 4096) {
+			length = n
+			offset = pos - i
+			ok = true
+			if n >= nice {
+				// The match is good enough that we don't try to find a better one.
+				break
 			}
+			probeOff, mask = probeMask(n)
+			probe = binary.LittleEndian.Uint64(padded[pos+probeOff:])
 		}
 		if r == minRaw {
 			// hashPrev[r & windowMask] has already been overwritten, so stop now.
 			break
 		}
-		r = int(d.hashPrev[r&windowMask])
-		if r < lowRaw {
+		if next < lowRaw {
 			break
 		}
+		r, next = next, after
+		tries--
 	}
 	return
+}
+
+// scanChain is the part of findMatch's loop that skips candidates: from the
+// link r (next its successor), for at most tries links, it returns the first
+// link whose probe bytes (at padded[r+base:], masked) equal probe, with its
+// successor, the successor's successor and the tries left counting that
+// link, and hit true; or hit false where findMatch's loop stops: at minRaw,
+// before a link below lowRaw, or out of tries. Being small, its loop keeps
+// its values in registers.
+func (d *compressor) scanChain(r, next, tries, minRaw, lowRaw int, padded *paddedWindow, base int, probe, mask uint64) (int, int, int, int, bool) {
+	for ; tries > 0; tries-- {
+		after := int(d.hashPrev2[r&windowMask])
+		// r+base is below 2*windowSize (findMatch), so the mask changes
+		// nothing; it only lets the compiler drop the bounds checks.
+		if (binary.LittleEndian.Uint64(padded[(r+base)&(2*windowSize-1):])^probe)&mask == 0 {
+			return r, next, after, tries, true
+		}
+		if r == minRaw || next < lowRaw {
+			break
+		}
+		r, next = next, after
+	}
+	return r, next, 0, tries, false
 }
 
 // windowPad is the slack after the deflate window that findMatch's 8-byte
 // loads may read (never bytes that decide anything: see probeMask).
 const windowPad = 8
+
+// paddedWindow is the deflate window with its padding.
+type paddedWindow = [2*windowSize + windowPad]byte
 
 // probeMask returns where the 8 bytes that findMatch compares for a
 // candidate start (relative to the match start) and which of them count, for
@@ -492,7 +561,7 @@ Loop:
 			hash := hash4(d.window[d.index : d.index+minMatchLength])
 			hh := &d.hashHead[hash&hashMask]
 			d.chainHead = int(*hh)
-			d.hashPrev[(d.index+d.hashOffset)&windowMask] = uint32(d.chainHead)
+			d.link(d.index, uint32(d.chainHead))
 			*hh = uint32(d.index + d.hashOffset)
 		}
 		prevLength := d.length
@@ -539,7 +608,7 @@ Loop:
 						// Get previous value with the same hash.
 						// Our chain should point to the previous value.
 						hh := &d.hashHead[hash&hashMask]
-						d.hashPrev[(index+d.hashOffset)&windowMask] = *hh
+						d.link(index, *hh)
 						// Set the head of the hash chain to us.
 						*hh = uint32(index + d.hashOffset)
 					}
@@ -687,6 +756,7 @@ func (d *compressor) reset(w io.Writer) {
 		d.chainHead = -1
 		clear(d.hashHead[:])
 		clear(d.hashPrev[:])
+		clear(d.hashPrev2[:])
 		d.hashOffset = 1
 		d.index, d.windowEnd = 0, 0
 		d.blockStart, d.byteAvailable = 0, false
