@@ -531,15 +531,19 @@ func (w *huffmanBitWriter) indexTokens(tokens []token) (numLiterals, numOffsets 
 	clear(w.literalFreq)
 	clear(w.offsetFreq)
 
+	// Blockfile: the frequency tables are held in local slices for the loop,
+	// so that they are not loaded again from w after every increment; the
+	// counts are the same.
+	literalFreq, offsetFreq := w.literalFreq[:maxNumLit], w.offsetFreq[:offsetCodeCount]
 	for _, t := range tokens {
 		if t < matchType {
-			w.literalFreq[t.literal()]++
+			literalFreq[t.literal()]++
 			continue
 		}
 		length := t.length()
 		offset := t.offset()
-		w.literalFreq[lengthCodesStart+lengthCode(length)]++
-		w.offsetFreq[offsetCode(offset)]++
+		literalFreq[lengthCodesStart+lengthCode(length)]++
+		offsetFreq[offsetCode(offset)]++
 	}
 
 	// get the number of literals
