@@ -278,8 +278,8 @@ func (d *compressor) link(index int, prev uint32) {
 // one 64-bit load and compare (probeMask). Both tests are necessary
 // conditions only: whenever a candidate passes, matchLen computes the same n
 // and the same condition decides, so the result cannot change; the wider
-// test merely lets fewer hopeless candidates through, with fewer mispredicted
-// branches.
+// test merely sends fewer hopeless candidates to matchLen. The walk itself
+// is faster (hashPrev2, scanChain), not shorter.
 func (d *compressor) findMatch(pos int, prevHead int, prevLength int, lookahead int) (length, offset int, ok bool) {
 	minMatchLook := maxMatchLength
 	if lookahead < minMatchLook {
@@ -375,8 +375,9 @@ func (d *compressor) findMatch(pos int, prevHead int, prevLength int, lookahead 
 func (d *compressor) scanChain(r, next, tries, minRaw, lowRaw int, padded *paddedWindow, base int, probe, mask uint64) (int, int, int, int, bool) {
 	for ; tries > 0; tries-- {
 		after := int(d.hashPrev2[r&windowMask])
-		// r+base is below 2*windowSize (findMatch), so the mask changes
-		// nothing; it only lets the compiler drop the bounds checks.
+		// r+base = i+probeOff is below 2*windowSize: i < pos, and when
+		// probeOff > 0, probeOff+8 = length+1 <= lookahead. So the mask
+		// changes nothing; it only lets the compiler drop the bounds checks.
 		if (binary.LittleEndian.Uint64(padded[(r+base)&(2*windowSize-1):])^probe)&mask == 0 {
 			return r, next, after, tries, true
 		}
