@@ -13,10 +13,12 @@
 //
 // The speedups, each marked "Blockfile:" with the reason it cannot change
 // the output: findMatch rejects hopeless candidates with one 64-bit compare
-// and walks hash chains two links per dependent load (hashPrev2) in a small
-// loop (scanChain); matchLen compares 8 bytes at a time; writeTokens keeps
-// the bit writer's state in registers; Huffman lists are sorted with
-// slices.SortFunc. Everything else is Go's code but for the package name.
+// and walks hash chains two links per dependent load (hashPrev2, kept up by
+// link; hashPrev's slots are indexed by stored position) in a small loop
+// (scanChain); matchLen compares 8 bytes at a time; writeTokens keeps the
+// bit writer's state in registers and indexTokens its tables in locals;
+// Huffman lists are sorted with slices.SortFunc. Everything else is Go's
+// code but for the package name.
 //
 // How the output is checked: reference_test.go compares it byte for byte
 // with the standard library's compress/flate, the same algorithm while
