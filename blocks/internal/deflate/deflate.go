@@ -5,10 +5,12 @@
 package deflate
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 )
 
 const (
@@ -112,12 +114,29 @@ type compressor struct {
 	// If hashHead[hashValue] is within the current window, then
 	// hashPrev[hashHead[hashValue] & windowMask] contains the previous index
 	// with the same hash value.
+	//
+	// Blockfile: hashPrev is indexed by the stored position (index +
+	// hashOffset) & windowMask, as the comment above says, where Go's code
+	// uses index & windowMask. hashOffset is always 1 plus a multiple of
+	// windowSize (it starts at 1, grows by windowSize and is rebased to 1),
+	// so this only rotates the slots by one, the same for every reader and
+	// writer: each position still has its own slot, overwritten by the same
+	// later position, and the rebase, which subtracts a multiple of
+	// windowSize, keeps every entry in its slot. findMatch can then follow
+	// the chain without subtracting hashOffset at each link.
 	// These are large and do not contain pointers, so put them
 	// near the end of the struct so the GC has to scan less.
 	chainHead  int
 	hashHead   [hashSize]uint32
 	hashPrev   [windowSize]uint32
 	hashOffset int
+
+	// Blockfile: hashPrev2[s] is the link after hashPrev[s], stored when
+	// hashPrev[s] is: hashPrev[hashPrev[s] & windowMask] at that time. With
+	// it findMatch follows two interleaved halves of the chain, each a
+	// dependent load per two links, so waiting on memory takes half as long;
+	// the links it visits are the same (see findMatch).
+	hashPrev2 [windowSize]uint32
 
 	// hashMatch must be able to contain hashes for the maximum match length.
 	hashMatch [maxMatchLength - 1]uint32
@@ -154,6 +173,15 @@ func (d *compressor) fillDeflate(b []byte) int {
 					d.hashHead[i] = uint32(int(v) - delta)
 				} else {
 					d.hashHead[i] = 0
+				}
+			}
+			// The same transformation as hashPrev's, so that hashPrev2
+			// stays hashPrev's next link.
+			for i, v := range d.hashPrev2[:] {
+				if int(v) > delta {
+					d.hashPrev2[i] = uint32(int(v) - delta)
+				} else {
+					d.hashPrev2[i] = 0
 				}
 			}
 		}
@@ -218,7 +246,7 @@ func (d *compressor) fillWindow(b []byte) {
 			hh := &d.hashHead[val&hashMask]
 			// Get previous value with the same hash.
 			// Our chain should point to the previous value.
-			d.hashPrev[di&windowMask] = *hh
+			d.link(di, *hh)
 			// Set the head of the hash chain to us.
 			*hh = uint32(di + d.hashOffset)
 		}
@@ -228,8 +256,30 @@ func (d *compressor) fillWindow(b []byte) {
 	d.index = n
 }
 
+// link sets the link of the position at window index to the stored
+// position prev (Go: d.hashPrev[index&windowMask] = prev), and the second
+// link, prev's own link, in hashPrev2.
+func (d *compressor) link(index int, prev uint32) {
+	s := (index + d.hashOffset) & windowMask
+	d.hashPrev[s] = prev
+	d.hashPrev2[s] = d.hashPrev[prev&windowMask]
+}
+
 // Try to find a match starting at index whose length is greater than prevSize.
 // We only look at chainCount possibilities before giving up.
+//
+// Blockfile: this walks the same hash chain as Go 1.26.8's findMatch, counts
+// tries the same way, stops at the same places and accepts exactly the
+// candidates that it accepts; only the rejection of a candidate is cheaper.
+// A candidate at i can only be accepted if n := matchLen(...) > length, that
+// is if its first length+1 bytes equal those at pos. Go's code tests one of
+// them, byte length (wEnd), before calling matchLen; this one tests the eight
+// bytes that end with byte length (or bytes 0 to length when length < 8) in
+// one 64-bit load and compare (probeMask). Both tests are necessary
+// conditions only: whenever a candidate passes, matchLen computes the same n
+// and the same condition decides, so the result cannot change; the wider
+// test merely sends fewer hopeless candidates to matchLen. The walk itself
+// is faster (hashPrev2, scanChain), not shorter.
 func (d *compressor) findMatch(pos int, prevHead int, prevLength int, lookahead int) (length, offset int, ok bool) {
 	minMatchLook := maxMatchLength
 	if lookahead < minMatchLook {
@@ -251,35 +301,112 @@ func (d *compressor) findMatch(pos int, prevHead int, prevLength int, lookahead 
 		tries >>= 2
 	}
 
-	wEnd := win[pos+length]
 	wPos := win[pos:]
 	minIndex := pos - windowSize
 
-	for i := prevHead; tries > 0; tries-- {
-		if wEnd == win[i+length] {
-			n := matchLen(win[i:], wPos, minMatchLook)
+	// padded reaches windowPad bytes beyond the window (initDeflate), so an
+	// 8-byte load at pos+probeOff is in bounds even when fewer than 8 bytes
+	// remain; the bytes past win that it reads are masked out.
+	padded := (*paddedWindow)(d.window[:cap(d.window)])
+	probeOff, mask := probeMask(length)
+	probe := binary.LittleEndian.Uint64(padded[pos+probeOff:])
 
-			if n > length && (n > minMatchLength || pos-i <= 4096) {
-				length = n
-				offset = pos - i
-				ok = true
-				if n >= nice {
-					// The match is good enough that we don't try to find a better one.
-					break
-				}
-				wEnd = win[pos+n]
+	// The chain is walked in stored (hashOffset-based) positions, so that
+	// going to a next link is a mask and a load, not also a subtraction;
+	// i = r - hashOffset is the window index as in Go's loop, and the stop
+	// tests below are Go's tests on i with hashOffset added to both sides.
+	//
+	// r is the link being looked at, next the one after it (hashPrev[r]),
+	// and hashPrev2[r] the one after next. Each link's successor is loaded
+	// one step ahead, so the links come at a dependent load per two. This
+	// visits the links Go's loop visits, in the same order, as long as each
+	// hashPrev2[r] that becomes r equals hashPrev[next] now. It was so when
+	// r was linked (link), and hashPrev[next] has changed since only if a
+	// position windowSize (or more) after next was linked, that is if
+	// next <= minRaw; the loop then stops at next (next < lowRaw, or
+	// next == minRaw after looking at it) before using the value. Loads whose
+	// value the loop does not use (past its end) read no more than Go's
+	// tables.
+	hashOffset := d.hashOffset
+	minRaw := minIndex + hashOffset
+	lowRaw := max(minRaw, hashOffset) // i < minIndex || i < 0
+	r := prevHead + hashOffset
+	next := int(d.hashPrev[r&windowMask])
+	for {
+		var after int
+		var hit bool
+		r, next, after, tries, hit = d.scanChain(r, next, tries, minRaw, lowRaw, padded, probeOff-hashOffset, probe, mask)
+		if !hit {
+			break
+		}
+		i := r - hashOffset
+		n := matchLen(win[i:], wPos, minMatchLook)
+		if n > length && (n > minMatchLength || pos-i <= 4096) {
+			length = n
+			offset = pos - i
+			ok = true
+			if n >= nice {
+				// The match is good enough that we don't try to find a better one.
+				break
 			}
+			probeOff, mask = probeMask(n)
+			probe = binary.LittleEndian.Uint64(padded[pos+probeOff:])
 		}
-		if i == minIndex {
-			// hashPrev[i & windowMask] has already been overwritten, so stop now.
+		if r == minRaw {
+			// hashPrev[r & windowMask] has already been overwritten, so stop now.
 			break
 		}
-		i = int(d.hashPrev[i&windowMask]) - d.hashOffset
-		if i < minIndex || i < 0 {
+		if next < lowRaw {
 			break
 		}
+		r, next = next, after
+		tries--
 	}
 	return
+}
+
+// scanChain is the part of findMatch's loop that skips candidates: from the
+// link r (next its successor), for at most tries links, it returns the first
+// link whose probe bytes (at padded[r+base:], masked) equal probe, with its
+// successor, the successor's successor and the tries left counting that
+// link, and hit true; or hit false where findMatch's loop stops: at minRaw,
+// before a link below lowRaw, or out of tries. Being small, its loop keeps
+// its values in registers.
+func (d *compressor) scanChain(r, next, tries, minRaw, lowRaw int, padded *paddedWindow, base int, probe, mask uint64) (int, int, int, int, bool) {
+	for ; tries > 0; tries-- {
+		after := int(d.hashPrev2[r&windowMask])
+		// r+base = i+probeOff is below 2*windowSize: i < pos, and when
+		// probeOff > 0, probeOff+8 = length+1 <= lookahead. So the mask
+		// changes nothing; it only lets the compiler drop the bounds checks.
+		if (binary.LittleEndian.Uint64(padded[(r+base)&(2*windowSize-1):])^probe)&mask == 0 {
+			return r, next, after, tries, true
+		}
+		if r == minRaw || next < lowRaw {
+			break
+		}
+		r, next = next, after
+	}
+	return r, next, 0, tries, false
+}
+
+// windowPad is the slack after the deflate window that findMatch's 8-byte
+// loads may read (never bytes that decide anything: see probeMask).
+const windowPad = 8
+
+// paddedWindow is the deflate window with its padding.
+type paddedWindow = [2*windowSize + windowPad]byte
+
+// probeMask returns where the 8 bytes that findMatch compares for a
+// candidate start (relative to the match start) and which of them count, for
+// a current best length: the 8 bytes ending with byte length, or bytes 0 to
+// length when length < 8. All of them must match for a candidate to be
+// longer than length. length+1 <= the lookahead, so every counted byte lies
+// within the data.
+func probeMask(length int) (off int, mask uint64) {
+	if length >= 7 {
+		return length - 7, ^uint64(0)
+	}
+	return 0, 1<<(8*uint(length+1)) - 1
 }
 
 func (d *compressor) writeStoredBlock(buf []byte) error {
@@ -317,12 +444,25 @@ func bulkHash4(b []byte, dst []uint32) {
 // matchLen returns the number of matching bytes in a and b
 // up to length 'max'. Both slices must be at least 'max'
 // bytes in size.
+//
+// Blockfile: compares 8 bytes at a time; the index of the first differing
+// byte of two little-endian words is the count of their XOR's trailing zero
+// bits divided by 8, so the result is the same first mismatch (or max) that
+// Go's byte loop returns.
 func matchLen(a, b []byte, max int) int {
 	a = a[:max]
 	b = b[:len(a)]
+	n := 0
+	for len(a) >= 8 {
+		if x := binary.LittleEndian.Uint64(a) ^ binary.LittleEndian.Uint64(b); x != 0 {
+			return n + bits.TrailingZeros64(x)>>3
+		}
+		a, b = a[8:], b[8:]
+		n += 8
+	}
 	for i, av := range a {
 		if b[i] != av {
-			return i
+			return n + i
 		}
 	}
 	return max
@@ -369,7 +509,8 @@ func (d *compressor) encSpeed() {
 }
 
 func (d *compressor) initDeflate() {
-	d.window = make([]byte, 2*windowSize)
+	// The capacity beyond the length is windowPad (findMatch).
+	d.window = make([]byte, 2*windowSize, 2*windowSize+windowPad)
 	d.hashOffset = 1
 	d.tokens = make([]token, 0, maxFlateBlockTokens+1)
 	d.length = minMatchLength - 1
@@ -421,7 +562,7 @@ Loop:
 			hash := hash4(d.window[d.index : d.index+minMatchLength])
 			hh := &d.hashHead[hash&hashMask]
 			d.chainHead = int(*hh)
-			d.hashPrev[d.index&windowMask] = uint32(d.chainHead)
+			d.link(d.index, uint32(d.chainHead))
 			*hh = uint32(d.index + d.hashOffset)
 		}
 		prevLength := d.length
@@ -468,7 +609,7 @@ Loop:
 						// Get previous value with the same hash.
 						// Our chain should point to the previous value.
 						hh := &d.hashHead[hash&hashMask]
-						d.hashPrev[index&windowMask] = *hh
+						d.link(index, *hh)
 						// Set the head of the hash chain to us.
 						*hh = uint32(index + d.hashOffset)
 					}
@@ -616,6 +757,7 @@ func (d *compressor) reset(w io.Writer) {
 		d.chainHead = -1
 		clear(d.hashHead[:])
 		clear(d.hashPrev[:])
+		clear(d.hashPrev2[:])
 		d.hashOffset = 1
 		d.index, d.windowEnd = 0, 0
 		d.blockStart, d.byteAvailable = 0, false

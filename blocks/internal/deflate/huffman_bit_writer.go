@@ -531,15 +531,19 @@ func (w *huffmanBitWriter) indexTokens(tokens []token) (numLiterals, numOffsets 
 	clear(w.literalFreq)
 	clear(w.offsetFreq)
 
+	// Blockfile: the frequency tables are held in local slices for the loop,
+	// so that they are not loaded again from w after every increment; the
+	// counts are the same.
+	literalFreq, offsetFreq := w.literalFreq[:maxNumLit], w.offsetFreq[:offsetCodeCount]
 	for _, t := range tokens {
 		if t < matchType {
-			w.literalFreq[t.literal()]++
+			literalFreq[t.literal()]++
 			continue
 		}
 		length := t.length()
 		offset := t.offset()
-		w.literalFreq[lengthCodesStart+lengthCode(length)]++
-		w.offsetFreq[offsetCode(offset)]++
+		literalFreq[lengthCodesStart+lengthCode(length)]++
+		offsetFreq[offsetCode(offset)]++
 	}
 
 	// get the number of literals
@@ -565,34 +569,150 @@ func (w *huffmanBitWriter) indexTokens(tokens []token) (numLiterals, numOffsets 
 
 // writeTokens writes a slice of tokens to the output.
 // codes for literal and offset encoding must be supplied.
+//
+// Blockfile: the bit writer's state is kept in local variables for the
+// loop, as writeBlockHuff does, instead of going through writeCode and
+// writeBits for each code. The bits are put in the same order, and 6 bytes
+// are moved out whenever 48 or more are pending, after each code and extra
+// bits, exactly where writeCode and writeBits do it, and the buffer goes to
+// the writer at the same fill (bufferFlushSize): the same bytes in the same
+// writes. After a write error nothing more is written, as writeCode's and
+// writeBits' error checks ensure.
 func (w *huffmanBitWriter) writeTokens(tokens []token, leCodes, oeCodes []hcode) {
 	if w.err != nil {
 		return
 	}
+	bits, nbits, nbytes := w.bits, w.nbits, w.nbytes
+	// Each step below is writeCode's or writeBits' body on the local state,
+	// written out so that the compiler keeps the state in registers.
 	for _, t := range tokens {
 		if t < matchType {
-			w.writeCode(leCodes[t.literal()])
+			c := leCodes[t.literal()]
+			bits |= uint64(c.code) << nbits
+			nbits += uint(c.len)
+			if nbits >= 48 {
+				b := w.bytes[nbytes : nbytes+6]
+				b[0] = byte(bits)
+				b[1] = byte(bits >> 8)
+				b[2] = byte(bits >> 16)
+				b[3] = byte(bits >> 24)
+				b[4] = byte(bits >> 32)
+				b[5] = byte(bits >> 40)
+				bits >>= 48
+				nbits -= 48
+				nbytes += 6
+				if nbytes >= bufferFlushSize {
+					w.write(w.bytes[:nbytes])
+					nbytes = 0
+					if w.err != nil {
+						break
+					}
+				}
+			}
 			continue
 		}
 		// Write the length
 		length := t.length()
 		lengthCode := lengthCode(length)
-		w.writeCode(leCodes[lengthCode+lengthCodesStart])
+		c := leCodes[lengthCode+lengthCodesStart]
+		bits |= uint64(c.code) << nbits
+		nbits += uint(c.len)
+		if nbits >= 48 {
+			b := w.bytes[nbytes : nbytes+6]
+			b[0] = byte(bits)
+			b[1] = byte(bits >> 8)
+			b[2] = byte(bits >> 16)
+			b[3] = byte(bits >> 24)
+			b[4] = byte(bits >> 32)
+			b[5] = byte(bits >> 40)
+			bits >>= 48
+			nbits -= 48
+			nbytes += 6
+			if nbytes >= bufferFlushSize {
+				w.write(w.bytes[:nbytes])
+				nbytes = 0
+				if w.err != nil {
+					break
+				}
+			}
+		}
 		extraLengthBits := uint(lengthExtraBits[lengthCode])
 		if extraLengthBits > 0 {
 			extraLength := int32(length - lengthBase[lengthCode])
-			w.writeBits(extraLength, extraLengthBits)
+			bits |= uint64(extraLength) << nbits
+			nbits += extraLengthBits
+			if nbits >= 48 {
+				b := w.bytes[nbytes : nbytes+6]
+				b[0] = byte(bits)
+				b[1] = byte(bits >> 8)
+				b[2] = byte(bits >> 16)
+				b[3] = byte(bits >> 24)
+				b[4] = byte(bits >> 32)
+				b[5] = byte(bits >> 40)
+				bits >>= 48
+				nbits -= 48
+				nbytes += 6
+				if nbytes >= bufferFlushSize {
+					w.write(w.bytes[:nbytes])
+					nbytes = 0
+					if w.err != nil {
+						break
+					}
+				}
+			}
 		}
 		// Write the offset
 		offset := t.offset()
 		offsetCode := offsetCode(offset)
-		w.writeCode(oeCodes[offsetCode])
+		c = oeCodes[offsetCode]
+		bits |= uint64(c.code) << nbits
+		nbits += uint(c.len)
+		if nbits >= 48 {
+			b := w.bytes[nbytes : nbytes+6]
+			b[0] = byte(bits)
+			b[1] = byte(bits >> 8)
+			b[2] = byte(bits >> 16)
+			b[3] = byte(bits >> 24)
+			b[4] = byte(bits >> 32)
+			b[5] = byte(bits >> 40)
+			bits >>= 48
+			nbits -= 48
+			nbytes += 6
+			if nbytes >= bufferFlushSize {
+				w.write(w.bytes[:nbytes])
+				nbytes = 0
+				if w.err != nil {
+					break
+				}
+			}
+		}
 		extraOffsetBits := uint(offsetExtraBits[offsetCode])
 		if extraOffsetBits > 0 {
 			extraOffset := int32(offset - offsetBase[offsetCode])
-			w.writeBits(extraOffset, extraOffsetBits)
+			bits |= uint64(extraOffset) << nbits
+			nbits += extraOffsetBits
+			if nbits >= 48 {
+				b := w.bytes[nbytes : nbytes+6]
+				b[0] = byte(bits)
+				b[1] = byte(bits >> 8)
+				b[2] = byte(bits >> 16)
+				b[3] = byte(bits >> 24)
+				b[4] = byte(bits >> 32)
+				b[5] = byte(bits >> 40)
+				bits >>= 48
+				nbits -= 48
+				nbytes += 6
+				if nbytes >= bufferFlushSize {
+					w.write(w.bytes[:nbytes])
+					nbytes = 0
+					if w.err != nil {
+						break
+					}
+				}
+			}
 		}
 	}
+	w.bits, w.nbits, w.nbytes = bits, nbits, nbytes
 }
 
 // huffOffset is a static offset encoder used for huffman only encoding.

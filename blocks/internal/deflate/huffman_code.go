@@ -5,9 +5,10 @@
 package deflate
 
 import (
+	"cmp"
 	"math"
 	"math/bits"
-	"sort"
+	"slices"
 )
 
 // hcode is a huffman code with a bit code and bit length.
@@ -309,9 +310,13 @@ func (h *huffmanEncoder) generate(freq []int32, maxBits int32) {
 
 type byLiteral []literalNode
 
+// Blockfile: sort with slices.SortFunc rather than sort.Sort, which calls
+// Less and Swap through an interface. The order is the same: the literals of
+// a list are distinct, so byLiteral's and byFreq's orders are total, and a
+// list has exactly one arrangement sorted by a total order, whatever the
+// algorithm that finds it.
 func (s *byLiteral) sort(a []literalNode) {
-	*s = byLiteral(a)
-	sort.Sort(s)
+	slices.SortFunc(a, func(x, y literalNode) int { return cmp.Compare(x.literal, y.literal) })
 }
 
 func (s byLiteral) Len() int { return len(s) }
@@ -325,8 +330,12 @@ func (s byLiteral) Swap(i, j int) { s[i], s[j] = s[j], s[i] }
 type byFreq []literalNode
 
 func (s *byFreq) sort(a []literalNode) {
-	*s = byFreq(a)
-	sort.Sort(s)
+	slices.SortFunc(a, func(x, y literalNode) int {
+		if x.freq == y.freq {
+			return cmp.Compare(x.literal, y.literal)
+		}
+		return cmp.Compare(x.freq, y.freq)
+	})
 }
 
 func (s byFreq) Len() int { return len(s) }
