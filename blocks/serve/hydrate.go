@@ -33,8 +33,9 @@ import (
 //     blocked layer once (layer.Layout) into the parts of the standard layer
 //     (verbatim runs of the blocked layer, header members rebuilt from the
 //     stubs, block members), then reads the parts in order and hashes them
-//     against the layer's digest, writing nothing. Readers send any byte
-//     range straight from the parts, the files with sendfile. Writing the
+//     against the layer's digest, writing nothing. The job holds the files
+//     it hashed open, and readers send any byte range straight from the
+//     parts, the files with sendfile. Writing the
 //     layer to a temp file (pwrite) was the largest cost of a cold pull
 //     (docs/BENCHMARKS.md); nothing is written now.
 //   - hydrated into a temp file (--keep-hydrated, which adopts the file into
@@ -45,7 +46,7 @@ import (
 // hashed, nor the layer's last byte before the whole digest matched.
 // Memory is bounded: producers use fixed buffers, readers send files with
 // sendfile (or a pooled buffer), and the layouts held by live jobs are
-// bounded by layoutBudget.
+// bounded by layoutBudget, their open files by fileBudget.
 type hydrator struct {
 	s      *store.Store
 	keep   bool          // adopt what is hydrated into the store
@@ -54,18 +55,21 @@ type hydrator struct {
 	ctx    context.Context // the server's: producers outlive requests
 	sem    chan struct{}   // bounds producers running at once (hydrating is CPU work)
 
-	mu      sync.Mutex
-	jobs    map[digest.Digest]*job
-	layouts int64 // bytes the layouts of live jobs hold (layoutCost)
+	mu         sync.Mutex
+	jobs       map[digest.Digest]*job
+	layouts    int64 // bytes the layouts of live jobs hold (layoutCost)
+	files      int   // files the layouts of live jobs hold open
+	fileBudget int   // at most this many (layoutFileBudget)
 
 	started atomic.Int64   // hydrations started
 	running sync.WaitGroup // producers, until their layer is verified (and kept or dropped)
 }
 
 // layoutBudget bounds the memory the layouts of live jobs (running or
-// lingering) hold together; a layout beyond it is not kept, and that layer
-// is hydrated into a temp file instead. Typical layouts take a few hundred
-// KiB (two parts and about 1 KiB of header records per block).
+// lingering) hold together; a layout beyond it, or beyond the budget of
+// open files, is not kept, and that layer is hydrated into a temp file
+// instead. Typical layouts take a few hundred KiB (two parts and about
+// 1 KiB of header records per block) and one file per block.
 const layoutBudget = 256 << 20
 
 // job is one layer being (or just) produced.
@@ -91,22 +95,31 @@ type job struct {
 	linger bool          // finished and may linger (not being kept)
 }
 
-// layout is a laid-out layer: its parts, and the identity of each file the
-// producer read them from, so that a reader sends bytes from the very file
-// that was hashed (store blobs are immutable, but a file replaced or edited
-// since is refused rather than trusted).
+// layout is a laid-out layer: its parts, and the files the producer read
+// them from, held open while the job lives (as the temp file was), so that
+// gc removing them from the store (an image untagged meanwhile) does not
+// take them from a reader. Readers send from descriptors of their own on
+// these files, and check that each is unchanged since it was hashed (store
+// blobs are immutable, but a file edited in place is refused rather than
+// trusted).
 type layout struct {
-	comp      blocks.Compression
-	parts     []layer.Part
-	blocked   ocispec.Descriptor
-	blockedID fsutil.ID
-	ids       []fsutil.ID // of each PartMember's file
-	cost      int64
+	comp    blocks.Compression
+	parts   []layer.Part
+	blocked ocispec.Descriptor
+	// files[0] is the blocked layer, then one file per distinct member,
+	// with their identities when hashed; fileOf maps a part to its file.
+	// The producer fills files[k] and ids[k] before it publishes a byte of
+	// a part in file k.
+	files  []*os.File
+	ids    []fsutil.ID
+	fileOf []int32
+	cost   int64
 }
 
-// layoutCost is what a layout holds in memory, for layoutBudget.
-func layoutCost(parts []layer.Part) int64 {
-	n := int64(len(parts)) * int64(unsafe.Sizeof(layer.Part{})+unsafe.Sizeof(fsutil.ID{}))
+// layoutCost is what a layout of parts in nfiles files holds in memory,
+// for layoutBudget.
+func layoutCost(parts []layer.Part, nfiles int) int64 {
+	n := int64(len(parts))*int64(unsafe.Sizeof(layer.Part{})+4) + int64(nfiles)*int64(unsafe.Sizeof(fsutil.ID{})+8)
 	for _, p := range parts {
 		n += int64(len(p.Header))
 	}
@@ -124,8 +137,8 @@ const wakeEvery = 256 << 10
 var errNoLayout = errors.New("not laid out")
 
 // errSource marks a reader's failure to read the layer's source (a file
-// gone or changed since it was hashed): the job is dropped, so the next
-// request starts over.
+// changed since it was hashed): the job is dropped, so the next request
+// starts over.
 var errSource = errors.New("layer source")
 
 // acquire returns the job for layer l, starting its producer unless one is
@@ -133,18 +146,23 @@ var errSource = errors.New("layer source")
 // job (and no error) when the store has the layer after all: a job that
 // kept it may have finished since the caller looked.
 //
-// The reader holds a store lease until it releases the job, and the
-// producer one until its layer is verified (and kept): a laid-out layer is
-// read from the blocked layer and the members in the store as it is sent,
-// and gc waits for the lease instead of removing them under a reader. The
-// leases are taken before h.mu, as a lease waits while a gc runs; they nest,
-// so the producer's, taken under the reader's, never waits.
+// The producer holds a store lease until its layer is verified (and kept):
+// gc waits instead of removing the blocked layer or a member while they are
+// read (with --keep-hydrated, the lease also covers the layer until it is
+// in place). It is taken here, before h.mu as it waits while a gc runs, and
+// before Exists, whose answer the caller relies on. Readers hold no lease:
+// what they send is in files the job holds open.
 func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, func(), error) {
 	d := l.Standard.Digest
 	lease, err := h.s.Lease(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	defer func() {
+		if lease != nil { // not handed to a producer
+			lease()
+		}
+	}()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if j := h.jobs[d]; j != nil {
@@ -155,31 +173,27 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, func(), er
 			j.timer = nil
 		}
 		j.mu.Unlock()
-		return j, func() { j.release(); lease() }, nil
+		return j, j.release, nil
 	}
 	if ok, err := h.s.Exists(ctx, d); err != nil || ok {
-		lease()
 		return nil, nil, err
 	}
-	plea, err := h.s.Lease(h.ctx)
-	if err != nil {
-		lease()
-		return nil, nil, err
-	}
-	j := &job{h: h, desc: l.Standard, wake: make(chan struct{}), refs: 1}
+	// Two holds: the caller's, and the producer's until it is done.
+	j := &job{h: h, desc: l.Standard, wake: make(chan struct{}), refs: 2}
 	h.jobs[d] = j
 	h.running.Add(1)
-	go func() {
-		defer plea()
-		j.produce(l)
-	}()
-	return j, func() { j.release(); lease() }, nil
+	go j.produce(l, lease)
+	lease = nil
+	return j, j.release, nil
 }
 
-// produce lays out (or hydrates) the layer and verifies it.
-func (j *job) produce(l image.Layer) {
+// produce lays out (or hydrates) the layer and verifies it, then drops its
+// hold on the job and its lease.
+func (j *job) produce(l image.Layer, lease func()) {
 	h := j.h
 	defer h.running.Done()
+	defer lease()
+	defer j.release()
 	select {
 	case h.sem <- struct{}{}:
 	case <-h.ctx.Done():
@@ -222,11 +236,9 @@ func (j *job) produce(l image.Layer) {
 			return
 		}
 	}
+	// The deferred release lingers the job once no reader holds it.
 	j.mu.Lock()
 	j.linger = true
-	if j.refs == 0 {
-		j.lingerLocked()
-	}
 	j.mu.Unlock()
 }
 
@@ -262,20 +274,34 @@ func (j *job) layOut(ctx context.Context, l image.Layer) (err error) {
 	if err := checkParts(parts, l); err != nil {
 		return err
 	}
-	lay := &layout{comp: comp, parts: parts, blocked: plain(l.Blocked), ids: make([]fsutil.ID, len(parts)), cost: layoutCost(parts)}
-	if !j.h.reserve(lay.cost) {
-		return fmt.Errorf("%w: its layout (%d bytes) is over the budget of the layouts held", errNoLayout, lay.cost)
+	lay := &layout{comp: comp, parts: parts, blocked: plain(l.Blocked), fileOf: make([]int32, len(parts))}
+	fileOf := map[digest.Digest]int32{}
+	for i, p := range parts {
+		if p.Kind == layer.PartMember {
+			k, ok := fileOf[p.Member]
+			if !ok {
+				k = int32(len(fileOf) + 1)
+				fileOf[p.Member] = k
+			}
+			lay.fileOf[i] = k
+		}
 	}
-	bf, bid, err := openStored(s, lay.blocked)
-	if err != nil {
-		j.h.unreserve(lay.cost)
-		return fmt.Errorf("blocked layer %s: %w", l.Blocked.Digest, err)
+	nfiles := len(fileOf) + 1
+	lay.cost = layoutCost(parts, nfiles)
+	if !j.h.reserve(lay.cost, nfiles) {
+		return fmt.Errorf("%w: its layout (%d bytes, %d files) is over the budget of the layouts held", errNoLayout, lay.cost, nfiles)
 	}
-	defer bf.Close()
-	lay.blockedID = bid
+	lay.files, lay.ids = make([]*os.File, nfiles), make([]fsutil.ID, nfiles)
+	// From here the job owns the layout: close releases its files and
+	// budget, whatever happens.
 	j.mu.Lock()
 	j.lay = lay
 	j.mu.Unlock()
+	bf, bid, err := openStored(s, lay.blocked)
+	if err != nil {
+		return fmt.Errorf("blocked layer %s: %w", l.Blocked.Digest, err)
+	}
+	lay.files[0], lay.ids[0] = bf, bid
 
 	hh, err := newHash(j.desc.Digest)
 	if err != nil {
@@ -286,7 +312,6 @@ func (j *job) layOut(ctx context.Context, l image.Layer) (err error) {
 	buf := *bp
 	pw := &progressWriter{j: j, h: hh}
 	var hdr []byte
-	seen := map[digest.Digest]bool{}
 	for i, p := range parts {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -303,19 +328,17 @@ func (j *job) layOut(ctx context.Context, l image.Layer) (err error) {
 			}
 			pw.Write(hdr)
 		case layer.PartMember:
-			m := ocispec.Descriptor{Digest: p.Member, Size: p.Size}
-			if !seen[p.Member] {
-				seen[p.Member] = true
+			k := lay.fileOf[i]
+			if lay.files[k] == nil {
+				m := ocispec.Descriptor{Digest: p.Member, Size: p.Size}
 				used = append(used, m)
+				f, id, err := openStored(s, m)
+				if err != nil {
+					return fmt.Errorf("block member %s: %w", p.Member, err)
+				}
+				lay.files[k], lay.ids[k] = f, id // before any of its bytes are published
 			}
-			f, id, err := openStored(s, m)
-			if err != nil {
-				return fmt.Errorf("block member %s: %w", p.Member, err)
-			}
-			lay.ids[i] = id // before any of its bytes are published
-			err = copyN(pw, f, p.Size, buf)
-			f.Close()
-			if err != nil {
+			if err := copyN(pw, io.NewSectionReader(lay.files[k], 0, p.Size), p.Size, buf); err != nil {
 				return fmt.Errorf("block member %s (%s): %w", p.Member, s.BlobPath(p.Member), err)
 			}
 		}
@@ -387,19 +410,21 @@ func (h *hydrator) readVerified(ctx context.Context, desc ocispec.Descriptor) er
 	return err
 }
 
-func (h *hydrator) reserve(n int64) bool {
+func (h *hydrator) reserve(n int64, files int) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.layouts+n > layoutBudget {
+	if h.layouts+n > layoutBudget || h.files+files > h.fileBudget {
 		return false
 	}
 	h.layouts += n
+	h.files += files
 	return true
 }
 
-func (h *hydrator) unreserve(n int64) {
+func (h *hydrator) unreserve(n int64, files int) {
 	h.mu.Lock()
 	h.layouts -= n
+	h.files -= files
 	h.mu.Unlock()
 }
 
@@ -562,7 +587,7 @@ func (j *job) finish(err error) {
 }
 
 // remove takes j out of h.jobs; its resources are released when the last
-// reader releases it.
+// hold on it (readers', the producer's) is released.
 func (h *hydrator) remove(j *job) {
 	h.mu.Lock()
 	if h.jobs[j.desc.Digest] == j {
@@ -582,7 +607,7 @@ func (h *hydrator) remove(j *job) {
 	}
 }
 
-// release drops a reader's hold on j.
+// release drops a hold on j (a reader's, or the producer's when it is done).
 func (j *job) release() {
 	j.mu.Lock()
 	j.refs--
@@ -597,10 +622,8 @@ func (j *job) release() {
 	}
 }
 
-// close releases the job's temp file or layout, once it is gone and has
-// no reader. A producer still running (a job dropped by a reader's error)
-// keeps its own descriptors; its layout then no longer counts against the
-// budget, which a running producer holds for a moment at most.
+// close releases the job's temp file or layout, once it is gone and
+// nothing holds it (the producer is done).
 func (j *job) close() {
 	j.once.Do(func() {
 		j.mu.Lock()
@@ -610,7 +633,12 @@ func (j *job) close() {
 			tmp.Close()
 		}
 		if lay != nil {
-			j.h.unreserve(lay.cost)
+			for _, f := range lay.files {
+				if f != nil {
+					f.Close()
+				}
+			}
+			j.h.unreserve(lay.cost, len(lay.files))
 		}
 	})
 }
@@ -696,6 +724,7 @@ type sender struct {
 	w       io.Writer
 	tmp     *os.File // the temp file, reopened
 	blocked *os.File // the blocked layer, once a verbatim part was sent
+	ownBlk  bool     // blocked is the reader's own descriptor
 	hdr     []byte
 	bp      *[]byte // copy buffer, where w takes no file (no sendfile)
 }
@@ -704,7 +733,7 @@ func (s *sender) close() {
 	if s.tmp != nil {
 		s.tmp.Close()
 	}
-	if s.blocked != nil {
+	if s.blocked != nil && s.ownBlk {
 		s.blocked.Close()
 	}
 	if s.bp != nil {
@@ -718,7 +747,7 @@ func (s *sender) send(off, n int64) error {
 	j := s.j
 	if j.tmp != nil {
 		if s.tmp == nil {
-			f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", j.tmp.Fd()))
+			f, err := reopen(j.tmp)
 			if err != nil {
 				// Where the file cannot be reopened (no /proc): read it
 				// at offsets through a buffer.
@@ -741,13 +770,13 @@ func (s *sender) send(off, n int64) error {
 		switch p.Kind {
 		case layer.PartVerbatim:
 			if s.blocked == nil {
-				f, err := s.open(lay.blocked, lay.blockedID)
+				f, own, err := s.open(0, lay.blocked.Digest)
 				if err != nil {
 					return err
 				}
-				s.blocked = f
+				s.blocked, s.ownBlk = f, own
 			}
-			if err := s.copyFile(s.blocked, p.BlockedOffset+a, k, "blocked layer "+lay.blocked.Digest.String()); err != nil {
+			if err := s.sendFrom(s.blocked, s.ownBlk, p.BlockedOffset+a, k, "blocked layer "+lay.blocked.Digest.String()); err != nil {
 				return err
 			}
 		case layer.PartHeader:
@@ -759,12 +788,14 @@ func (s *sender) send(off, n int64) error {
 				return err
 			}
 		case layer.PartMember:
-			f, err := s.open(ocispec.Descriptor{Digest: p.Member, Size: p.Size}, lay.ids[i])
+			f, own, err := s.open(lay.fileOf[i], p.Member)
 			if err != nil {
 				return err
 			}
-			err = s.copyFile(f, a, k, "block member "+p.Member.String())
-			f.Close()
+			err = s.sendFrom(f, own, a, k, "block member "+p.Member.String())
+			if own {
+				f.Close()
+			}
 			if err != nil {
 				return err
 			}
@@ -775,18 +806,56 @@ func (s *sender) send(off, n int64) error {
 	return nil
 }
 
-// open opens the stored blob desc, which must be the file the producer
-// hashed (identity id).
-func (s *sender) open(desc ocispec.Descriptor, id fsutil.ID) (*os.File, error) {
-	f, got, err := openStored(s.j.h.s, desc)
+// open returns file k of the layout (blob d), checked unchanged since the
+// producer hashed it: opened again with an offset of its own (own), or where
+// that is not possible (no /proc) the job's descriptor, to read at offsets.
+func (s *sender) open(k int32, d digest.Digest) (f *os.File, own bool, err error) {
+	lay := s.j.lay
+	f, own = lay.files[k], false
+	if rf, err := reopen(f); err == nil {
+		f, own = rf, true
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		if id, _ := fsutil.IDOf(fi); !sameContent(id, lay.ids[k], fi) {
+			err = fmt.Errorf("%s (%s) was changed since it was hashed", d, s.j.h.s.BlobPath(d))
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w: %w", s.j.desc.Digest, errSource, err)
+		if own {
+			f.Close()
+		}
+		return nil, false, fmt.Errorf("layer %s: %w: blob %s: %w", s.j.desc.Digest, errSource, d, err)
 	}
-	if got != id {
-		f.Close()
-		return nil, fmt.Errorf("layer %s: %w: blob %s (%s) was replaced or changed since it was hashed", s.j.desc.Digest, errSource, desc.Digest, s.j.h.s.BlobPath(desc.Digest))
+	return f, own, nil
+}
+
+// sendFrom sends n bytes of f from offset off: with sendfile from a
+// descriptor of the reader's own, else read at offsets.
+func (s *sender) sendFrom(f *os.File, own bool, off, n int64, what string) error {
+	if own {
+		return s.copyFile(f, off, n, what)
 	}
-	return f, nil
+	return s.copy(io.NewSectionReader(f, off, n), n, what)
+}
+
+// sameContent says whether a file of identity id (info fi) holds what it
+// held with identity was. Removing the last name of a file (gc removing a
+// blob a job holds open) changes its ctime, not its content: a file with no
+// name left is compared by inode, size and mtime.
+func sameContent(id, was fsutil.ID, fi os.FileInfo) bool {
+	if id == was {
+		return true
+	}
+	id.Ctime, was.Ctime = 0, 0
+	return id == was && unlinked(fi)
+}
+
+// reopen opens f again, with an offset of its own, through /proc (which
+// also reaches a file since unlinked: a temp file not kept, a blob gc
+// removed); os.Open names no file where /proc is missing.
+func reopen(f *os.File) (*os.File, error) {
+	return os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 }
 
 // copyFile sends n bytes of f from offset off.

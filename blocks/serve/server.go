@@ -78,7 +78,7 @@ func New(ctx context.Context, s *store.Store, opts Options) *Server {
 	return &Server{
 		s:   s,
 		cat: newCatalog(s),
-		hyd: &hydrator{s: s, keep: opts.KeepHydrated, linger: linger, log: log, ctx: ctx,
+		hyd: &hydrator{s: s, keep: opts.KeepHydrated, linger: linger, log: log, ctx: ctx, fileBudget: layoutFileBudget(),
 			sem: make(chan struct{}, max(2, runtime.GOMAXPROCS(0))), jobs: map[digest.Digest]*job{}},
 		fill: newFiller(ctx, opts.Upstream, log),
 		log:  log,
