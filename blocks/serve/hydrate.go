@@ -154,6 +154,14 @@ var errSource = errors.New("layer source")
 // what they send is in files the job holds open.
 func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, func(), error) {
 	d := l.Standard.Digest
+	// A job running or lingering is joined without a lease, so its readers
+	// never wait for a gc.
+	h.mu.Lock()
+	j := h.join(d)
+	h.mu.Unlock()
+	if j != nil {
+		return j, j.release, nil
+	}
 	lease, err := h.s.Lease(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -165,26 +173,36 @@ func (h *hydrator) acquire(ctx context.Context, l image.Layer) (*job, func(), er
 	}()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if j := h.jobs[d]; j != nil {
-		j.mu.Lock()
-		j.refs++
-		if j.timer != nil {
-			j.timer.Stop()
-			j.timer = nil
-		}
-		j.mu.Unlock()
+	if j := h.join(d); j != nil {
 		return j, j.release, nil
 	}
 	if ok, err := h.s.Exists(ctx, d); err != nil || ok {
 		return nil, nil, err
 	}
 	// Two holds: the caller's, and the producer's until it is done.
-	j := &job{h: h, desc: l.Standard, wake: make(chan struct{}), refs: 2}
+	j = &job{h: h, desc: l.Standard, wake: make(chan struct{}), refs: 2}
 	h.jobs[d] = j
 	h.running.Add(1)
 	go j.produce(l, lease)
 	lease = nil
 	return j, j.release, nil
+}
+
+// join takes a reader's hold on the job of layer d, if there is one.
+// h.mu is held.
+func (h *hydrator) join(d digest.Digest) *job {
+	j := h.jobs[d]
+	if j == nil {
+		return nil
+	}
+	j.mu.Lock()
+	j.refs++
+	if j.timer != nil {
+		j.timer.Stop()
+		j.timer = nil
+	}
+	j.mu.Unlock()
+	return j
 }
 
 // produce lays out (or hydrates) the layer and verifies it, then drops its
