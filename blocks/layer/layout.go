@@ -34,6 +34,9 @@ type Part struct {
 	// Member is the block member of a PartMember (its digest; its size is
 	// Size), and the member that follows a PartHeader.
 	Member digest.Digest
+	// Block is the raw block the stub of a PartHeader or PartMember names,
+	// so a caller can check the block set's annotation as Hydrate does.
+	Block digest.Digest
 	// Header is a PartHeader's raw tar header records H, from which
 	// WriteHeaderMember rebuilds it.
 	Header []byte
@@ -82,10 +85,10 @@ func Layout(ctx context.Context, blocked io.Reader, mediaType string) (blocks.Co
 			return fmt.Errorf("stub headers of more than %d bytes: %w", MaxLayoutHeaders, ErrTooLarge)
 		}
 		hs := HeaderMemberSize(c, len(e.Stub.Header))
-		if err := lw.add(Part{Kind: PartHeader, Offset: lw.off, Size: hs, Member: e.Stub.Member.Digest, Header: e.Stub.Header}); err != nil {
+		if err := lw.add(Part{Kind: PartHeader, Offset: lw.off, Size: hs, Member: e.Stub.Member.Digest, Block: e.Stub.Block.Digest, Header: e.Stub.Header}); err != nil {
 			return err
 		}
-		return lw.add(Part{Kind: PartMember, Offset: lw.off, Size: e.Stub.Member.Size, Member: e.Stub.Member.Digest})
+		return lw.add(Part{Kind: PartMember, Offset: lw.off, Size: e.Stub.Member.Size, Member: e.Stub.Member.Digest, Block: e.Stub.Block.Digest})
 	})
 	if err != nil {
 		return "", nil, err

@@ -78,7 +78,7 @@ func New(ctx context.Context, s *store.Store, opts Options) *Server {
 	return &Server{
 		s:   s,
 		cat: newCatalog(s),
-		hyd: &hydrator{s: s, keep: opts.KeepHydrated, linger: linger, log: log, ctx: ctx,
+		hyd: &hydrator{s: s, keep: opts.KeepHydrated, linger: linger, log: log, ctx: ctx, fileBudget: layoutFileBudget(),
 			sem: make(chan struct{}, max(2, runtime.GOMAXPROCS(0))), jobs: map[digest.Digest]*job{}},
 		fill: newFiller(ctx, opts.Upstream, log),
 		log:  log,
@@ -415,7 +415,7 @@ func (sv *Server) blob(w http.ResponseWriter, r *http.Request, ns string, rt rou
 		w.Header().Set("Content-Length", strconv.FormatInt(desc.Size, 10))
 		return nil
 	}
-	j, err := sv.hyd.acquire(ctx, *l)
+	j, release, err := sv.hyd.acquire(ctx, *l)
 	if err != nil {
 		return err
 	}
@@ -427,7 +427,7 @@ func (sv *Server) blob(w http.ResponseWriter, r *http.Request, ns string, rt rou
 		defer f.Close()
 		return sv.serveFile(w, r, f, desc)
 	}
-	defer j.release()
+	defer release()
 	return sv.serveJob(w, r, j, desc)
 }
 
@@ -546,6 +546,12 @@ func (sv *Server) serveJob(w http.ResponseWriter, r *http.Request, j *job, desc 
 		return nil
 	}
 	if err := j.copyRange(ctx, w, start, end); err != nil {
+		if errors.Is(err, errSource) {
+			// A file the layer is sent from is gone or changed since it was
+			// hashed: the next request starts over (and fails, naming it,
+			// if it is corrupt).
+			sv.hyd.remove(j)
+		}
 		if ctx.Err() == nil {
 			sv.abort(desc, "hydrate", err)
 		}
