@@ -577,7 +577,9 @@ func (w *huffmanBitWriter) indexTokens(tokens []token) (numLiterals, numOffsets 
 // bits, exactly where writeCode and writeBits do it, and the buffer goes to
 // the writer at the same fill (bufferFlushSize): the same bytes in the same
 // writes. After a write error nothing more is written, as writeCode's and
-// writeBits' error checks ensure.
+// writeBits' error checks ensure. The flush is written out four times by
+// hand, as Go's writeBlockHuff does: a call (or closure) in the loop would
+// send bits, nbits and nbytes back to memory, which is what this is for.
 func (w *huffmanBitWriter) writeTokens(tokens []token, leCodes, oeCodes []hcode) {
 	if w.err != nil {
 		return
