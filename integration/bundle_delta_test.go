@@ -56,8 +56,8 @@ func rebuiltFile(b []byte) []byte {
 	return append(out, rest...)
 }
 
-// writeFilesLayout writes an OCI layout of one gzip layer holding files.
-func writeFilesLayout(t *testing.T, dir string, files map[string][]byte, names []string) {
+// filesTar is the uncompressed layer tar of files, in the order of names.
+func filesTar(t *testing.T, files map[string][]byte, names []string) []byte {
 	t.Helper()
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
@@ -65,9 +65,20 @@ func writeFilesLayout(t *testing.T, dir string, files map[string][]byte, names [
 		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(files[n])), ModTime: time.Unix(1700000000, 0)}); err != nil {
 			t.Fatal(err)
 		}
-		tw.Write(files[n])
+		if _, err := tw.Write(files[n]); err != nil {
+			t.Fatal(err)
+		}
 	}
-	tw.Close()
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return tb.Bytes()
+}
+
+// writeFilesLayout writes an OCI layout of one gzip layer holding files.
+func writeFilesLayout(t *testing.T, dir string, files map[string][]byte, names []string) {
+	t.Helper()
+	tb := bytes.NewBuffer(filesTar(t, files, names))
 	var zb bytes.Buffer
 	zw, _ := kgzip.NewWriterLevel(&zb, kgzip.BestSpeed)
 	zw.Write(tb.Bytes())
