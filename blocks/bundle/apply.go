@@ -3,10 +3,8 @@ package bundle
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -155,14 +153,7 @@ func blobSize(ctx context.Context, s *store.Store, d digest.Digest) (int64, bool
 	if err != nil || !ok {
 		return 0, false, err
 	}
-	fi, err := os.Stat(s.BlobPath(d))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("blob %s: %w", d, err)
-	}
-	return fi.Size(), true, nil
+	return s.BlobSize(ctx, d)
 }
 
 // verifyBundle is apply's first pass; nothing it writes is visible. It

@@ -9,10 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
 	"github.com/blockfile/blockfile/blocks/delta"
@@ -96,7 +96,7 @@ func inflateMember(ctx context.Context, s *store.Store, ref BlobRef) ([]byte, er
 		return nil, fmt.Errorf("delta base %s: %w", ref.Digest, err)
 	}
 	defer rc.Close()
-	hint := memberRawSize(s.BlobPath(ref.Digest), ref.Size)
+	hint := memberRawSize(s, blobRefDesc(ref))
 	return inflate(rc, ref.Digest, hint)
 }
 
@@ -124,14 +124,17 @@ func inflate(r io.Reader, d digest.Digest, hint int64) ([]byte, error) {
 
 // memberRawSize returns the uncompressed size a gzip member's trailer
 // states (ISIZE, modulo 2^32), as a hint to size a buffer; 0 if unknown.
-func memberRawSize(path string, size int64) int64 {
-	f, err := os.Open(path)
-	if err != nil || size < 8 {
+func memberRawSize(s *store.Store, desc ocispec.Descriptor) int64 {
+	if desc.Size < 8 {
+		return 0
+	}
+	f, err := s.OpenFile(desc)
+	if err != nil {
 		return 0
 	}
 	defer f.Close()
 	var b [4]byte
-	if _, err := f.ReadAt(b[:], size-4); err != nil {
+	if _, err := f.Reader().ReadAt(b[:], desc.Size-4); err != nil {
 		return 0
 	}
 	return int64(binary.LittleEndian.Uint32(b[:]))

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -154,11 +153,14 @@ func describeStored(ctx context.Context, s *store.Store, d digest.Digest, known 
 	if desc, ok := known[d]; ok {
 		return desc, nil
 	}
-	fi, err := os.Stat(s.BlobPath(d))
+	size, ok, err := s.BlobSize(ctx, d)
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("block %s: %w", d, err)
 	}
-	desc := ocispec.Descriptor{MediaType: blocks.MediaTypeBlock, Digest: d, Size: fi.Size()}
+	if !ok {
+		return ocispec.Descriptor{}, fmt.Errorf("block %s: not in the store %s", d, s.Root())
+	}
+	desc := ocispec.Descriptor{MediaType: blocks.MediaTypeBlock, Digest: d, Size: size}
 	if desc.Size <= tree.DefaultLimit {
 		if _, err := readTree(ctx, s, desc); err == nil {
 			desc.MediaType = blocks.MediaTypeTree

@@ -181,10 +181,48 @@ func HasBlockedForm(ctx context.Context, ref name.Reference, opts []remote.Optio
 
 func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, res *PullResult, opts PullOptions) (err error) {
 	ref := meta.r.ref
+	var idx ocispec.Index
+	if err := getJSON(ctx, meta, root, &idx); err == nil {
+		meta.prefetch(ctx, s, idx, 8)
+	}
 	c, err := bundle.Walk(ctx, storeFirst{s: s, next: meta}, res.Name, root)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
+	// The repository holds the image's blobs (its manifests say so): noted
+	// for cross-repository mounts (seen.go) while the pull goes on.
+	seen := make(chan error, 1)
+	go func() {
+		var ds []digest.Digest
+		for _, b := range c.Blobs {
+			if !b.Kind.Metadata() || b.Kind == bundle.KindConfig {
+				ds = append(ds, b.Digest)
+			}
+		}
+		seen <- recordSeen(s, ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ds)
+	}()
+	var seenErr error
+	seenDone := false
+	waitSeen := func() error {
+		if !seenDone {
+			seenErr, seenDone = <-seen, true
+		}
+		return seenErr
+	}
+	defer waitSeen() // the goroutine ends before the lease is released
+	// The image keeps its digests: its signatures, attestations and SBOMs
+	// still apply (docs/SIGNING.md). They are listed while the blobs
+	// download (a registry without the referrers API takes two requests
+	// per manifest), and copied once the image is in the store.
+	var subjects []digest.Digest
+	for _, b := range c.Blobs {
+		if b.Kind == bundle.KindIndex || b.Kind == bundle.KindManifest {
+			subjects = append(subjects, b.Digest)
+		}
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel() // listings not needed once the pull ends
+	listed := prefetchReferrers(lctx, &remoteSource{meta: meta, root: root}, subjects, opts.Export.NoReferrers)
 	res.Index, res.Standard = root, c.Standard
 	if res.StandardSize, err = standardSize(ctx, meta, c.Standard); err != nil {
 		return fmt.Errorf("pull %s: standard image: %w", ref, err)
@@ -222,28 +260,14 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 	if err := s.Tag(ctx, res.Name, root); err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
-	// The image keeps its digests: its signatures, attestations and SBOMs
-	// still apply (docs/SIGNING.md).
-	var subjects []digest.Digest
-	for _, b := range c.Blobs {
-		if b.Kind == bundle.KindIndex || b.Kind == bundle.KindManifest {
-			subjects = append(subjects, b.Digest)
-		}
-	}
 	if !opts.Export.NoReferrers {
-		refs, err := image.CopyReferrers(ctx, s, &remoteSource{meta: meta, root: root}, subjects)
+		refs, err := image.CopyReferrers(ctx, s, listed, subjects)
 		if err != nil {
 			return fmt.Errorf("pull %s: signatures and attestations: %w", ref, err)
 		}
 		res.Referrers = len(refs)
 	}
-	var ds []digest.Digest
-	for _, b := range c.Blobs {
-		if !b.Kind.Metadata() || b.Kind == bundle.KindConfig {
-			ds = append(ds, b.Digest)
-		}
-	}
-	if err := recordSeen(s, ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ds); err != nil {
+	if err := waitSeen(); err != nil {
 		return err
 	}
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: root, Standard: c.Standard}, bundle.ApplyOptions{
@@ -407,4 +431,62 @@ func (r *remoteSource) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.R
 	}
 	r.blobs.Add(1)
 	return r.meta.r.openBlob(ctx, desc)
+}
+
+// listedSource is a remoteSource whose subjects' referrers were listed
+// ahead, at once (prefetchReferrers); others are listed when asked.
+type listedSource struct {
+	*remoteSource
+	mu   sync.Mutex
+	done map[digest.Digest]chan struct{}
+	refs map[digest.Digest][]ocispec.Descriptor
+	errs map[digest.Digest]error
+}
+
+func prefetchReferrers(ctx context.Context, src *remoteSource, subjects []digest.Digest, skip bool) *listedSource {
+	l := &listedSource{remoteSource: src, done: map[digest.Digest]chan struct{}{}, refs: map[digest.Digest][]ocispec.Descriptor{}, errs: map[digest.Digest]error{}}
+	if skip {
+		return l
+	}
+	sem := make(chan struct{}, DefaultJobs)
+	for _, d := range subjects {
+		if _, ok := l.done[d]; ok {
+			continue
+		}
+		ch := make(chan struct{})
+		l.done[d] = ch
+		go func() {
+			defer close(ch)
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				l.mu.Lock()
+				l.errs[d] = ctx.Err()
+				l.mu.Unlock()
+				return
+			}
+			refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: d})
+			l.mu.Lock()
+			l.refs[d], l.errs[d] = refs, err
+			l.mu.Unlock()
+		}()
+	}
+	return l
+}
+
+// Referrers returns what was listed ahead for subject, else lists it.
+func (l *listedSource) Referrers(ctx context.Context, subject ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+	ch, ok := l.done[subject.Digest]
+	if !ok {
+		return l.remoteSource.Referrers(ctx, subject)
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.refs[subject.Digest], l.errs[subject.Digest]
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,7 +42,13 @@ import (
 // standard layer (the ranges' bytes, the verbatim members from the blocked
 // layer, the header members rebuilt from the stubs, members the store has),
 // checked against the layer's digest, into the same batch: the standard
-// layer is not hydrated again after the download.
+// layer is not hydrated again after the download. The members it reads are
+// then stored as extents of the standard layer (store/extents.go), each
+// hashed as it is written, not as files of their own.
+//
+// A layer the store lacks entirely whose blocks lie among many small files
+// is read whole instead, its blocked layer derived from it (wholeLayer,
+// fetchWhole).
 //
 // A registry that answers a Range request with 200 and the whole blob is
 // read through that one response (the whole layer is then read, and
@@ -169,6 +176,7 @@ type rangeLayer struct {
 	getBlocked   bool                                 // the store lacks the blocked layer
 	assemble     bool                                 // write the standard layer
 	claims       map[digest.Digest]bool               // missing members this layer stores
+	whole        bool                                 // read the standard layer whole (wholeLayer)
 
 	// Set by prepare.
 	bw     *store.BlobWriter // the blocked layer being written, read back
@@ -279,6 +287,7 @@ func planRangeLayers(ctx context.Context, s *store.Store, meta *metaFetcher, roo
 			}
 			rl.assemble = !present
 		}
+		rl.whole = wholeLayer(rl, missing, len(l.members))
 		for d := range rl.claims {
 			taken[d] = true
 		}
@@ -397,6 +406,10 @@ func (e *rangeEnv) fetchLayers(ctx context.Context, layers []*rangeLayer, jobs i
 	var mu sync.Mutex
 	var later []*rangeLayer
 	for _, l := range layers {
+		if l.whole {
+			fetch(l)
+			continue
+		}
 		wg.Add(1)
 		g.Go(func() error {
 			defer wg.Done()
@@ -530,6 +543,9 @@ func (l *rangeLayer) fetch(ctx context.Context, e *rangeEnv) (err error) {
 			err = fmt.Errorf("layer %s: %w", l.std.Digest, err)
 		}
 	}()
+	if l.whole {
+		return l.fetchWhole(ctx, e)
+	}
 	if l.parts == nil {
 		// Too many stubs to hold their layout: the members one by one,
 		// and the standard layer hydrated after the pull as before.
@@ -554,12 +570,29 @@ func (l *rangeLayer) fetch(ctx context.Context, e *rangeEnv) (err error) {
 	stored := map[digest.Digest]bool{}
 	for _, p := range parts {
 		if sr.covers(p) {
+			claim := p.Kind == layer.PartMember && l.claims[p.Member] && !stored[p.Member]
+			if claim && std != nil {
+				// The member is stored as an extent of the standard layer
+				// (store/extents.go): written once, hashed on its own.
+				if err := std.StartExtent(); err != nil {
+					return err
+				}
+				if err := sr.read(ctx, std, p.Offset, p.Size); err != nil {
+					return err
+				}
+				if err := std.EndExtent(l.members[p.Member]); err != nil {
+					return fmt.Errorf("block member at offset %d of the standard layer: %w", p.Offset, err)
+				}
+				stored[p.Member] = true
+				e.counted(p.Size)
+				continue
+			}
 			var dst []io.Writer
 			if std != nil {
 				dst = append(dst, std)
 			}
 			var mw *store.BlobWriter
-			if p.Kind == layer.PartMember && l.claims[p.Member] && !stored[p.Member] {
+			if claim {
 				if mw, err = e.s.NewWriter(ctx); err != nil {
 					return err
 				}
@@ -986,6 +1019,38 @@ func (e *rangeEnv) getRange(ctx context.Context, desc ocispec.Descriptor, sp spa
 	return nil, false, fmt.Errorf("%s: blob %s: range %d-%d: %w", e.r.repo, desc.Digest, sp.start, sp.end-1, explain(err))
 }
 
+// getWhole GETs the blob desc for a store writer, which checks it against
+// desc (size and digest, naming the blob) when it is added to the batch:
+// it is not hashed on the way too (go-containerregistry's reader would
+// hash it once more, and a first pull hashed every byte three times). The
+// body is cut at desc.Size+1 bytes.
+func (e *rangeEnv) getWhole(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	c, err := e.httpClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	reg := e.r.repo.Registry
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", reg.Scheme(), reg.RegistryStr(), e.r.repo.RepositoryStr(), desc.Digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: blob %s: %w", e.r.repo, desc.Digest, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		err = gtransport.CheckError(resp, http.StatusOK)
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: blob %s: %w", e.r.repo, desc.Digest, explain(err))
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != desc.Size {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: blob %s: %d bytes, the manifest says %d", e.r.repo, desc.Digest, resp.ContentLength, desc.Size)
+	}
+	return &countedBody{r: &countReader{r: io.LimitReader(resp.Body, desc.Size+1), n: &e.r.down}, c: resp.Body, p: e.prog}, nil
+}
+
 // countedBody counts a response body as downloaded and as progress.
 type countedBody struct {
 	r io.Reader
@@ -1036,4 +1101,160 @@ func decimal(s string) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	return n, err == nil
+}
+
+// wholeShare: a layer whose blocked layer is at least 1/wholeShare of its
+// standard layer (and wholeMin bytes) is mostly verbatim members, small
+// files with its blocks among them; see wholeLayer.
+const (
+	wholeShare = 10
+	wholeMin   = 1 << 20
+)
+
+// wholeLayer says whether the pull reads l's standard layer whole and
+// derives its blocked layer from it (layer.Dehydrate) rather than reading
+// the blocked layer and Range GETs of the members: when the store lacks
+// the layer's standard layer, its blocked layer and every one of its
+// members (nothing it reads is then already here), the layer is gzip, and
+// its blocks lie among many small files. Such a layer (the bench image's
+// system layer) needs a Range GET per run of members, about a hundred, and
+// a registry spends on a request what it spends streaming megabytes
+// (docs/BENCHMARKS.md, "First pull"); read whole, it is one request and no
+// more bytes (the blocked layer's verbatim members are the standard
+// layer's, read once). A layer of few large blocks (a JDK, jars) keeps
+// ranges: its blocked layer is small and its members one or two runs, and
+// dehydrating would inflate every block.
+func wholeLayer(l *rangeLayer, missing map[digest.Digest]bool, members int) bool {
+	if !l.assemble || !l.getBlocked || !strings.Contains(l.std.MediaType, "gzip") {
+		return false
+	}
+	if len(l.claims) != members || len(l.members) != members {
+		return false
+	}
+	for d := range l.members {
+		if !missing[d] {
+			return false
+		}
+	}
+	return l.blocked.Size >= wholeMin && l.blocked.Size*wholeShare >= l.std.Size
+}
+
+// dehydrate is layer.Dehydrate; a variable so that tests can make it miss.
+var dehydrate = layer.Dehydrate
+
+// fetchWhole reads the standard layer whole into the batch, then
+// dehydrates it into its blocked layer on every core (checked against the
+// blocked layer's digest; if it differs, a layer another writer made, the
+// blocked layer is read from the registry). The members the layer claims
+// become extents of the standard layer, each hashed there by the store.
+func (l *rangeLayer) fetchWhole(ctx context.Context, e *rangeEnv) (err error) {
+	rc, err := e.getWhole(ctx, l.std)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	sw, err := e.s.NewWriter(ctx)
+	if err != nil {
+		return err
+	}
+	defer sw.Close()
+	bw, err := e.s.NewWriter(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if bw != nil {
+			bw.Close()
+		}
+	}()
+	// The layer is dehydrated, on every core, as it arrives.
+	follow := sw.Follow()
+	type result struct {
+		parts []layer.Part
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		parts, err := dehydrate(ctx, follow, l.std.Size, bw, runtime.GOMAXPROCS(0))
+		done <- result{parts, err}
+	}()
+	// Large writes: the store hashes them on a goroutine of its own.
+	_, cerr := io.CopyBuffer(sw, rc, make([]byte, 1<<20))
+	follow.End(cerr)
+	dr := <-done
+	if cerr != nil {
+		return fmt.Errorf("standard layer %s: %w", l.std.Digest, cerr)
+	}
+	e.counted(l.std.Size)
+	// The registry's bytes are checked before anything derived from them
+	// is used (and again when the writer joins the batch).
+	if got := sw.Digest(); sw.Size() != l.std.Size || got != l.std.Digest {
+		return fmt.Errorf("standard layer %s: %d bytes hashing to %s: %w", l.std.Digest, sw.Size(), got, store.ErrDigestMismatch)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	parts, derr := dr.parts, dr.err
+	derived := derr == nil && bw.Size() == l.blocked.Size && bw.Digest() == l.blocked.Digest
+	if !derived {
+		// Not the blocked layer export writes from this standard layer:
+		// read it, and lay it out, as the other layers do.
+		bw.Close()
+		if bw, err = e.s.NewWriter(ctx); err != nil {
+			return err
+		}
+		brc, err := e.r.openBlob(ctx, l.blocked)
+		if err != nil {
+			return err
+		}
+		defer brc.Close()
+		_, parts, err = layer.Layout(ctx, io.TeeReader(progReader{brc, e.prog}, bw), l.std.MediaType)
+		if err == nil {
+			_, err = io.Copy(io.Discard, io.TeeReader(brc, bw))
+		}
+		if err != nil {
+			return fmt.Errorf("blocked layer %s: %w", l.blocked.Digest, err)
+		}
+	}
+	var total int64
+	stored := map[digest.Digest]bool{}
+	for _, p := range parts {
+		total += p.Size
+		if p.Kind != layer.PartMember {
+			continue
+		}
+		m, ok := l.members[p.Member]
+		if !ok || m.Size != p.Size {
+			return fmt.Errorf("blocked layer %s: member %s (%d bytes) at offset %d is %w", l.blocked.Digest, p.Member, p.Size, p.Offset, layer.ErrNotListed)
+		}
+		if l.claims[p.Member] && !stored[p.Member] {
+			if err := sw.AddExtent(ctx, m, p.Offset); err != nil {
+				return fmt.Errorf("block member at offset %d of the standard layer %s: %w", p.Offset, l.std.Digest, err)
+			}
+			stored[p.Member] = true
+		}
+	}
+	if total != l.std.Size {
+		return fmt.Errorf("blocked layer %s lays out a standard layer of %d bytes, not %d: %w", l.blocked.Digest, total, l.std.Size, layer.ErrMismatch)
+	}
+	// A member the block set lists but no stub names: read on its own.
+	for d := range l.claims {
+		if !stored[d] {
+			if err := fetchOne(ctx, e, l.members[d]); err != nil {
+				return err
+			}
+		}
+	}
+	if err := e.batch.add(ctx, sw, l.std); err != nil {
+		return fmt.Errorf("standard layer %s: %w", l.std.Digest, err)
+	}
+	w := bw
+	bw = nil
+	if err := e.batch.add(ctx, w, l.blocked); err != nil {
+		return fmt.Errorf("blocked layer %s: %w", l.blocked.Digest, err)
+	}
+	if !derived {
+		e.counted(l.blocked.Size)
+	}
+	return nil
 }

@@ -94,6 +94,14 @@ func TestCheckContentRange(t *testing.T) {
 // (-1: none).
 func writeSpreadLayout(t *testing.T, dir string, changed int) {
 	t.Helper()
+	writeLayout(t, dir, changed, false)
+}
+
+// writeLayout writes the layer of writeSpreadLayout; its small
+// files are many and incompressible (osLike), as an OS layer's binaries: its
+// blocked layer is then most of it (wholeLayer).
+func writeLayout(t *testing.T, dir string, changed int, osLike bool) {
+	t.Helper()
 	blobs := filepath.Join(dir, "blobs", "sha256")
 	if err := os.MkdirAll(blobs, 0o755); err != nil {
 		t.Fatal(err)
@@ -116,6 +124,13 @@ func writeSpreadLayout(t *testing.T, dir string, changed int) {
 	for i := range 8 {
 		for j := range 3 + i%3 {
 			add(fmt.Sprintf("etc/small%d-%d", i, j), bytes.Repeat([]byte{byte('a' + j)}, 300+i*j))
+		}
+		if osLike {
+			for j := range 40 {
+				data := make([]byte, 4<<10+j)
+				rand.New(rand.NewSource(int64(1000*i + j))).Read(data)
+				add(fmt.Sprintf("usr/bin/tool%d-%d", i, j), data)
+			}
 		}
 		data := make([]byte, 80<<10)
 		rand.New(rand.NewSource(int64(i))).Read(data)
@@ -157,6 +172,11 @@ type rangeRig struct {
 
 func newRangeRig(t *testing.T) *rangeRig {
 	t.Helper()
+	return newRig(t, false)
+}
+
+func newRig(t *testing.T, osLike bool) *rangeRig {
+	t.Helper()
 	ctx := context.Background()
 	rig := &rangeRig{std: map[string]ocispec.Descriptor{}}
 	reg := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
@@ -177,7 +197,7 @@ func newRangeRig(t *testing.T) *rangeRig {
 	}
 	for i, tag := range []string{"1", "2"} {
 		dir := filepath.Join(t.TempDir(), "layout"+tag)
-		writeSpreadLayout(t, dir, 3*i-1)
+		writeLayout(t, dir, 3*i-1, osLike)
 		in, err := transport.ParseSource(ctx, "oci:"+dir)
 		if err != nil {
 			t.Fatal(err)
@@ -331,6 +351,113 @@ func TestRangePull(t *testing.T) {
 		// Counted honestly: the whole layer was read.
 		if res.Downloaded.Bytes < res.StandardSize {
 			t.Errorf("downloaded %d bytes, less than the standard image %d read whole", res.Downloaded.Bytes, res.StandardSize)
+		}
+		if err := s.Verify(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestWholeLayerPull: a first pull reads a layer of many small files with
+// blocks among them whole, in one request and without its blocked layer,
+// which it derives (layer.Dehydrate); its members become extents of the
+// standard layer; an upgrade then reads one range. Where the derived
+// blocked layer is not the registry's, that one is read instead.
+func TestWholeLayerPull(t *testing.T) {
+	rig := newRig(t, true)
+	ctx := context.Background()
+	blockedOf := func(t *testing.T, s *store.Store, tag string) (std, blocked ocispec.Descriptor, members []ocispec.Descriptor) {
+		t.Helper()
+		m, err := image.Resolve(ctx, s, "app:"+tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := m.Manifests[0].Layers[0]
+		if l.Blocked.Size < wholeMin || l.Blocked.Size*wholeShare < l.Standard.Size {
+			t.Fatalf("blocked layer of %d bytes for a standard layer of %d: not a layer read whole", l.Blocked.Size, l.Standard.Size)
+		}
+		return l.Standard, l.Blocked, l.Members
+	}
+	t.Run("derived", func(t *testing.T) {
+		s, err := store.Create(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rig.rangeGot = 0
+		res, err := rig.pull(t, s, "1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		std, blocked, members := blockedOf(t, s, "1")
+		if res.Standard.Digest != rig.std["1"].Digest || rig.rangeGot != 0 {
+			t.Fatalf("standard %s (want %s), %d Range requests (want none)", res.Standard.Digest, rig.std["1"].Digest, rig.rangeGot)
+		}
+		if res.Downloaded.Bytes > res.StandardSize+blocked.Size/2 {
+			t.Errorf("downloaded %d bytes: the standard image (%d) and its blocked layer (%d)", res.Downloaded.Bytes, res.StandardSize, blocked.Size)
+		}
+		for _, d := range append(members, std, blocked) {
+			if ok, err := s.Exists(ctx, d.Digest); !ok || err != nil {
+				t.Fatalf("%s not in the store: %v", d.Digest, err)
+			}
+		}
+		for _, d := range members {
+			if _, err := os.Stat(s.BlobPath(d.Digest)); err == nil {
+				t.Fatalf("member %s written twice: a file of its own beside the standard layer", d.Digest)
+			}
+		}
+		if err := s.Verify(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		// The upgrade: one block changed, one range; the standard layer
+		// written from the extents and that range.
+		rig.rangeGot = 0
+		res, err = rig.pull(t, s, "2", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Standard.Digest != rig.std["2"].Digest || rig.rangeGot != 1 {
+			t.Fatalf("upgrade: standard %s (want %s), %d Range requests (want 1)", res.Standard.Digest, rig.std["2"].Digest, rig.rangeGot)
+		}
+		if err := s.Verify(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Without app:1, gc sweeps its standard layer and keeps what app:2
+		// shares of its extents, in files of their own.
+		if err := s.Untag(ctx, "app:1"); err != nil {
+			t.Fatal(err)
+		}
+		gres, err := s.GCWithOptions(ctx, store.GCOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(gres.Extracted) == 0 {
+			t.Error("gc extracted no extent app:2 shares")
+		}
+		if err := s.Verify(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := image.Materialize(ctx, s, "app:2"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("registry's blocked layer when the derived one differs", func(t *testing.T) {
+		defer func(f func(context.Context, io.ReaderAt, int64, io.Writer, int) ([]layer.Part, error)) { dehydrate = f }(dehydrate)
+		dehydrate = func(ctx context.Context, r io.ReaderAt, n int64, w io.Writer, workers int) ([]layer.Part, error) {
+			parts, err := layer.Dehydrate(ctx, r, n, w, workers)
+			w.Write([]byte("another writer's bytes"))
+			return parts, err
+		}
+		s, err := store.Create(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := rig.pull(t, s, "1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, blocked, _ := blockedOf(t, s, "1")
+		if res.Standard.Digest != rig.std["1"].Digest || res.Downloaded.Bytes < res.StandardSize+blocked.Size {
+			t.Fatalf("standard %s, downloaded %d: want %s, the standard image (%d) and the blocked layer (%d)", res.Standard.Digest, res.Downloaded.Bytes, rig.std["1"].Digest, res.StandardSize, blocked.Size)
 		}
 		if err := s.Verify(ctx, nil); err != nil {
 			t.Fatal(err)

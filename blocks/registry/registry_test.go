@@ -50,6 +50,44 @@ func TestSeenRecordsMostRecentFirstAndBounded(t *testing.T) {
 	}
 }
 
+// TestSeenOneFilePerRepository: a pull's hundreds of blobs make one record
+// (the repository's), not a file per blob; a damaged record is ignored.
+func TestSeenOneFilePerRepository(t *testing.T) {
+	s, err := store.Create(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []digest.Digest
+	for i := range 500 {
+		ds = append(ds, digest.FromString(fmt.Sprint(i)))
+	}
+	if err := recordSeen(s, "r.example", "team/app", ds); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(seenRegistryDir(s, "r.example"))
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("%d files for 500 blobs of one repository (%v)", len(ents), err)
+	}
+	if got := seenIn(s, "r.example", ds[499]); fmt.Sprint(got) != "[team/app]" {
+		t.Fatalf("seen %v", got)
+	}
+	// A second repository with one of them; then a damaged record.
+	if err := recordSeen(s, "r.example", "team/other", ds[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if got := seenIn(s, "r.example", ds[0]); fmt.Sprint(got) != "[team/other team/app]" {
+		t.Fatalf("seen %v", got)
+	}
+	p := seenRepoPath(s, "r.example", "team/other")
+	os.Remove(p) // replaced, as writers do (the index follows the directory)
+	if err := os.WriteFile(p, []byte("not a record\nteam/other\n"+ds[0].Encoded()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := seenIn(s, "r.example", ds[0]); fmt.Sprint(got) != "[team/app]" {
+		t.Fatalf("with a damaged record: %v", got)
+	}
+}
+
 func TestSeenIgnoresDamagedRecords(t *testing.T) {
 	s, err := store.Create(t.TempDir())
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	bftransport "github.com/blockfile/blockfile/blocks/transport"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/blockfile/blockfile/blocks/store"
 )
@@ -218,6 +220,30 @@ func (m *metaFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.Re
 		m.mu.Unlock()
 	}
 	return io.NopCloser(store.VerifyReader(bytes.NewReader(data), desc)), nil
+}
+
+// prefetch reads the manifests of the index idx that s lacks, jobs at a
+// time, into m, so that the walk that follows finds them rather than
+// reading them one after the other (a round trip each). Errors are left
+// to the walk, which asks again and reports them.
+func (m *metaFetcher) prefetch(ctx context.Context, s *store.Store, idx ocispec.Index, jobs int) {
+	var g errgroup.Group
+	g.SetLimit(jobs)
+	for _, d := range idx.Manifests {
+		if !bftransport.IsManifest(d.MediaType) && !bftransport.IsIndex(d.MediaType) || d.Size > maxManifest {
+			continue
+		}
+		if ok, err := s.Exists(ctx, d.Digest); err != nil || ok {
+			continue
+		}
+		g.Go(func() error {
+			if rc, err := m.Fetch(ctx, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}); err == nil {
+				rc.Close()
+			}
+			return nil
+		})
+	}
+	g.Wait()
 }
 
 // uploadLayer is a store blob as a go-containerregistry layer, for upload:

@@ -3,10 +3,8 @@ package registry
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -17,14 +15,11 @@ import (
 
 // statBlob returns the size of blob d in s, or -1 if absent.
 func statBlob(s *store.Store, d digest.Digest) (int64, error) {
-	fi, err := os.Stat(s.BlobPath(d))
-	if errors.Is(err, os.ErrNotExist) {
-		return -1, nil
+	size, ok, err := s.BlobSize(context.Background(), d)
+	if err != nil || !ok {
+		return -1, err
 	}
-	if err != nil {
-		return 0, fmt.Errorf("blob %s: %w", d, err)
-	}
-	return fi.Size(), nil
+	return size, nil
 }
 
 // getJSON reads a small verified JSON document through f.

@@ -112,6 +112,7 @@ type layout struct {
 	// a part in file k.
 	files  []*os.File
 	ids    []fsutil.ID
+	bases  []int64 // where the blob starts in files[k] (an extent's offset)
 	fileOf []int32
 	cost   int64
 }
@@ -309,17 +310,17 @@ func (j *job) layOut(ctx context.Context, l image.Layer) (err error) {
 	if !j.h.reserve(lay.cost, nfiles) {
 		return fmt.Errorf("%w: its layout (%d bytes, %d files) is over the budget of the layouts held", errNoLayout, lay.cost, nfiles)
 	}
-	lay.files, lay.ids = make([]*os.File, nfiles), make([]fsutil.ID, nfiles)
+	lay.files, lay.ids, lay.bases = make([]*os.File, nfiles), make([]fsutil.ID, nfiles), make([]int64, nfiles)
 	// From here the job owns the layout: close releases its files and
 	// budget, whatever happens.
 	j.mu.Lock()
 	j.lay = lay
 	j.mu.Unlock()
-	bf, bid, err := openStored(s, lay.blocked)
+	bf, bbase, bid, err := openStored(s, lay.blocked)
 	if err != nil {
 		return fmt.Errorf("blocked layer %s: %w", l.Blocked.Digest, err)
 	}
-	lay.files[0], lay.ids[0] = bf, bid
+	lay.files[0], lay.ids[0], lay.bases[0] = bf, bid, bbase
 
 	hh, err := newHash(j.desc.Digest)
 	if err != nil {
@@ -336,7 +337,7 @@ func (j *job) layOut(ctx context.Context, l image.Layer) (err error) {
 		}
 		switch p.Kind {
 		case layer.PartVerbatim:
-			if err := copyN(pw, io.NewSectionReader(bf, p.BlockedOffset, p.Size), p.Size, buf); err != nil {
+			if err := copyN(pw, io.NewSectionReader(bf, bbase+p.BlockedOffset, p.Size), p.Size, buf); err != nil {
 				return fmt.Errorf("blocked layer %s: %d bytes at %d: %w", l.Blocked.Digest, p.Size, p.BlockedOffset, err)
 			}
 		case layer.PartHeader:
@@ -350,14 +351,14 @@ func (j *job) layOut(ctx context.Context, l image.Layer) (err error) {
 			if lay.files[k] == nil {
 				m := ocispec.Descriptor{Digest: p.Member, Size: p.Size}
 				used = append(used, m)
-				f, id, err := openStored(s, m)
+				f, base, id, err := openStored(s, m)
 				if err != nil {
 					return fmt.Errorf("block member %s: %w", p.Member, err)
 				}
-				lay.files[k], lay.ids[k] = f, id // before any of its bytes are published
+				lay.files[k], lay.ids[k], lay.bases[k] = f, id, base // before any of its bytes are published
 			}
-			if err := copyN(pw, io.NewSectionReader(lay.files[k], 0, p.Size), p.Size, buf); err != nil {
-				return fmt.Errorf("block member %s (%s): %w", p.Member, s.BlobPath(p.Member), err)
+			if err := copyN(pw, io.NewSectionReader(lay.files[k], lay.bases[k], p.Size), p.Size, buf); err != nil {
+				return fmt.Errorf("block member %s (%s): %w", p.Member, lay.files[k].Name(), err)
 			}
 		}
 	}
@@ -491,32 +492,23 @@ func (w *progressWriter) Write(p []byte) (int, error) {
 }
 
 // openStored opens the store's file of blob desc for reading as a file (so
-// that it can be sent with sendfile), checks its size and returns its
-// identity. Its bytes are not checked: the caller hashes them, or compares
-// the identity with that of the file it hashed.
-func openStored(s *store.Store, desc ocispec.Descriptor) (*os.File, fsutil.ID, error) {
-	if err := desc.Digest.Validate(); err != nil {
-		return nil, fsutil.ID{}, fmt.Errorf("digest %q: %w: %v", desc.Digest, store.ErrInvalid, err)
-	}
-	p := s.BlobPath(desc.Digest)
-	f, err := os.Open(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fsutil.ID{}, fmt.Errorf("blob %s (%s): %w", desc.Digest, p, store.ErrNotFound)
-	}
+// that it can be sent with sendfile), checks its size and returns where the
+// blob starts in it (a blob stored as an extent of another lies inside that
+// one's file) and the file's identity. Its bytes are not checked: the
+// caller hashes them, or compares the identity with that of the file it
+// hashed.
+func openStored(s *store.Store, desc ocispec.Descriptor) (*os.File, int64, fsutil.ID, error) {
+	bf, err := s.OpenFile(desc)
 	if err != nil {
-		return nil, fsutil.ID{}, err
+		return nil, 0, fsutil.ID{}, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fsutil.ID{}, err
-	}
-	if !fi.Mode().IsRegular() || fi.Size() != desc.Size {
-		f.Close()
-		return nil, fsutil.ID{}, fmt.Errorf("blob %s (%s): file is %d bytes, declared %d: %w", desc.Digest, p, fi.Size(), desc.Size, store.ErrSizeMismatch)
+	fi, err := bf.File.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		bf.Close()
+		return nil, 0, fsutil.ID{}, fmt.Errorf("blob %s (%s): not a regular file: %v", desc.Digest, bf.Path, err)
 	}
 	id, _ := fsutil.IDOf(fi) // where the platform gives none, every file has the zero ID
-	return f, id, nil
+	return bf.File, bf.Offset, id, nil
 }
 
 // hydrate writes the standard layer l into a temp file with layer.Hydrate
@@ -794,7 +786,7 @@ func (s *sender) send(off, n int64) error {
 				}
 				s.blocked, s.ownBlk = f, own
 			}
-			if err := s.sendFrom(s.blocked, s.ownBlk, p.BlockedOffset+a, k, "blocked layer "+lay.blocked.Digest.String()); err != nil {
+			if err := s.sendFrom(s.blocked, s.ownBlk, lay.bases[0]+p.BlockedOffset+a, k, "blocked layer "+lay.blocked.Digest.String()); err != nil {
 				return err
 			}
 		case layer.PartHeader:
@@ -810,7 +802,7 @@ func (s *sender) send(off, n int64) error {
 			if err != nil {
 				return err
 			}
-			err = s.sendFrom(f, own, a, k, "block member "+p.Member.String())
+			err = s.sendFrom(f, own, s.j.lay.bases[lay.fileOf[i]]+a, k, "block member "+p.Member.String())
 			if own {
 				f.Close()
 			}
@@ -836,7 +828,7 @@ func (s *sender) open(k int32, d digest.Digest) (f *os.File, own bool, err error
 	fi, err := f.Stat()
 	if err == nil {
 		if id, _ := fsutil.IDOf(fi); !sameContent(id, lay.ids[k], fi) {
-			err = fmt.Errorf("%s (%s) was changed since it was hashed", d, s.j.h.s.BlobPath(d))
+			err = fmt.Errorf("%s (%s) was changed since it was hashed", d, f.Name())
 		}
 	}
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"os"
 	"runtime"
 	"sort"
 	"strconv"
@@ -291,7 +290,7 @@ func (sv *Server) manifest(w http.ResponseWriter, r *http.Request, ns string, rt
 	}
 	desc = plain(desc)
 	f, err := sv.openBlob(desc)
-	if errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, store.ErrNotFound) {
 		return errf(http.StatusNotFound, codeManifestUnknown, "manifest unknown", map[string]string{"name": rt.name, "digest": desc.Digest.String()})
 	}
 	if err != nil {
@@ -403,7 +402,7 @@ func (sv *Server) blob(w http.ResponseWriter, r *http.Request, ns string, rt rou
 	case err == nil:
 		defer f.Close()
 		return sv.serveFile(w, r, f, desc)
-	case !errors.Is(err, os.ErrNotExist):
+	case !errors.Is(err, store.ErrNotFound):
 		return err
 	case l == nil:
 		return unknown
@@ -431,24 +430,12 @@ func (sv *Server) blob(w http.ResponseWriter, r *http.Request, ns string, rt rou
 	return sv.serveJob(w, r, j, desc)
 }
 
-// openBlob opens the store's file of desc (whose digest is validated) and
-// checks its size.
-func (sv *Server) openBlob(desc ocispec.Descriptor) (*os.File, error) {
-	p := sv.s.BlobPath(desc.Digest)
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() || fi.Size() != desc.Size {
-		f.Close()
-		return nil, fmt.Errorf("blob %s (%s): file is %d bytes, declared %d: %w", desc.Digest, p, fi.Size(), desc.Size, store.ErrSizeMismatch)
-	}
-	return f, nil
+// openBlob opens the store's bytes of desc (whose digest is validated):
+// its file, or the range of another blob's file where it lies (an
+// extent), with the size checked. A blob the store lacks is
+// store.ErrNotFound.
+func (sv *Server) openBlob(desc ocispec.Descriptor) (*store.BlobFile, error) {
+	return sv.s.OpenFile(desc)
 }
 
 func blobHeaders(w http.ResponseWriter, desc ocispec.Descriptor) {
@@ -461,7 +448,7 @@ func blobHeaders(w http.ResponseWriter, desc ocispec.Descriptor) {
 }
 
 // serveFile serves a blob file: whole (verified while sent) or one range.
-func (sv *Server) serveFile(w http.ResponseWriter, r *http.Request, f *os.File, desc ocispec.Descriptor) error {
+func (sv *Server) serveFile(w http.ResponseWriter, r *http.Request, f *store.BlobFile, desc ocispec.Descriptor) error {
 	blobHeaders(w, desc)
 	start, end, partial, aerr := parseRange(w, r, desc.Size)
 	if aerr != nil {
@@ -475,7 +462,7 @@ func (sv *Server) serveFile(w http.ResponseWriter, r *http.Request, f *os.File, 
 		// the blob it assembles. The file's size was checked.
 		bp := bufs.Get().(*[]byte)
 		defer bufs.Put(bp)
-		if _, err := io.CopyBuffer(w, io.NewSectionReader(f, start, end-start), *bp); err != nil {
+		if _, err := io.CopyBuffer(w, io.NewSectionReader(f.File, f.Offset+start, end-start), *bp); err != nil {
 			sv.abort(desc, "send range", err)
 		}
 		return nil
@@ -488,7 +475,8 @@ func (sv *Server) serveFile(w http.ResponseWriter, r *http.Request, f *os.File, 
 // hashing as it goes, and sends the last byte only once the digest
 // matched: a corrupt blob in the store never reaches a client whole. On a
 // mismatch the connection is aborted, and the digest and file logged.
-func (sv *Server) sendVerified(w http.ResponseWriter, f *os.File, desc ocispec.Descriptor) {
+func (sv *Server) sendVerified(w http.ResponseWriter, bf *store.BlobFile, desc ocispec.Descriptor) {
+	f := bf.Reader()
 	if desc.Size == 0 {
 		if desc.Digest != digest.SHA256.FromBytes(nil) && desc.Digest.Algorithm() == digest.SHA256 {
 			sv.abort(desc, "verify", fmt.Errorf("empty file: %w", store.ErrDigestMismatch))
@@ -508,7 +496,7 @@ func (sv *Server) sendVerified(w http.ResponseWriter, f *os.File, desc ocispec.D
 		n := min(int64(len(buf)), desc.Size-off)
 		k, err := f.ReadAt(buf[:n], off)
 		if int64(k) != n {
-			sv.abort(desc, "read "+f.Name(), fmt.Errorf("short read at %d: %w", off, err))
+			sv.abort(desc, "read "+bf.Path, fmt.Errorf("short read at %d: %w", off, err))
 		}
 		hh.Write(buf[:k])
 		off += int64(k)
@@ -521,7 +509,7 @@ func (sv *Server) sendVerified(w http.ResponseWriter, f *os.File, desc ocispec.D
 		}
 	}
 	if got := digest.NewDigest(alg, hh); got != desc.Digest {
-		sv.abort(desc, "verify "+f.Name(), fmt.Errorf("content hashes to %s: %w", got, store.ErrDigestMismatch))
+		sv.abort(desc, "verify "+bf.Path, fmt.Errorf("content hashes to %s: %w", got, store.ErrDigestMismatch))
 	}
 	w.Write([]byte{held})
 }

@@ -41,6 +41,12 @@ type GCResult struct {
 	// ReferrerRecords are the referrer directories dropped because their
 	// subject is swept.
 	ReferrerRecords []string
+	// ExtentRecords are the extent records dropped because their host is
+	// swept (or gone, or the record unreadable); Extracted the extents
+	// still referenced that were first copied into blob files of their
+	// own (extents.go).
+	ExtentRecords []string
+	Extracted     []ocispec.Descriptor
 }
 
 // GC removes every blob that no index.json entry (through manifests,
@@ -125,6 +131,34 @@ func (s *Store) GCWithOptions(ctx context.Context, opts GCOptions) (*GCResult, e
 	known := map[digest.Digest]string{}
 	for _, r := range recorded {
 		known[r.Digest] = r.MediaType
+	}
+
+	// Extents whose host is swept: those still referenced first get a file
+	// of their own, then the record goes, then (below) the host.
+	err = s.eachExtentRecord(ctx, func(p string, rec *extentRecord, rerr error) error {
+		if rerr == nil {
+			if _, ok := live[rec.Host.Digest]; ok {
+				if _, err := os.Stat(s.BlobPath(rec.Host.Digest)); err == nil {
+					return nil
+				}
+			}
+		}
+		res.ExtentRecords = append(res.ExtentRecords, p)
+		if opts.DryRun {
+			return nil
+		}
+		if rerr != nil {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("gc: remove %s: %w", p, err)
+			}
+			return nil
+		}
+		out, err := s.extractExtents(ctx, p, rec, live)
+		res.Extracted = append(res.Extracted, out...)
+		return err
+	})
+	if err != nil {
+		return res, err
 	}
 
 	err = s.Walk(ctx, func(d digest.Digest, size int64) error {

@@ -75,6 +75,8 @@ type Store struct {
 	trust trustCache
 	// memberChecks remembers member records checked by LookupMember.
 	memberChecks memberChecks
+	// extents indexes the extent records (extents.go).
+	extents extentIndex
 }
 
 // DefaultRoot is the store used when none is given: $BLOCKFILE_STORE, else
@@ -215,36 +217,11 @@ func (s *Store) Exists(ctx context.Context, d digest.Digest) (bool, error) {
 // desc.Size, or reaching EOF with the wrong size or digest, returns an error
 // naming the digest and the blob file.
 func (s *Store) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
-	f, p, err := s.openBlob(desc)
+	bf, err := s.OpenFile(desc)
 	if err != nil {
 		return nil, err
 	}
-	return &readCloser{Reader: newVerifier(ctxReader{ctx, f}, desc, p), c: f}, nil
-}
-
-// openBlob opens the file of blob desc and checks its size, so that a wrong
-// size fails before the caller streams gigabytes. It returns the file's path
-// for error messages.
-func (s *Store) openBlob(desc ocispec.Descriptor) (*os.File, string, error) {
-	p, err := s.blobPath(desc.Digest)
-	if err != nil {
-		return nil, "", err
-	}
-	if desc.Size < 0 {
-		return nil, "", fmt.Errorf("blob %s: negative size %d: %w", desc.Digest, desc.Size, ErrInvalid)
-	}
-	f, err := os.Open(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, "", fmt.Errorf("blob %s (%s): %w", desc.Digest, p, ErrNotFound)
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if fi, err := f.Stat(); err == nil && fi.Size() != desc.Size {
-		f.Close()
-		return nil, "", fmt.Errorf("blob %s (%s): file is %d bytes, declared %d: %w", desc.Digest, p, fi.Size(), desc.Size, ErrSizeMismatch)
-	}
-	return f, p, nil
+	return &readCloser{Reader: newVerifier(ctxReader{ctx, bf.reader()}, desc, bf.Path), c: bf}, nil
 }
 
 type readCloser struct {

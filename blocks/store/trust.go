@@ -58,7 +58,7 @@ func (s *Store) present(ctx context.Context, d digest.Digest, size int64) (bool,
 	p := s.BlobPath(d)
 	fi, err := os.Stat(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return s.presentExtent(ctx, d, size)
 	}
 	if err != nil {
 		return false, fmt.Errorf("blob %s: %w", d, err)
@@ -102,5 +102,15 @@ func (s *Store) present(ctx context.Context, d digest.Digest, size int64) (bool,
 func (s *Store) trustWritten(d digest.Digest) {
 	if fi, err := os.Stat(s.BlobPath(d)); err == nil {
 		s.trust.add(d, fi)
+	}
+}
+
+// trustExtents records that this process just wrote (and hashed) the
+// extents exts of the blob host.
+func (s *Store) trustExtents(host digest.Digest, exts []Extent) {
+	if fi, err := os.Stat(s.BlobPath(host)); err == nil {
+		for _, e := range exts {
+			s.trust.add(e.Digest, fi)
+		}
 	}
 }

@@ -26,11 +26,11 @@ import (
 // naming the digest and the file) on reading past desc.Size or on reaching
 // EOF before it.
 func (s *Store) OpenUnverified(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
-	f, p, err := s.openBlob(desc)
+	bf, err := s.OpenFile(desc)
 	if err != nil {
 		return nil, err
 	}
-	return &sizedReader{r: ctxReader{ctx, f}, f: f, desc: desc, path: p}, nil
+	return &sizedReader{r: ctxReader{ctx, bf.reader()}, f: bf.File, desc: desc, path: bf.Path}, nil
 }
 
 // sizedReader is a blob file read without hashing: it checks only that the

@@ -26,6 +26,14 @@ type BlobWriter struct {
 	alg  digest.Algorithm
 	h    *Digester // hashes on another goroutine once the blob is large
 	done bool
+
+	follow *Follower // set by Follow
+
+	// Extents (extents.go): the one being written hashes into ext.
+	ext      *Digester
+	extHash  *Digester
+	extStart int64
+	extents  []Extent
 }
 
 // NewWriter starts a sha256 blob in the store's ingest directory.
@@ -48,6 +56,12 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.t.Write(p)
 	w.h.Write(p[:n])
+	if w.ext != nil {
+		w.ext.Write(p[:n])
+	}
+	if w.follow != nil {
+		w.follow.advance(w.t.Size())
+	}
 	return n, err
 }
 
@@ -65,6 +79,67 @@ func (w *BlobWriter) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("read %s: %d bytes at %d, past the %d written: %w", w.t.Name(), len(p), off, w.t.Size(), io.ErrUnexpectedEOF)
 	}
 	return w.t.OS().ReadAt(p, off)
+}
+
+// Follower reads a blob at offsets while it is being written: a read of
+// bytes not yet written waits for them, until End says no more will come.
+// A pull dehydrates a standard layer as it downloads (registry, Range
+// pulls); Write and the Follower's reads may run on different goroutines.
+type Follower struct {
+	f     *os.File
+	mu    sync.Mutex
+	cond  *sync.Cond
+	n     int64 // bytes written
+	ended bool
+	err   error
+}
+
+// Follow returns the Follower of w. Call it before the first Write, from
+// the writing goroutine, and End it when writing stops.
+func (w *BlobWriter) Follow() *Follower {
+	if w.follow == nil {
+		w.follow = &Follower{f: w.t.OS(), n: w.t.Size()}
+		w.follow.cond = sync.NewCond(&w.follow.mu)
+	}
+	return w.follow
+}
+
+func (f *Follower) advance(n int64) {
+	f.mu.Lock()
+	f.n = n
+	f.mu.Unlock()
+	f.cond.Broadcast()
+}
+
+// End says that no more bytes will be written (err: why writing stopped);
+// reads past the end then return err, or io.EOF.
+func (f *Follower) End(err error) {
+	f.mu.Lock()
+	f.ended, f.err = true, err
+	f.mu.Unlock()
+	f.cond.Broadcast()
+}
+
+// ReadAt reads len(p) bytes at off once they are written.
+func (f *Follower) ReadAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	for !f.ended && f.n < off+int64(len(p)) {
+		f.cond.Wait()
+	}
+	n, err := f.n, f.err
+	f.mu.Unlock()
+	if err == nil {
+		err = io.EOF
+	}
+	if off >= n {
+		return 0, err
+	}
+	k := min(int64(len(p)), n-off)
+	m, rerr := f.f.ReadAt(p[:k], off)
+	if rerr == nil && m < len(p) {
+		rerr = err
+	}
+	return m, rerr
 }
 
 // Digest is the digest of the bytes written so far.
@@ -94,16 +169,35 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 	}
 	w.done = true
 	w.h.Close()
+	if w.ext != nil {
+		return fmt.Errorf("commit %s: extent at offset %d not ended", want.Digest, w.extStart)
+	}
 	if err := w.t.CommitBlob(w.s.BlobPath(want.Digest), want, w.Digest()); err != nil {
 		return err
 	}
 	w.s.trustWritten(want.Digest)
-	return nil
+	if len(w.extents) == 0 {
+		return nil
+	}
+	defer w.s.trustExtents(want.Digest, w.extents)
+	tmp, err := w.s.sealExtents(want, w.extents)
+	if err != nil {
+		return err
+	}
+	dst := w.s.extentRecordPath(want.Digest)
+	if err := fsutil.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(dst))
 }
 
 // Close discards the blob unless it was committed. It is safe to call twice.
 func (w *BlobWriter) Close() error {
 	w.h.Close()
+	if w.extHash != nil {
+		w.extHash.Close()
+	}
 	w.done = true
 	return w.t.Close()
 }
@@ -170,7 +264,13 @@ type Batch struct {
 type batchItem struct {
 	tmp  string
 	desc ocispec.Descriptor
+	// extents: tmp is the record of these extents of desc (renamed after
+	// desc).
+	extents []Extent
 }
+
+// syncEarly: blobs of at least this size are synced when added (Add).
+const syncEarly = 8 << 20
 
 // NewBatch starts an empty batch.
 func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
@@ -189,13 +289,31 @@ func (b *Batch) Add(ctx context.Context, w *BlobWriter, want ocispec.Descriptor)
 		w.Close()
 		return err
 	}
+	if w.ext != nil {
+		w.Close()
+		return fmt.Errorf("batch %s: extent at offset %d not ended", want.Digest, w.extStart)
+	}
 	w.done = true
 	w.h.Close()
-	tmp, err := w.t.Seal(0o444, fsutil.Deferred)
+	// A large blob is synced here, on its writer's goroutine, while the
+	// batch's other blobs are still being written: Commit then has little
+	// left to wait for (a pull's layers otherwise all waited at the end).
+	d := fsutil.Deferred
+	if want.Size >= syncEarly {
+		d = fsutil.Durable
+	}
+	tmp, err := w.t.Seal(0o444, d)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", want.Digest, err)
 	}
 	b.items = append(b.items, batchItem{tmp: tmp, desc: want})
+	if len(w.extents) > 0 {
+		rec, err := b.s.sealExtents(want, w.extents)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", want.Digest, err)
+		}
+		b.items = append(b.items, batchItem{tmp: rec, desc: want, extents: w.extents})
+	}
 	return nil
 }
 
@@ -209,20 +327,36 @@ func (b *Batch) Commit(ctx context.Context) error {
 	if err := fsutil.SyncFS(b.s.path(ingestDir)); err != nil {
 		return fmt.Errorf("store %s: sync before commit: %w", b.s.root, err)
 	}
+	extents := false
 	for i, it := range b.items {
 		if err := ctx.Err(); err != nil {
 			b.items = b.items[i:]
 			b.Discard()
 			return err
 		}
-		if err := fsutil.Rename(it.tmp, b.s.BlobPath(it.desc.Digest)); err != nil {
+		dst := b.s.BlobPath(it.desc.Digest)
+		if it.extents != nil {
+			// After its host (items are in Add order): a record never
+			// names a host that is not in place.
+			dst, extents = b.s.extentRecordPath(it.desc.Digest), true
+		}
+		if err := fsutil.Rename(it.tmp, dst); err != nil {
 			b.items = b.items[i:]
 			b.Discard()
 			return fmt.Errorf("blob %s: %w", it.desc.Digest, err)
 		}
-		b.s.trustWritten(it.desc.Digest)
+		if it.extents == nil {
+			b.s.trustWritten(it.desc.Digest)
+		} else {
+			b.s.trustExtents(it.desc.Digest, it.extents)
+		}
 	}
 	b.items = nil
+	if extents {
+		if err := syncDir(filepath.Dir(b.s.extentRecordPath(digest.SHA256.FromString("")))); err != nil {
+			return err
+		}
+	}
 	return syncDir(filepath.Join(b.s.root, blobsDir, digest.SHA256.String()))
 }
 

@@ -70,10 +70,16 @@ nothing if a manifest, index or tree it must read is missing or corrupt (run
 				TempFiles     []string        `json:"tempFiles"`
 				MemberRecords []string        `json:"memberRecords"`
 				BlockRecords  []digest.Digest `json:"blockRecords"`
+				ExtentRecords []string        `json:"extentRecords"`
+				Extracted     []removed       `json:"extracted"`
 			}{DryRun: dryRun, Removed: []removed{}, BytesFreed: res.BytesFreed,
-				TempFiles: emptyIfNil(res.TempFiles), MemberRecords: emptyIfNil(res.MemberRecords), BlockRecords: emptyIfNil(res.BlockRecords)}
+				TempFiles: emptyIfNil(res.TempFiles), MemberRecords: emptyIfNil(res.MemberRecords), BlockRecords: emptyIfNil(res.BlockRecords),
+				ExtentRecords: emptyIfNil(res.ExtentRecords), Extracted: []removed{}}
 			for _, d := range res.Removed {
 				out.Removed = append(out.Removed, removed{d.Digest, d.Size, d.MediaType})
+			}
+			for _, d := range res.Extracted {
+				out.Extracted = append(out.Extracted, removed{d.Digest, d.Size, d.MediaType})
 			}
 			return writeJSON(w, out)
 		}
@@ -92,6 +98,13 @@ nothing if a manifest, index or tree it must read is missing or corrupt (run
 		}
 		for _, p := range res.MemberRecords {
 			fmt.Fprintf(w, "%s member record %s\n", verb, blocks.Quote(p))
+		}
+		for _, p := range res.ExtentRecords {
+			fmt.Fprintf(w, "%s extent record %s\n", verb, blocks.Quote(p))
+		}
+		for _, d := range res.Extracted {
+			// A pulled layer held it (store extents); an image still uses it.
+			fmt.Fprintf(w, "kept %s  %s in a file of its own: the layer that held it was removed\n", d.Digest, sizeString(d.Size))
 		}
 		freed := "freed"
 		if dryRun {
