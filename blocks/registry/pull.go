@@ -189,27 +189,6 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
-	// The repository holds the image's blobs (its manifests say so): noted
-	// for cross-repository mounts (seen.go) while the pull goes on.
-	seen := make(chan error, 1)
-	go func() {
-		var ds []digest.Digest
-		for _, b := range c.Blobs {
-			if !b.Kind.Metadata() || b.Kind == bundle.KindConfig {
-				ds = append(ds, b.Digest)
-			}
-		}
-		seen <- recordSeen(s, ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ds)
-	}()
-	var seenErr error
-	seenDone := false
-	waitSeen := func() error {
-		if !seenDone {
-			seenErr, seenDone = <-seen, true
-		}
-		return seenErr
-	}
-	defer waitSeen() // the goroutine ends before the lease is released
 	// The image keeps its digests: its signatures, attestations and SBOMs
 	// still apply (docs/SIGNING.md). They are listed while the blobs
 	// download (a registry without the referrers API takes two requests
@@ -267,7 +246,16 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 		}
 		res.Referrers = len(refs)
 	}
-	if err := waitSeen(); err != nil {
+	// The repository holds the image's blobs: noted for cross-repository
+	// mounts (seen.go), once the pull has succeeded (a failed pull leaves
+	// the store as it was).
+	var ds []digest.Digest
+	for _, b := range c.Blobs {
+		if !b.Kind.Metadata() || b.Kind == bundle.KindConfig {
+			ds = append(ds, b.Digest)
+		}
+	}
+	if err := recordSeen(s, ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ds); err != nil {
 		return err
 	}
 	res.Outputs, err = bundle.Deliver(ctx, s, bundle.Image{Name: res.Name, Index: root, Standard: c.Standard}, bundle.ApplyOptions{
