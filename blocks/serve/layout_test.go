@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks/image"
 	"github.com/blockfile/blockfile/blocks/layer"
@@ -328,5 +329,75 @@ func TestGCDuringReaders(t *testing.T) {
 	var buf bytes.Buffer
 	if err := j.copyRange(context.Background(), &buf, 0, int64(len(f.want))); err != nil || !bytes.Equal(buf.Bytes(), f.want) {
 		t.Errorf("reader after gc removed the layer's files: %v, %d bytes, want the %d of the layer", err, buf.Len(), len(f.want))
+	}
+}
+
+// TestColdServeReadsExtents: block members the store holds only as
+// extents of another blob (as a registry pull leaves them, in the standard
+// layer it wrote) are sent from there: the layer whole, and ranges of it.
+func TestColdServeReadsExtents(t *testing.T) {
+	f := newLayoutFixture(t, 23)
+	ctx := context.Background()
+	w, err := f.s.NewWriter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("bytes before the first extent"))
+	moved := map[digest.Digest]bool{}
+	for _, m := range f.l.Members {
+		if moved[m.Digest] {
+			continue
+		}
+		rc, err := f.s.Fetch(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.StartExtent()
+		_, err = io.Copy(w, rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.EndExtent(m); err != nil {
+			t.Fatal(err)
+		}
+		moved[m.Digest] = true
+	}
+	host := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: w.Digest(), Size: w.Size()}
+	b := f.s.NewBatch()
+	if err := b.Add(ctx, w, host); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for d := range moved {
+		if err := os.Remove(f.s.BlobPath(d)); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := f.s.Exists(ctx, d); !ok || err != nil {
+			t.Fatalf("member %s not found as an extent: %v", d, err)
+		}
+	}
+	_, addr, _ := startServer(t, f.s, Options{})
+	code, body, _ := fetchLayer(t, addr, f.blobPath())
+	if code != http.StatusOK || !bytes.Equal(body, f.want) {
+		t.Fatalf("cold layer from extents: status %d, %d bytes (want %d, same bytes)", code, len(body), len(f.want))
+	}
+	for _, p := range f.parts {
+		if p.Kind != layer.PartMember {
+			continue
+		}
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+f.blobPath(), nil)
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", p.Offset+1, p.Offset+p.Size-2))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, f.want[p.Offset+1:p.Offset+p.Size-1]) {
+			t.Fatalf("range inside member %s: status %d, %d bytes", p.Member, resp.StatusCode, len(got))
+		}
 	}
 }
