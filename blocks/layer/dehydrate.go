@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
@@ -50,15 +51,20 @@ import (
 // member whose raw content is exactly the tar header records of one
 // regular, non-sparse file of non-zero size, at most MaxStubHeader bytes;
 // the member after it is the block member, which must hold that size and
-// zero padding. Memory holds, per header member, its header records
-// (MaxLayoutHeaders in all) and its block's digests, within
-// maxDehydrateMembers candidates. Zstd layers are refused (ErrMalformed).
+// zero padding. The bytes may be arriving unverified (a pull), so the work
+// is bounded: at most maxDehydrateMembers candidates, header records of
+// MaxLayoutHeaders in all, a block member inflated no further than its
+// header member gives, and 16 times the layer's size (256 MiB at least)
+// inflated in all; beyond, ErrTooLarge. Memory holds, per header member,
+// its header records and its block's digests. Zstd layers are refused
+// (ErrMalformed).
 func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writer, workers int) ([]Part, error) {
 	// One goroutine finds the candidates in order, workers inflate them:
 	// with a reader that waits for bytes still arriving (store.Follower),
 	// this runs while the layer downloads.
 	g, gctx := errgroup.WithContext(ctx)
 	work := make(chan *memberInfo, 256)
+	budget := newInflateBudget(size)
 	var infos []*memberInfo // the scanner's until g.Wait
 	g.Go(func() error {
 		defer close(work)
@@ -78,12 +84,14 @@ func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writ
 	})
 	for range max(workers, 1) {
 		g.Go(func() error {
-			in := &memberReader{}
+			in := &memberReader{budget: budget}
 			for m := range work {
 				if err := gctx.Err(); err != nil {
 					return err
 				}
-				in.probe(std, m, size)
+				if err := in.probe(std, m, size); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
@@ -93,12 +101,6 @@ func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writ
 	}
 	if len(infos) == 0 || infos[0].start != 0 {
 		return nil, fmt.Errorf("standard layer does not start with a gzip member: %w", ErrMalformed)
-	}
-	var heads int64
-	for _, m := range infos {
-		if heads += int64(len(m.hrec)); heads > MaxLayoutHeaders {
-			return nil, fmt.Errorf("header records of more than %d bytes: %w", MaxLayoutHeaders, ErrTooLarge)
-		}
 	}
 	return assembleBlocked(ctx, std, size, infos, blocked)
 }
@@ -161,9 +163,43 @@ func memberCandidates(ctx context.Context, r io.ReaderAt, size int64, found func
 	return nil
 }
 
+// inflateBudget bounds what Dehydrate inflates and holds, whatever the
+// layer (it reads bytes not yet verified): raw bytes inflated at most
+// inflateShare times the layer's size (and at least inflateFloor), header
+// records held at most MaxLayoutHeaders. Beyond, ErrTooLarge: the caller
+// reads the blocked layer instead.
+type inflateBudget struct {
+	raw, heads atomic.Int64
+	maxRaw     int64
+}
+
+const inflateShare = 16
+
+// inflateFloor is a variable for tests.
+var inflateFloor int64 = 256 << 20
+
+func newInflateBudget(size int64) *inflateBudget {
+	return &inflateBudget{maxRaw: max(inflateShare*size, inflateFloor)}
+}
+
+func (b *inflateBudget) spend(raw int64) error {
+	if b.raw.Add(raw) > b.maxRaw {
+		return fmt.Errorf("more than %d bytes inflated: %w", b.maxRaw, ErrTooLarge)
+	}
+	return nil
+}
+
+func (b *inflateBudget) hold(heads int64) error {
+	if b.heads.Add(heads) > MaxLayoutHeaders {
+		return fmt.Errorf("header records of more than %d bytes: %w", MaxLayoutHeaders, ErrTooLarge)
+	}
+	return nil
+}
+
 // memberReader inflates members, reusing its buffers: a small read-ahead
 // to probe a candidate, a large one to inflate a block member.
 type memberReader struct {
+	budget  *inflateBudget
 	gz      gzip.Reader
 	small   *bufio.Reader
 	large   *bufio.Reader
@@ -207,7 +243,8 @@ func (m *memberReader) open(r io.ReaderAt, br *bufio.Reader, start, size int64) 
 
 // probe says whether a header member starts at info.start (reading at most
 // a header's worth of it), and if so inflates the block member after it.
-func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) {
+// It fails only when the budget is spent.
+func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) error {
 	if m.small == nil {
 		m.small = bufio.NewReaderSize(&m.cnt, 4<<10)
 		m.large = bufio.NewReaderSize(&m.cnt, 256<<10)
@@ -215,7 +252,7 @@ func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) {
 		m.mh, m.rawHash = sha256.New(), sha256.New()
 	}
 	if !m.open(r, m.small, info.start, size) {
-		return
+		return nil
 	}
 	// A plain header record and one byte more, or after an extended
 	// header up to MaxStubHeader+1 bytes: a header member ends within.
@@ -223,11 +260,17 @@ func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) {
 	limit := 513
 	for len(raw) < limit {
 		n, err := m.gz.Read(m.buf[len(raw):limit])
+		if n == 0 && err == nil {
+			return nil // a reader that makes no progress: not a header member
+		}
 		raw = m.buf[:len(raw)+n]
+		if berr := m.budget.spend(int64(n)); berr != nil {
+			return berr
+		}
 		if len(raw) > 156 && limit == 513 {
 			switch headLimit(raw[156]) {
 			case 0:
-				return
+				return nil
 			case MaxStubHeader:
 				limit = MaxStubHeader + 1
 				if len(m.buf) < limit {
@@ -241,24 +284,33 @@ func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) {
 			break
 		}
 		if err != nil {
-			return
+			return nil
 		}
 	}
 	if len(raw) >= limit {
-		return // longer than header records
+		return nil // longer than header records
 	}
 	h, ok := headerOnly(raw)
 	if !ok {
-		return
+		return nil
+	}
+	if err := m.budget.hold(int64(len(raw))); err != nil {
+		return err
 	}
 	info.hdr, info.hrec = h, append([]byte(nil), raw...)
 	info.end = m.cnt.off - int64(m.small.Buffered())
-	info.block = m.inflateBlock(r, info.end, size)
+	info.block = m.inflateBlock(r, info.end, size, h.Size+(512-h.Size%512)%512)
+	if errors.Is(info.block.err, ErrTooLarge) {
+		return info.block.err
+	}
+	return nil
 }
 
 // inflateBlock inflates the member at start whole: its end, raw length,
 // raw digest (less the padding, held apart) and member digest.
-func (m *memberReader) inflateBlock(r io.ReaderAt, start, size int64) blockInfo {
+// want is the raw size its header member gives (with padding): it is read
+// no further.
+func (m *memberReader) inflateBlock(r io.ReaderAt, start, size, want int64) blockInfo {
 	var b blockInfo
 	if !m.open(r, m.large, start, size) {
 		b.err = fmt.Errorf("no gzip member at offset %d: %w", start, ErrMalformed)
@@ -269,8 +321,20 @@ func (m *memberReader) inflateBlock(r io.ReaderAt, start, size int64) blockInfo 
 	var tail []byte
 	for {
 		n, err := m.gz.Read(m.buf)
+		if n == 0 && err == nil {
+			b.err = fmt.Errorf("offset %d: no progress: %w", start, ErrMalformed)
+			return b
+		}
 		p := m.buf[:n]
 		b.rawLen += int64(n)
+		if b.rawLen > want {
+			b.err = fmt.Errorf("offset %d: more than the %d bytes its header member gives: %w", start, want, ErrMalformed)
+			return b
+		}
+		if berr := m.budget.spend(int64(n)); berr != nil {
+			b.err = berr
+			return b
+		}
 		// Hash all but the last keep bytes read, holding those in tail
 		// (copying only them).
 		if n >= keep {

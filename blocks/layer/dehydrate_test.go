@@ -1,8 +1,10 @@
 package layer
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -110,6 +112,35 @@ func TestDehydrateRefusesWhatIsNotAStandardLayer(t *testing.T) {
 		if _, err := Dehydrate(context.Background(), bytes.NewReader(in), int64(len(in)), &bytes.Buffer{}, 3); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// TestDehydrateBounds: a block member that inflates past what its header
+// member gives is malformed; a layer that inflates past the budget is too
+// large (the pull then reads the blocked layer).
+func TestDehydrateBounds(t *testing.T) {
+	zeros := make([]byte, 4<<20)
+	_, std, _, err := splitBytes(t, makeTar(t, reg("big", zeros)), SplitOptions{Compression: blocks.Gzip, MinBlockSize: 64 << 10, Members: newMemStore()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int64) { inflateFloor = n }(inflateFloor)
+	inflateFloor = 1 << 20
+	if _, err := Dehydrate(context.Background(), bytes.NewReader(std), int64(len(std)), &bytes.Buffer{}, 2); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("4 MiB of zeros in a %d-byte layer, budget 1 MiB: %v, want ErrTooLarge", len(std), err)
+	}
+	inflateFloor = 256 << 20
+	// A header member for 10 bytes, then a member of 4 KiB.
+	var layer bytes.Buffer
+	hrec := rawHeader(t, tar.Header{Typeflag: tar.TypeReg, Name: "f", Size: 10, Mode: 0o644})
+	if err := WriteHeaderMember(&layer, blocks.Gzip, hrec); err != nil {
+		t.Fatal(err)
+	}
+	if err := GzipMember(&layer, make([]byte, 4096), FormPieces); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Dehydrate(context.Background(), bytes.NewReader(layer.Bytes()), int64(layer.Len()), &bytes.Buffer{}, 1); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("block member larger than its header says: %v, want ErrMalformed", err)
 	}
 }
 
