@@ -84,6 +84,12 @@ type PullResult struct {
 	// layer (which was then read through; its bytes are in Downloaded).
 	Ranges      int `json:"ranges,omitempty"`
 	WholeLayers int `json:"wholeLayers,omitempty"`
+	// Dehydrated counts the layers read whole by design (one GET of the
+	// standard layer, its blocked layer derived from it: ranges.go,
+	// wholeLayer), and of them Derived those whose derived blocked layer
+	// was the registry's (the others read it too).
+	Dehydrated int `json:"dehydrated,omitempty"`
+	Derived    int `json:"derived,omitempty"`
 	// Delta is the delta bundle the pull applied instead of fetching the
 	// blobs the store lacked (delta.go), if any.
 	Delta *DeltaPull `json:"delta,omitempty"`
@@ -310,6 +316,7 @@ func fetchBlobs(ctx context.Context, s *store.Store, meta *metaFetcher, root oci
 	})
 	err = g.Wait()
 	res.Ranges, res.WholeLayers = int(e.ranges.Load()), int(e.whole.Load())
+	res.Dehydrated, res.Derived = int(e.dehydrated.Load()), int(e.derived.Load())
 	return err
 }
 

@@ -225,8 +225,9 @@ type rangeEnv struct {
 	client *http.Client
 	rtErr  error
 
-	ranges, whole atomic.Int64
-	held          atomic.Int64 // bytes of the layouts held (maxLayoutsHeld)
+	ranges, whole       atomic.Int64
+	dehydrated, derived atomic.Int64 // layers read whole (fetchWhole)
+	held                atomic.Int64 // bytes of the layouts held (maxLayoutsHeld)
 }
 
 // maxLayoutsHeld bounds the memory of the layouts a pull holds at once
@@ -1196,7 +1197,10 @@ func (l *rangeLayer) fetchWhole(ctx context.Context, e *rangeEnv) (err error) {
 	}
 	parts, derr := dr.parts, dr.err
 	derived := derr == nil && bw.Size() == l.blocked.Size && bw.Digest() == l.blocked.Digest
-	if !derived {
+	e.dehydrated.Add(1)
+	if derived {
+		e.derived.Add(1)
+	} else {
 		// Not the blocked layer export writes from this standard layer:
 		// read it, and lay it out, as the other layers do.
 		bw.Close()

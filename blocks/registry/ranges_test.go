@@ -389,8 +389,8 @@ func TestWholeLayerPull(t *testing.T) {
 			t.Fatal(err)
 		}
 		std, blocked, members := blockedOf(t, s, "1")
-		if res.Standard.Digest != rig.std["1"].Digest || rig.rangeGot != 0 {
-			t.Fatalf("standard %s (want %s), %d Range requests (want none)", res.Standard.Digest, rig.std["1"].Digest, rig.rangeGot)
+		if res.Standard.Digest != rig.std["1"].Digest || rig.rangeGot != 0 || res.Dehydrated != 1 || res.Derived != 1 {
+			t.Fatalf("standard %s (want %s), %d Range requests (want none), %d layers read whole, %d derived (want 1, 1)", res.Standard.Digest, rig.std["1"].Digest, rig.rangeGot, res.Dehydrated, res.Derived)
 		}
 		if res.Downloaded.Bytes > res.StandardSize+blocked.Size/2 {
 			t.Errorf("downloaded %d bytes: the standard image (%d) and its blocked layer (%d)", res.Downloaded.Bytes, res.StandardSize, blocked.Size)
@@ -456,7 +456,7 @@ func TestWholeLayerPull(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, blocked, _ := blockedOf(t, s, "1")
-		if res.Standard.Digest != rig.std["1"].Digest || res.Downloaded.Bytes < res.StandardSize+blocked.Size {
+		if res.Standard.Digest != rig.std["1"].Digest || res.Downloaded.Bytes < res.StandardSize+blocked.Size || res.Dehydrated != 1 || res.Derived != 0 {
 			t.Fatalf("standard %s, downloaded %d: want %s, the standard image (%d) and the blocked layer (%d)", res.Standard.Digest, res.Downloaded.Bytes, rig.std["1"].Digest, res.StandardSize, blocked.Size)
 		}
 		if err := s.Verify(ctx, nil); err != nil {
