@@ -443,6 +443,9 @@ func prefetchReferrers(ctx context.Context, src *remoteSource, subjects []digest
 	if skip {
 		return l
 	}
+	// One listing of the repository's tags spares asking for each cosign
+	// tag of each manifest.
+	tagsOnce := sync.OnceValue(func() map[string]bool { return transport.CosignTags(ctx, src.meta.r.repo, src.meta.r.opts) })
 	sem := make(chan struct{}, DefaultJobs)
 	for _, d := range subjects {
 		if _, ok := l.done[d]; ok {
@@ -461,7 +464,7 @@ func prefetchReferrers(ctx context.Context, src *remoteSource, subjects []digest
 				l.mu.Unlock()
 				return
 			}
-			refs, err := src.Referrers(ctx, ocispec.Descriptor{Digest: d})
+			refs, err := transport.ListReferrersKnown(ctx, src.meta.r.repo, src.meta.r.opts, d, tagsOnce())
 			l.mu.Lock()
 			l.refs[d], l.errs[d] = refs, err
 			l.mu.Unlock()

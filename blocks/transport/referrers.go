@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -61,6 +62,41 @@ func (s *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor
 // blockfile pull (ListDeltas finds them), not signatures or attestations,
 // and copying them would bring megabytes of bundle into the store.
 func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	return ListReferrersKnown(ctx, repo, opts, subject, nil)
+}
+
+// CosignTags lists the repository's tags once and returns those cosign
+// names (sha256-<hex>.<suffix>), so that ListReferrersKnown asks for no tag
+// the repository lacks (a pull lists the referrers of every manifest of an
+// image: three HEADs each otherwise). nil, when the listing fails or takes
+// more than one page: then every tag is asked for.
+func CosignTags(ctx context.Context, repo name.Repository, opts []remote.Option) map[string]bool {
+	p, err := remote.NewPuller(append(append([]remote.Option{}, opts...), remote.WithContext(ctx))...)
+	if err != nil {
+		return nil
+	}
+	l, err := p.Lister(ctx, repo)
+	if err != nil {
+		return nil
+	}
+	page, err := l.Next(ctx)
+	if err != nil || page == nil || l.HasNext() {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, t := range page.Tags {
+		for _, suffix := range CosignTagSuffixes {
+			if strings.HasSuffix(t, "."+suffix) && strings.HasPrefix(t, "sha256-") {
+				out[t] = true
+			}
+		}
+	}
+	return out
+}
+
+// ListReferrersKnown is ListReferrers; with tags (CosignTags) it asks only
+// for the cosign tags listed there.
+func ListReferrersKnown(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest, tags map[string]bool) ([]ocispec.Descriptor, error) {
 	where := "docker://" + repo.String()
 	opts = append(append([]remote.Option{}, opts...), remote.WithContext(ctx))
 	all, err := listSubjectReferrers(repo, opts, subject)
@@ -75,6 +111,9 @@ func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Opti
 	}
 	for _, suffix := range CosignTagSuffixes {
 		tag := repo.Tag(subject.Algorithm().String() + "-" + subject.Encoded() + "." + suffix)
+		if tags != nil && !tags[tag.TagStr()] {
+			continue
+		}
 		d, err := remote.Head(tag, opts...)
 		if isNotFound(err) {
 			continue
