@@ -427,15 +427,7 @@ func (s *Store) sealExtents(host ocispec.Descriptor, exts []Extent) (string, err
 	if err != nil {
 		return "", err
 	}
-	t, err := fsutil.Create(s.path(ingestDir), "extents")
-	if err != nil {
-		return "", fmt.Errorf("store %s: %w", s.root, err)
-	}
-	if _, err := t.Write(b); err != nil {
-		t.Close()
-		return "", err
-	}
-	return t.Seal(0o444, fsutil.Deferred)
+	return s.sealTemp("extents", b, 0o444, fsutil.Deferred)
 }
 
 // extractExtents gives every extent of the record at p that live keeps a

@@ -316,7 +316,7 @@ func (s *Store) createIfAbsent(rel string, b []byte) error {
 	if _, err := os.Stat(dst); err == nil {
 		return nil
 	}
-	tmp, err := s.writeTemp(b, true)
+	tmp, err := s.sealTemp("file", b, 0o644, fsutil.Durable)
 	if err != nil {
 		return err
 	}
@@ -334,9 +334,10 @@ func (s *Store) replaceFile(rel string, b []byte, durable bool) error {
 	return fsutil.WriteFile(s.path(ingestDir), s.path(rel), b, 0o644, durable)
 }
 
-// writeTemp writes b to a new temp file in the ingest directory, synced if fsync.
-func (s *Store) writeTemp(b []byte, fsync bool) (string, error) {
-	t, err := fsutil.Create(s.path(ingestDir), "file")
+// sealTemp writes b to a new temp file of kind in the ingest directory,
+// sealed with mode and durability d, and returns its name (to rename).
+func (s *Store) sealTemp(kind string, b []byte, mode os.FileMode, d fsutil.Durability) (string, error) {
+	t, err := fsutil.Create(s.path(ingestDir), kind)
 	if err != nil {
 		return "", fmt.Errorf("store %s: %w", s.root, err)
 	}
@@ -344,11 +345,7 @@ func (s *Store) writeTemp(b []byte, fsync bool) (string, error) {
 		t.Close()
 		return "", err
 	}
-	d := fsutil.Volatile
-	if fsync {
-		d = fsutil.Durable
-	}
-	return t.Seal(0o644, d)
+	return t.Seal(mode, d)
 }
 
 // readSmall reads a small file whole, refusing files over limit.
