@@ -206,7 +206,6 @@ type memberReader struct {
 	cnt     countingReaderAt
 	buf     []byte
 	mh      hash.Hash
-	rawHash hash.Hash
 }
 
 // countingReaderAt reads a section sequentially and counts.
@@ -249,7 +248,7 @@ func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) error 
 		m.small = bufio.NewReaderSize(&m.cnt, 4<<10)
 		m.large = bufio.NewReaderSize(&m.cnt, 256<<10)
 		m.buf = make([]byte, 256<<10)
-		m.mh, m.rawHash = sha256.New(), sha256.New()
+		m.mh = sha256.New()
 	}
 	if !m.open(r, m.small, info.start, size) {
 		return nil
