@@ -199,13 +199,13 @@ func (b *inflateBudget) hold(heads int64) error {
 // memberReader inflates members, reusing its buffers: a small read-ahead
 // to probe a candidate, a large one to inflate a block member.
 type memberReader struct {
-	budget  *inflateBudget
-	gz      gzip.Reader
-	small   *bufio.Reader
-	large   *bufio.Reader
-	cnt     countingReaderAt
-	buf     []byte
-	mh      hash.Hash
+	budget *inflateBudget
+	gz     gzip.Reader
+	small  *bufio.Reader
+	large  *bufio.Reader
+	cnt    countingReaderAt
+	buf    []byte
+	mh     hash.Hash
 }
 
 // countingReaderAt reads a section sequentially and counts.
