@@ -51,6 +51,17 @@ const (
 	// image: it is never recorded in a store as a referrer nor copied as one.
 	ArtifactTypeDelta = "application/vnd.blockfile.delta.v1"
 
+	// ArtifactTypeBlockMap is the artifactType of a block map manifest in
+	// a registry (docs/FORMAT.md section 8d): a referrer of an image index
+	// whose layers (MediaTypeBlockMap) name the raw block of each block
+	// member of a standard layer, so that a pull can derive a blocked layer
+	// without inflating its blocks.
+	ArtifactTypeBlockMap = "application/vnd.blockfile.blockmap.v1"
+
+	// MediaTypeBlockMap is the media type of one standard layer's block
+	// map (a layer of a block map manifest).
+	MediaTypeBlockMap = "application/vnd.blockfile.blockmap.v1+json"
+
 	// MediaTypeBundle is the media type of a bundle file (docs/BUNDLES.md)
 	// stored as a blob: the layer of a delta manifest.
 	MediaTypeBundle = "application/vnd.blockfile.bundle.v1.tar"
@@ -102,6 +113,13 @@ const (
 	// hydrates to (informative: what a user recognises as the release).
 	AnnotationDeltaBase         = "dev.blockfile.delta.base"
 	AnnotationDeltaBaseStandard = "dev.blockfile.delta.base.standard"
+
+	// AnnotationBlockMap, on a block map manifest, is its version ("1"):
+	// listings that give the config's media type as the artifactType still
+	// tell a block map by it. AnnotationBlockMapLayer, on a layer of a
+	// block map manifest, is the digest of the standard layer it maps.
+	AnnotationBlockMap      = "dev.blockfile.blockmap"
+	AnnotationBlockMapLayer = "dev.blockfile.blockmap.layer"
 
 	// LabelImports is the image config label in which the frontend records
 	// what IMPORT placed where: a JSON object mapping an absolute path in the

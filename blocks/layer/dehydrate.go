@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -58,7 +59,18 @@ import (
 // inflated in all; beyond, ErrTooLarge. Memory holds, per header member,
 // its header records and its block's digests. Zstd layers are refused
 // (ErrMalformed).
-func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writer, workers int) ([]Part, error) {
+//
+// With opts.Known (a block map, docs/FORMAT.md section 8d: each block
+// member's raw block, as the stubs export wrote name it) no block member
+// is inflated: a block member ends where the next candidate starts, its
+// compressed bytes are hashed, and the map names its raw block; a member
+// the map lacks, or whose gzip trailer does not give the size its header
+// member does, is inflated as without a map. The map is the publisher's
+// word, as the stubs of a blocked layer read from a registry are: a wrong
+// entry makes a stub, hence a blocked layer, that the caller's digest
+// check refuses.
+func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writer, opts DehydrateOptions) ([]Part, error) {
+	workers := max(opts.Workers, 1)
 	// One goroutine finds the candidates in order, workers inflate them:
 	// with a reader that waits for bytes still arriving (store.Follower),
 	// this runs while the layer downloads.
@@ -82,9 +94,9 @@ func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writ
 			}
 		})
 	})
-	for range max(workers, 1) {
+	for range workers {
 		g.Go(func() error {
-			in := &memberReader{budget: budget}
+			in := &memberReader{budget: budget, probeOnly: opts.Known != nil}
 			for m := range work {
 				if err := gctx.Err(); err != nil {
 					return err
@@ -102,7 +114,91 @@ func Dehydrate(ctx context.Context, std io.ReaderAt, size int64, blocked io.Writ
 	if len(infos) == 0 || infos[0].start != 0 {
 		return nil, fmt.Errorf("standard layer does not start with a gzip member: %w", ErrMalformed)
 	}
+	if opts.Known != nil {
+		if err := knownBlocks(ctx, std, size, infos, opts.Known, budget, workers); err != nil {
+			return nil, err
+		}
+	}
 	return assembleBlocked(ctx, std, size, infos, blocked)
+}
+
+// DehydrateOptions tune Dehydrate.
+type DehydrateOptions struct {
+	// Workers inflate (and hash) members at once; at least 1.
+	Workers int
+	// Known maps block member digests to the raw blocks they hold (a
+	// block map); nil inflates every block member to name its raw block.
+	Known map[digest.Digest]digest.Digest
+}
+
+// knownBlocks finds, after the probes, the block member after each header
+// member through known: it ends at the next candidate start (every member
+// starts with gzipMagic), and its compressed bytes' digest names its raw
+// block there. Members known lacks, or whose trailer's ISIZE is not the
+// size (with padding) the header member gives, are inflated. The members
+// hashed lie between consecutive candidates, so all of them together are
+// at most the layer.
+func knownBlocks(ctx context.Context, std io.ReaderAt, size int64, infos []*memberInfo, known map[digest.Digest]digest.Digest, budget *inflateBudget, workers int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	readers := make(chan *memberReader, workers)
+	for range workers {
+		readers <- &memberReader{budget: budget}
+	}
+	for i, m := range infos {
+		if m.hdr == nil {
+			continue
+		}
+		end := size
+		for _, n := range infos[i+1:] {
+			if n.start > m.end {
+				end = n.start
+				break
+			}
+		}
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			in := <-readers
+			defer func() { readers <- in }()
+			want := m.hdr.Size + (512-m.hdr.Size%512)%512
+			if b, ok := in.knownBlock(std, m.end, end, want, known); ok {
+				m.block = b
+				return nil
+			}
+			m.block = in.inflateBlock(std, m.end, size, want)
+			if errors.Is(m.block.err, ErrTooLarge) {
+				return m.block.err
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// knownBlock hashes the member [start, end) and looks it up in known; it
+// reports false (inflate instead) if known lacks it or its trailer's ISIZE
+// is not want (mod 2^32).
+func (m *memberReader) knownBlock(r io.ReaderAt, start, end, want int64, known map[digest.Digest]digest.Digest) (blockInfo, bool) {
+	m.init()
+	if end-start < 18 {
+		return blockInfo{}, false
+	}
+	var trailer [4]byte
+	if _, err := r.ReadAt(trailer[:], end-4); err != nil || binary.LittleEndian.Uint32(trailer[:]) != uint32(want) {
+		return blockInfo{}, false
+	}
+	m.mh.Reset()
+	if _, err := io.CopyBuffer(m.mh, io.NewSectionReader(r, start, end-start), m.buf); err != nil {
+		return blockInfo{}, false
+	}
+	member := digest.NewDigest(digest.SHA256, m.mh)
+	raw, ok := known[member]
+	if !ok || raw.Validate() != nil {
+		return blockInfo{}, false
+	}
+	return blockInfo{end: end, rawLen: want, member: member, raw: raw}, true
 }
 
 // maxDehydrateMembers bounds the members (and candidate starts) Dehydrate
@@ -123,6 +219,7 @@ type memberInfo struct {
 type blockInfo struct {
 	end    int64
 	rawLen int64
+	raw    digest.Digest // the raw block, when a block map named it (knownBlock)
 	// rawPre hashes its raw content but the last len(tail) bytes, which
 	// tail holds: the block's digest leaves its padding out.
 	rawPre hash.Hash
@@ -199,13 +296,14 @@ func (b *inflateBudget) hold(heads int64) error {
 // memberReader inflates members, reusing its buffers: a small read-ahead
 // to probe a candidate, a large one to inflate a block member.
 type memberReader struct {
-	budget *inflateBudget
-	gz     gzip.Reader
-	small  *bufio.Reader
-	large  *bufio.Reader
-	cnt    countingReaderAt
-	buf    []byte
-	mh     hash.Hash
+	budget    *inflateBudget
+	probeOnly bool // find header members; knownBlocks reads block members
+	gz        gzip.Reader
+	small     *bufio.Reader
+	large     *bufio.Reader
+	cnt       countingReaderAt
+	buf       []byte
+	mh        hash.Hash
 }
 
 // countingReaderAt reads a section sequentially and counts.
@@ -228,6 +326,15 @@ func (c *countingReaderAt) Read(p []byte) (int, error) {
 	return n, err
 }
 
+func (m *memberReader) init() {
+	if m.small == nil {
+		m.small = bufio.NewReaderSize(&m.cnt, 4<<10)
+		m.large = bufio.NewReaderSize(&m.cnt, 256<<10)
+		m.buf = make([]byte, 256<<10)
+		m.mh = sha256.New()
+	}
+}
+
 // open starts inflating the member at start through br (reset on the
 // section from there); it returns false if no gzip member starts there.
 func (m *memberReader) open(r io.ReaderAt, br *bufio.Reader, start, size int64) bool {
@@ -244,12 +351,7 @@ func (m *memberReader) open(r io.ReaderAt, br *bufio.Reader, start, size int64) 
 // a header's worth of it), and if so inflates the block member after it.
 // It fails only when the budget is spent.
 func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) error {
-	if m.small == nil {
-		m.small = bufio.NewReaderSize(&m.cnt, 4<<10)
-		m.large = bufio.NewReaderSize(&m.cnt, 256<<10)
-		m.buf = make([]byte, 256<<10)
-		m.mh = sha256.New()
-	}
+	m.init()
 	if !m.open(r, m.small, info.start, size) {
 		return nil
 	}
@@ -298,6 +400,9 @@ func (m *memberReader) probe(r io.ReaderAt, info *memberInfo, size int64) error 
 	}
 	info.hdr, info.hrec = h, append([]byte(nil), raw...)
 	info.end = m.cnt.off - int64(m.small.Buffered())
+	if m.probeOnly {
+		return nil
+	}
 	info.block = m.inflateBlock(r, info.end, size, h.Size+(512-h.Size%512)%512)
 	if errors.Is(info.block.err, ErrTooLarge) {
 		return info.block.err
@@ -453,24 +558,11 @@ func assembleBlocked(ctx context.Context, std io.ReaderAt, size int64, infos []*
 		if err := verbatim(pos, m.start); err != nil {
 			return nil, err
 		}
-		pad := (512 - h.Size%512) % 512
-		if b.rawLen != h.Size+pad || int64(len(b.tail)) < pad {
-			return nil, fmt.Errorf("standard layer member at offset %d: block member of %q holds %d bytes, its header says %d and %d of padding: %w", m.end, h.Name, b.rawLen, h.Size, pad, ErrMalformed)
-		}
-		// The block's digest: what rawPre hashed, and the tail but the
-		// padding, which must be zero.
-		split := int64(len(b.tail)) - pad
-		for _, c := range b.tail[split:] {
-			if c != 0 {
-				return nil, fmt.Errorf("standard layer member at offset %d: block member of %q has non-zero padding: %w", m.end, h.Name, ErrMalformed)
-			}
-		}
-		hc, err := b.rawPre.(hash.Cloner).Clone()
+		raw, err := b.rawDigest(h, m.end)
 		if err != nil {
 			return nil, err
 		}
-		hc.Write(b.tail[:split])
-		block := blocks.Ref{Digest: digest.NewDigest(digest.SHA256, hc), Size: h.Size}
+		block := blocks.Ref{Digest: raw, Size: h.Size}
 		member := blocks.Ref{Digest: b.member, Size: b.end - m.end}
 		if err := lw.add(Part{Kind: PartHeader, Offset: m.start, Size: m.end - m.start, Member: member.Digest, Block: block.Digest, Header: m.hrec}); err != nil {
 			return nil, err
@@ -498,6 +590,31 @@ func assembleBlocked(ctx context.Context, std io.ReaderAt, size int64, infos []*
 		return nil, err
 	}
 	return lw.parts, nil
+}
+
+// rawDigest is the digest of the block the member holds (of the file h
+// names, at offset off): the block map's word, or what rawPre hashed and
+// the tail but the padding, which must be zero.
+func (b *blockInfo) rawDigest(h *tar.Header, off int64) (digest.Digest, error) {
+	pad := (512 - h.Size%512) % 512
+	if b.raw != "" {
+		return b.raw, nil
+	}
+	if b.rawLen != h.Size+pad || int64(len(b.tail)) < pad {
+		return "", fmt.Errorf("standard layer member at offset %d: block member of %q holds %d bytes, its header says %d and %d of padding: %w", off, h.Name, b.rawLen, h.Size, pad, ErrMalformed)
+	}
+	split := int64(len(b.tail)) - pad
+	for _, c := range b.tail[split:] {
+		if c != 0 {
+			return "", fmt.Errorf("standard layer member at offset %d: block member of %q has non-zero padding: %w", off, h.Name, ErrMalformed)
+		}
+	}
+	hc, err := b.rawPre.(hash.Cloner).Clone()
+	if err != nil {
+		return "", err
+	}
+	hc.Write(b.tail[:split])
+	return digest.NewDigest(digest.SHA256, hc), nil
 }
 
 // countingWriter counts what goes to the blocked layer.

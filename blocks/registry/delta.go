@@ -154,11 +154,7 @@ func makeDeltaManifest(subject, bundleDesc ocispec.Descriptor, base, baseStd dig
 // from it to the image idx (bundle.Create with that base: deltas and
 // patches), unless the registry already lists a delta from that base.
 // Called after the index is pushed, so the subject exists.
-func (p *pusher) pushDeltas(ctx context.Context, imageName string, idx ocispec.Descriptor, bases []string) ([]DeltaPush, error) {
-	listed, err := transport.ListDeltas(ctx, p.r.repo, p.r.opts, idx.Digest)
-	if err != nil {
-		return nil, fmt.Errorf("push %s: deltas: %w", imageName, err)
-	}
+func (p *pusher) pushDeltas(ctx context.Context, imageName string, idx ocispec.Descriptor, bases []string, listed []ocispec.Descriptor) ([]DeltaPush, error) {
 	var out []DeltaPush
 	done := map[digest.Digest]bool{}
 	for _, base := range bases {
@@ -192,6 +188,9 @@ func (p *pusher) pushDeltas(ctx context.Context, imageName string, idx ocispec.D
 // checked, or nil.
 func (p *pusher) existingDelta(ctx context.Context, listed []ocispec.Descriptor, subject, base digest.Digest) *deltaManifest {
 	for _, d := range listed {
+		if !transport.IsDelta(d) {
+			continue
+		}
 		// Registries should copy the manifest's annotations into the
 		// listing; some do not.
 		if a, ok := d.Annotations[blocks.AnnotationDeltaBase]; (ok && a != base.String()) || d.Size > maxDeltaManifest {
@@ -307,7 +306,7 @@ var errDeltaUnusable = errors.New("delta not usable")
 // naming its digest, with the store unchanged; a listing the registry
 // refuses, or a delta that turns out not to fit, leaves the pull to the
 // blocks.
-func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, c *bundle.Closure, need []bundle.Blob, total int64, res *PullResult, opts PullOptions) ([]bundle.Blob, int64, error) {
+func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, c *bundle.Closure, need []bundle.Blob, total int64, listing func() ([]ocispec.Descriptor, error), res *PullResult, opts PullOptions) ([]bundle.Blob, int64, error) {
 	if opts.NoDeltas || len(need) == 0 {
 		return need, total, nil
 	}
@@ -321,7 +320,7 @@ func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocisp
 	// larger than the standard image: a hostile listing cannot make the
 	// pull download more than it would anyway.
 	limit := min(total, res.StandardSize)
-	d, err := findDelta(ctx, s, meta, root, limit, func(err error) { note("%v: skipped", err) })
+	d, err := findDelta(ctx, s, meta, root, limit, listing, func(err error) { note("%v: skipped", err) })
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, 0, ctx.Err()
@@ -361,8 +360,8 @@ func useDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocisp
 // smallest bundle (under limit bytes) whose base image the store holds
 // completely, or nil. A candidate that does not read or check is reported
 // to skipped and passed over.
-func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, limit int64, skipped func(error)) (*deltaManifest, error) {
-	listed, err := transport.ListDeltas(ctx, meta.r.repo, meta.r.opts, root.Digest)
+func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, limit int64, listing func() ([]ocispec.Descriptor, error), skipped func(error)) (*deltaManifest, error) {
+	listed, err := listing()
 	if err != nil {
 		return nil, err
 	}
@@ -378,7 +377,7 @@ func findDelta(ctx context.Context, s *store.Store, meta *metaFetcher, root ocis
 	}
 	tried := 0
 	for _, l := range listed {
-		if l.Size > maxDeltaManifest {
+		if !transport.IsDelta(l) || l.Size > maxDeltaManifest {
 			continue
 		}
 		// The listing's annotation (registries should copy the manifest's;

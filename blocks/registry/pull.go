@@ -55,6 +55,9 @@ type PullOptions struct {
 	// NoDeltas fetches the blobs the store lacks even when the registry
 	// holds a delta to the image from an image the store has (delta.go).
 	NoDeltas bool
+	// NoBlockMap dehydrates layers read whole by inflating their blocks
+	// even when the registry holds the image's block map (blockmap.go).
+	NoBlockMap bool
 }
 
 // PullResult says what Pull did.
@@ -90,6 +93,9 @@ type PullResult struct {
 	// was the registry's (the others read it too).
 	Dehydrated int `json:"dehydrated,omitempty"`
 	Derived    int `json:"derived,omitempty"`
+	// BlockMap is the block map manifest that named the raw blocks of the
+	// layers dehydrated (blockmap.go), if one did.
+	BlockMap *ocispec.Descriptor `json:"blockMap,omitempty"`
 	// Delta is the delta bundle the pull applied instead of fetching the
 	// blobs the store lacked (delta.go), if any.
 	Delta *DeltaPull `json:"delta,omitempty"`
@@ -224,7 +230,12 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 		need = append(need, b)
 		total += b.Size
 	}
-	if need, total, err = useDelta(ctx, s, meta, root, c, need, total, res, opts); err != nil {
+	// The index's deltas and block map: one listing, made when first
+	// needed.
+	listing := sync.OnceValues(func() ([]ocispec.Descriptor, error) {
+		return transport.ListTransport(ctx, meta.r.repo, meta.r.opts, root.Digest)
+	})
+	if need, total, err = useDelta(ctx, s, meta, root, c, need, total, listing, res, opts); err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	prog := newProgress(opts.Progress, opts.PlainProgress, total, "pull "+ref.String())
@@ -234,7 +245,7 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 			batch.Discard()
 		}
 	}()
-	err = fetchBlobs(ctx, s, meta, root, &lockedBatch{b: batch}, need, opts, prog, res)
+	err = fetchBlobs(ctx, s, meta, root, &lockedBatch{b: batch}, need, listing, opts, prog, res)
 	prog.finish()
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -277,7 +288,7 @@ func pullBlocked(ctx context.Context, s *store.Store, meta *metaFetcher, root oc
 // fetchBlobs downloads need into the batch. With a connection for Range
 // GETs (opts.HTTP), the layers that lack members read them, and write their
 // standard layer, through ranges (ranges.go), beside the other blobs.
-func fetchBlobs(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, batch *lockedBatch, need []bundle.Blob, opts PullOptions, prog *progress, res *PullResult) error {
+func fetchBlobs(ctx context.Context, s *store.Store, meta *metaFetcher, root ocispec.Descriptor, batch *lockedBatch, need []bundle.Blob, listing func() ([]ocispec.Descriptor, error), opts PullOptions, prog *progress, res *PullResult) error {
 	jobs := opts.Jobs
 	if jobs <= 0 {
 		jobs = DefaultJobs
@@ -290,6 +301,9 @@ func fetchBlobs(ctx context.Context, s *store.Store, meta *metaFetcher, root oci
 		return err
 	}
 	e := &rangeEnv{s: s, r: meta.r, conn: opts.HTTP, batch: batch, prog: prog, missing: map[digest.Digest]bool{}, count: &res.Downloaded}
+	if !opts.NoBlockMap {
+		e.maps = &blockMaps{r: meta.r, root: root.Digest, listed: func(context.Context) ([]ocispec.Descriptor, error) { return listing() }, note: prog.note}
+	}
 	for _, b := range need {
 		e.missing[b.Digest] = true
 	}
@@ -317,6 +331,9 @@ func fetchBlobs(ctx context.Context, s *store.Store, meta *metaFetcher, root oci
 	err = g.Wait()
 	res.Ranges, res.WholeLayers = int(e.ranges.Load()), int(e.whole.Load())
 	res.Dehydrated, res.Derived = int(e.dehydrated.Load()), int(e.derived.Load())
+	if e.maps != nil {
+		res.BlockMap = e.maps.used
+	}
 	return err
 }
 

@@ -53,6 +53,10 @@ type PushOptions struct {
 	// create --from BASE makes, as an OCI referrer of the index. A delta
 	// the registry already lists for a base is not made again.
 	DeltaFrom []string
+	// NoBlockMap skips the block map (blockmap.go) that push otherwise
+	// publishes beside the index, so that first pulls need not inflate
+	// blocks.
+	NoBlockMap bool
 }
 
 // ChildTag is the tag TagChildren gives a manifest: "sha256-<hex>.blockfile",
@@ -85,6 +89,10 @@ type PushResult struct {
 	Referrers int `json:"referrers,omitempty"`
 	// Deltas are the deltas published (or found) for DeltaFrom.
 	Deltas []DeltaPush `json:"deltas,omitempty"`
+	// BlockMap is the image's block map manifest (docs/FORMAT.md section
+	// 8d), pushed or found; absent when the image has no gzip layer with
+	// blocks or the registry refused it (progress says why).
+	BlockMap *ocispec.Descriptor `json:"blockMap,omitempty"`
 	// Materialized is set when standard layers missing from the store
 	// (pulled or applied without materializing) were rebuilt first.
 	Materialized bool          `json:"materialized,omitempty"`
@@ -186,9 +194,24 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 		}
 		res.Referrers = len(refs)
 	}
+	// Deltas and the block map: referrers of the index, listed once.
+	listed, lerr := transport.ListTransport(ctx, p.r.repo, p.r.opts, idx.Digest)
 	if len(opts.DeltaFrom) > 0 {
-		if res.Deltas, err = p.pushDeltas(ctx, imageName, idx, opts.DeltaFrom); err != nil {
+		if lerr != nil {
+			return nil, fmt.Errorf("push %s: deltas: %w", imageName, lerr)
+		}
+		if res.Deltas, err = p.pushDeltas(ctx, imageName, idx, opts.DeltaFrom, listed); err != nil {
 			return nil, err
+		}
+	}
+	if !opts.NoBlockMap {
+		// A speed-up for first pulls, not part of the image: a registry
+		// that refuses it still serves the image, so the push goes on.
+		if res.BlockMap, err = p.pushBlockMap(ctx, idx, listed); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			p.prog.note("block map not pushed (%v): first pulls will inflate the blocks of layers they read whole", err)
 		}
 	}
 	// Remember where the blobs now are, for mounts into other repositories.

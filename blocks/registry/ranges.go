@@ -227,6 +227,7 @@ type rangeEnv struct {
 
 	ranges, whole       atomic.Int64
 	dehydrated, derived atomic.Int64 // layers read whole (fetchWhole)
+	maps                *blockMaps   // nil: no block maps (PullOptions.NoBlockMap)
 	held                atomic.Int64 // bytes of the layouts held (maxLayoutsHeld)
 }
 
@@ -1176,7 +1177,13 @@ func (l *rangeLayer) fetchWhole(ctx context.Context, e *rangeEnv) (err error) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		parts, err := dehydrate(ctx, follow, l.std.Size, bw, runtime.GOMAXPROCS(0))
+		// The layer's block map, if the registry has one, spares inflating
+		// its blocks; read while the layer downloads.
+		var known map[digest.Digest]digest.Digest
+		if e.maps != nil {
+			known = e.maps.layer(ctx, l.std.Digest)
+		}
+		parts, err := dehydrate(ctx, follow, l.std.Size, bw, layer.DehydrateOptions{Workers: runtime.GOMAXPROCS(0), Known: known})
 		done <- result{parts, err}
 	}()
 	// Large writes: the store hashes them on a goroutine of its own.

@@ -163,11 +163,14 @@ func writeLayout(t *testing.T, dir string, changed int, osLike bool) {
 // spoil the answers to Range requests, holding app:1 and app:2 (one block
 // changed) pushed from a store.
 type rangeRig struct {
-	srv      *httptest.Server
-	host     string
-	std      map[string]ocispec.Descriptor // tag -> standard manifest
-	spoil    func(w http.ResponseWriter, r *http.Request, h http.Handler) bool
+	srv   *httptest.Server
+	host  string
+	std   map[string]ocispec.Descriptor // tag -> standard manifest
+	spoil func(w http.ResponseWriter, r *http.Request, h http.Handler) bool
+	// edit, if set, may answer any request instead of the registry.
+	edit     func(w http.ResponseWriter, r *http.Request, h http.Handler) bool
 	rangeGot int
+	src      *store.Store // the store the images were pushed from
 }
 
 func newRangeRig(t *testing.T) *rangeRig {
@@ -181,6 +184,9 @@ func newRig(t *testing.T, osLike bool) *rangeRig {
 	rig := &rangeRig{std: map[string]ocispec.Descriptor{}}
 	reg := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
 	rig.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rig.edit != nil && rig.edit(w, r, reg) {
+			return
+		}
 		if r.Header.Get("Range") != "" {
 			rig.rangeGot++
 			if rig.spoil != nil && rig.spoil(w, r, reg) {
@@ -195,6 +201,7 @@ func newRig(t *testing.T, osLike bool) *rangeRig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rig.src = src
 	for i, tag := range []string{"1", "2"} {
 		dir := filepath.Join(t.TempDir(), "layout"+tag)
 		writeLayout(t, dir, 3*i-1, osLike)
@@ -441,9 +448,11 @@ func TestWholeLayerPull(t *testing.T) {
 		}
 	})
 	t.Run("registry's blocked layer when the derived one differs", func(t *testing.T) {
-		defer func(f func(context.Context, io.ReaderAt, int64, io.Writer, int) ([]layer.Part, error)) { dehydrate = f }(dehydrate)
-		dehydrate = func(ctx context.Context, r io.ReaderAt, n int64, w io.Writer, workers int) ([]layer.Part, error) {
-			parts, err := layer.Dehydrate(ctx, r, n, w, workers)
+		defer func(f func(context.Context, io.ReaderAt, int64, io.Writer, layer.DehydrateOptions) ([]layer.Part, error)) {
+			dehydrate = f
+		}(dehydrate)
+		dehydrate = func(ctx context.Context, r io.ReaderAt, n int64, w io.Writer, opts layer.DehydrateOptions) ([]layer.Part, error) {
+			parts, err := layer.Dehydrate(ctx, r, n, w, opts)
 			w.Write([]byte("another writer's bytes"))
 			return parts, err
 		}

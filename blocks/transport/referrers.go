@@ -57,10 +57,11 @@ func (s *remoteSource) Referrers(ctx context.Context, subject ocispec.Descriptor
 }
 
 // ListReferrers is Registry.Referrers for callers that hold a repository and
-// its connection options (blocks/registry's pull). Delta manifests
-// (blocks.ArtifactTypeDelta) are left out: they carry update bundles for
-// blockfile pull (ListDeltas finds them), not signatures or attestations,
-// and copying them would bring megabytes of bundle into the store.
+// its connection options (blocks/registry's pull). Delta manifests and
+// block maps (IsTransport) are left out: they carry update bundles and
+// raw block names for blockfile pull (ListTransport finds them), not
+// signatures or attestations, and copying them would bring megabytes of
+// bundle into the store.
 func ListReferrers(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	return ListReferrersKnown(ctx, repo, opts, subject, nil)
 }
@@ -105,7 +106,7 @@ func ListReferrersKnown(ctx context.Context, repo name.Repository, opts []remote
 	}
 	var out []ocispec.Descriptor
 	for _, desc := range all {
-		if !IsDelta(desc) {
+		if !IsTransport(desc) {
 			out = append(out, desc)
 		}
 	}
@@ -150,11 +151,28 @@ func IsDelta(desc ocispec.Descriptor) bool {
 	return ok
 }
 
-// ListDeltas lists the delta manifests of subject (IsDelta) in the
-// registry's referrers API, else the sha256-<hex> fallback index. The
-// listing is the registry's word: a caller reads each manifest by digest
-// and checks it.
-func ListDeltas(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
+// IsBlockMap reports whether a referrers listing entry is a block map
+// manifest (docs/FORMAT.md section 8d): artifactType
+// blocks.ArtifactTypeBlockMap, or its annotation blocks.AnnotationBlockMap
+// (for registries that list the config's media type as the artifactType).
+func IsBlockMap(desc ocispec.Descriptor) bool {
+	if desc.ArtifactType == blocks.ArtifactTypeBlockMap {
+		return true
+	}
+	_, ok := desc.Annotations[blocks.AnnotationBlockMap]
+	return ok
+}
+
+// IsTransport reports whether a referrers listing entry is one of
+// blockfile's transport manifests (a delta or a block map): something a
+// pull uses, not a statement about the image that a store keeps.
+func IsTransport(desc ocispec.Descriptor) bool { return IsDelta(desc) || IsBlockMap(desc) }
+
+// ListTransport lists the transport manifests of subject (IsTransport:
+// deltas and block maps) in the registry's referrers API, else the
+// sha256-<hex> fallback index. The listing is the registry's word: a
+// caller reads each manifest by digest and checks it.
+func ListTransport(ctx context.Context, repo name.Repository, opts []remote.Option, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	opts = append(append([]remote.Option{}, opts...), remote.WithContext(ctx))
 	all, err := listSubjectReferrers(repo, opts, subject)
 	if err != nil {
@@ -162,7 +180,7 @@ func ListDeltas(ctx context.Context, repo name.Repository, opts []remote.Option,
 	}
 	var out []ocispec.Descriptor
 	for _, desc := range all {
-		if IsDelta(desc) && IsManifest(desc.MediaType) {
+		if IsTransport(desc) && IsManifest(desc.MediaType) {
 			out = append(out, desc)
 		}
 	}

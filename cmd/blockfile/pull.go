@@ -29,6 +29,7 @@ func newPullCmd() *cobra.Command {
 		minSize     string
 		compression string
 		noDeltas    bool
+		noBlockMap  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "pull [flags] REF [NAME]",
@@ -53,7 +54,12 @@ from an image the store holds whole, pull downloads that update bundle, which
 carries changed blocks as binary deltas, and applies it (every prerequisite
 and digest checked before anything is written), instead of fetching the
 changed blocks whole; --no-deltas does not look for one. A delta whose bytes
-do not verify fails the pull, store unchanged, naming its digest.`,
+do not verify fails the pull, store unchanged, naming its digest.
+
+A layer of small files with blocks among them that the store lacks entirely
+is read whole, in one request, and its blocked layer derived from it; the
+registry's block map (pushed beside the index) names each block member's raw
+block, so that the blocks need not be inflated (--no-block-map: inflate them).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usageError{fmt.Errorf("%s: want REF [NAME], got %d argument(s) (see --help)", cmd.CommandPath(), len(args))}
@@ -67,6 +73,7 @@ do not verify fails the pull, store unchanged, naming its digest.`,
 	addOutputsFlag(cmd, &outputs, "where to write the image (repeatable): oci-archive:FILE[:REF], oci:DIR[:REF], docker://REF")
 	cmd.Flags().BoolVar(&materialize, "materialize", true, "also rebuild the standard layers inside the store (false: keep only the blocked form; hydrate on demand)")
 	cmd.Flags().BoolVar(&noDeltas, "no-deltas", false, "fetch the blobs the store lacks even when the registry holds a delta from an image the store has")
+	cmd.Flags().BoolVar(&noBlockMap, "no-block-map", false, "derive the blocked layers of layers read whole by inflating their blocks, without the registry's block map")
 	addJSONFlag(cmd, &asJSON, "print what was done as JSON")
 	addProgressFlag(cmd, &progress)
 	cmd.Flags().StringVar(&minSize, "min-block-size", units.Exact(image.DefaultMinBlockSize), "for an image without a blocked form: as export --min-block-size")
@@ -98,7 +105,7 @@ do not verify fails the pull, store unchanged, naming its digest.`,
 			var err error
 			res, err = registry.Pull(ctx, s, ref, name, registry.PullOptions{
 				Remote: ropts, HTTP: conn, Jobs: jobs, Progress: pw, PlainProgress: plain,
-				NoMaterialize: !materialize, Outputs: outputs, Registry: *reg, NoDeltas: noDeltas,
+				NoMaterialize: !materialize, Outputs: outputs, Registry: *reg, NoDeltas: noDeltas, NoBlockMap: noBlockMap,
 				Export: image.ExportOptions{Compression: c, MinBlockSize: size},
 			})
 			return err
@@ -125,6 +132,13 @@ do not verify fails the pull, store unchanged, naming its digest.`,
 		if d := res.Delta; d != nil {
 			fmt.Fprintf(w, "  delta %s from %s: bundle %s instead of %s of blobs, %d blobs added\n",
 				d.Manifest.Digest, d.BaseIndex, sizeString(d.Bundle.Size), sizeString(d.Instead), d.Ingested.Blobs)
+		}
+		if res.Dehydrated > 0 {
+			via := "inflating their blocks"
+			if res.BlockMap != nil {
+				via = "through the block map " + res.BlockMap.Digest.String()
+			}
+			fmt.Fprintf(w, "  %d layer(s) read whole, %d blocked layer(s) derived %s\n", res.Dehydrated, res.Derived, via)
 		}
 		for _, o := range res.Outputs {
 			fmt.Fprintf(w, "    -> %s\n", blocks.Quote(o))

@@ -21,6 +21,7 @@ func newPushCmd() *cobra.Command {
 		progress    string
 		tagChildren bool
 		deltaFrom   []string
+		noBlockMap  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "push [flags] NAME REF",
@@ -50,7 +51,12 @@ release) also publishes, beside the image, the update bundle from BASE to it
 layers as patches) as an OCI referrer of the index. 'blockfile pull' into a
 store that holds BASE downloads that bundle instead of the changed blocks
 whole. The index and its digest do not change; plain clients never see it.
-A delta the registry already holds for a base is not made again.`,
+A delta the registry already holds for a base is not made again.
+
+Push also publishes the image's block map (docs/FORMAT.md section 8d), an OCI
+referrer of the index naming the raw block of each block member: a first pull
+that reads a layer of small files whole derives its blocked layer from it
+without inflating the blocks (--no-block-map: not).`,
 		Args: exactArgs(2),
 	}
 	openStore := storeFlag(cmd)
@@ -58,6 +64,7 @@ A delta the registry already holds for a base is not made again.`,
 	cmd.Flags().IntVar(&jobs, "jobs", registry.DefaultJobs, "blobs uploaded at once")
 	cmd.Flags().BoolVar(&tagChildren, "tag-children", true, "also tag each manifest the index names (sha256-<hex>.blockfile), so that garbage-collect --delete-untagged of distribution 2.x keeps them")
 	cmd.Flags().StringArrayVar(&deltaFrom, "delta-from", nil, "also publish the update bundle from this store image (repeatable), for pulls into stores that hold it")
+	cmd.Flags().BoolVar(&noBlockMap, "no-block-map", false, "do not publish the block map beside the index (first pulls then inflate the blocks of the layers they read whole)")
 	addJSONFlag(cmd, &asJSON, "print the result as JSON")
 	addProgressFlag(cmd, &progress)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -80,7 +87,7 @@ A delta the registry already holds for a base is not made again.`,
 		}
 		res, err := registry.Push(ctx, s, args[0], ref, registry.PushOptions{
 			Remote: ropts, Jobs: jobs, Progress: pw, PlainProgress: plain, TagChildren: tagChildren,
-			DeltaFrom: deltaFrom,
+			DeltaFrom: deltaFrom, NoBlockMap: noBlockMap,
 		})
 		if err != nil {
 			return reg.Explain(ref, err)
@@ -95,6 +102,9 @@ A delta the registry already holds for a base is not made again.`,
 		fmt.Fprintf(w, "  uploaded %d blobs (%s), mounted %d (%s), skipped %d already there (%s), %d manifests\n",
 			res.Uploaded.Blobs, sizeString(res.Uploaded.Bytes), res.Mounted.Blobs, sizeString(res.Mounted.Bytes),
 			res.Skipped.Blobs, sizeString(res.Skipped.Bytes), res.Manifests.Blobs)
+		if res.BlockMap != nil {
+			fmt.Fprintf(w, "  block map %s\n", res.BlockMap.Digest)
+		}
 		for _, d := range res.Deltas {
 			how := "pushed"
 			if d.Present {

@@ -18,8 +18,10 @@
 // one of the registry issue: at most 1.5x the v1 -> upgrade bundle + 256
 // KiB; the first pull at most 1.02x the standard image. The first pull is
 // repeated -rounds times, skopeo and blockfile alternately, and the medians
-// are shown; -ranges=false pulls without Range GETs (one GET per block
-// member, then hydration), as before they existed.
+// are shown; in the same rounds v1 is also pulled without the block map
+// (PullOptions.NoBlockMap: the layers read whole are dehydrated by
+// inflating their blocks). -ranges=false pulls without Range GETs (one GET
+// per block member, then hydration), as before they existed.
 package main
 
 import (
@@ -158,6 +160,10 @@ type row struct {
 	name                                 string
 	pushT, pullT, blocksT, skopeoT       time.Duration
 	pushUp, pullDown, blocksDn, skopeoDn int64
+	noMapT                               time.Duration // v1: pull without the block map
+	noMapDown                            int64
+	dehydrated                           int
+	mapped                               bool
 	standard, bundleSize                 int64
 	present, ranges                      int
 	delta                                bool // the pull applied the delta
@@ -297,7 +303,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 
 		// blockfile pull: by default (the delta, for an upgrade), then
 		// with --no-deltas from the same starting store.
-		pull := func(site string, noDeltas bool) (*registry.PullResult, time.Duration, int64, error) {
+		pull := func(site string, noDeltas, noBlockMap bool) (*registry.PullResult, time.Duration, int64, error) {
 			if v != "v1" {
 				if err := exec.Command("cp", "-a", site1, site).Run(); err != nil {
 					return nil, 0, 0, err
@@ -312,7 +318,7 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 			drop()
 			c.reset()
 			t := time.Now()
-			res, err := registry.Pull(ctx, s, ref, v, registry.PullOptions{Remote: ropts, HTTP: conn, NoDeltas: noDeltas})
+			res, err := registry.Pull(ctx, s, ref, v, registry.PullOptions{Remote: ropts, HTTP: conn, NoDeltas: noDeltas, NoBlockMap: noBlockMap})
 			if err != nil {
 				return nil, 0, 0, err
 			}
@@ -331,24 +337,40 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		if v == "v1" {
 			n = max(rounds, 1)
 		}
-		var skT, plT []time.Duration
+		// v1 is also pulled without the block map (layers read whole
+		// dehydrated by inflating their blocks), in the same rounds.
+		var skT, plT, nmT []time.Duration
 		for i := range n {
 			if err := skopeo(); err != nil {
 				return err
 			}
-			res, d, down, err := pull(site, false)
+			res, d, down, err := pull(site, false, false)
 			if err != nil {
 				return err
 			}
 			skT, plT = append(skT, r.skopeoT), append(plT, d)
 			r.pullDown, r.present, r.delta, r.ranges = down, res.Present.Blobs, res.Delta != nil, res.Ranges
+			r.dehydrated, r.mapped = res.Dehydrated, res.BlockMap != nil
+			if v == "v1" {
+				nres, nd, ndown, err := pull(site, false, true)
+				if err != nil {
+					return err
+				}
+				nmT, r.noMapDown = append(nmT, nd), ndown
+				if nres.BlockMap != nil {
+					return fmt.Errorf("%s: pull without the block map used %s", v, nres.BlockMap.Digest)
+				}
+			}
 			if n > 1 {
-				fmt.Fprintf(os.Stderr, "%s round %d: skopeo %s, pull %s\n", v, i+1, r.skopeoT.Round(time.Millisecond), d.Round(time.Millisecond))
+				fmt.Fprintf(os.Stderr, "%s round %d: skopeo %s, pull %s (without the block map %s)\n", v, i+1, r.skopeoT.Round(time.Millisecond), d.Round(time.Millisecond), nmT[len(nmT)-1].Round(time.Millisecond))
 			}
 		}
 		r.skopeoT, r.pullT = median(skT), median(plT)
+		if len(nmT) > 0 {
+			r.noMapT = median(nmT)
+		}
 		if v != "v1" {
-			if _, r.blocksT, r.blocksDn, err = pull(site+"-blocks", true); err != nil {
+			if _, r.blocksT, r.blocksDn, err = pull(site+"-blocks", true, false); err != nil {
 				return err
 			}
 		}
@@ -376,6 +398,12 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 			r.pullT.Seconds()/r.skopeoT.Seconds(), float64(r.pullDown)/float64(r.skopeoDn), what, yes(float64(r.pullDown) <= bound), blocks)
 	}
 	fmt.Println("\npush s and MB up of an upgrade include making and uploading its delta (the v1 -> upgrade bundle).")
+	for _, r := range rows {
+		if r.noMapT > 0 {
+			fmt.Printf("%s first pull: %d layer(s) read whole, block map used: %v; %.2f s (%.2fx skopeo); without the block map (inflating their blocks) %.2f s (%.2fx skopeo), %.2f MB down\n",
+				r.name, r.dehydrated, r.mapped, r.pullT.Seconds(), r.pullT.Seconds()/r.skopeoT.Seconds(), r.noMapT.Seconds(), r.noMapT.Seconds()/r.skopeoT.Seconds(), mb(r.noMapDown))
+		}
+	}
 	return nil
 }
 
