@@ -136,11 +136,14 @@ type DehydrateOptions struct {
 // starts with gzipMagic), and its compressed bytes' digest names its raw
 // block there. Members known lacks, or whose trailer's ISIZE is not the
 // size (with padding) the header member gives, are inflated. The members
-// hashed lie between consecutive candidates, so all of them together are
-// at most the layer.
+// hashed lie between consecutive candidates, so in a layer whose header
+// members do not overlap all of them together are at most the layer; header
+// members made to overlap could make them more, so more than the layer's
+// size hashed in all is ErrTooLarge.
 func knownBlocks(ctx context.Context, std io.ReaderAt, size int64, infos []*memberInfo, known map[digest.Digest]digest.Digest, budget *inflateBudget, workers int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
+	var hashed atomic.Int64
 	readers := make(chan *memberReader, workers)
 	for range workers {
 		readers <- &memberReader{budget: budget}
@@ -162,6 +165,9 @@ func knownBlocks(ctx context.Context, std io.ReaderAt, size int64, infos []*memb
 			}
 			in := <-readers
 			defer func() { readers <- in }()
+			if hashed.Add(end-m.end) > size {
+				return fmt.Errorf("block members of more than the layer's %d bytes: %w", size, ErrTooLarge)
+			}
 			want := m.hdr.Size + (512-m.hdr.Size%512)%512
 			if b, ok := in.knownBlock(std, m.end, end, want, known); ok {
 				m.block = b
