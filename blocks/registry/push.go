@@ -91,8 +91,11 @@ type PushResult struct {
 	Deltas []DeltaPush `json:"deltas,omitempty"`
 	// BlockMap is the image's block map manifest (docs/FORMAT.md section
 	// 8d), pushed or found; absent when the image has no gzip layer with
-	// blocks or the registry refused it (progress says why).
+	// blocks or the registry refused it (Warnings says why).
 	BlockMap *ocispec.Descriptor `json:"blockMap,omitempty"`
+	// Warnings are what went wrong without failing the push (the image is
+	// complete under Ref): a block map the registry refused.
+	Warnings []string `json:"warnings,omitempty"`
 	// Materialized is set when standard layers missing from the store
 	// (pulled or applied without materializing) were rebuilt first.
 	Materialized bool          `json:"materialized,omitempty"`
@@ -211,7 +214,7 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			p.prog.note("block map not pushed (%v): first pulls will inflate the blocks of layers they read whole", err)
+			res.Warnings = append(res.Warnings, fmt.Sprintf("block map not pushed (%v): first pulls will inflate the blocks of the layers they read whole", err))
 		}
 	}
 	// Remember where the blobs now are, for mounts into other repositories.

@@ -92,6 +92,9 @@ without inflating the blocks (--no-block-map: not).`,
 		if err != nil {
 			return reg.Explain(ref, err)
 		}
+		for _, w := range res.Warnings {
+			fmt.Fprintf(cmd.ErrOrStderr(), "blockfile push: warning: %s\n", w)
+		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
 		}
