@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sort"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/gzip"
@@ -152,12 +153,10 @@ func knownBlocks(ctx context.Context, std io.ReaderAt, size int64, infos []*memb
 		if m.hdr == nil {
 			continue
 		}
+		// infos are in order of start: the first candidate past m.end.
 		end := size
-		for _, n := range infos[i+1:] {
-			if n.start > m.end {
-				end = n.start
-				break
-			}
+		if k := sort.Search(len(infos)-i-1, func(k int) bool { return infos[i+1+k].start > m.end }); i+1+k < len(infos) {
+			end = infos[i+1+k].start
 		}
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
