@@ -79,6 +79,7 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 	err := s.Walk(ctx, func(d digest.Digest, size int64) error {
 		present[d] = size
 		p := s.BlobPath(d)
+		before, keyed, _ := statKey(p)
 		got, err := hashFile(ctx, p, d.Algorithm())
 		switch {
 		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -87,8 +88,15 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 			bad[d] = true
 			add(Problem{Kind: ProblemUnreadable, Digest: d, Path: p, Detail: err.Error()})
 		case got != d:
+			// Also what presence checks must no longer trust (a disk
+			// error changes bytes, not the file's identity).
 			bad[d] = true
+			s.forgetVerified(d)
 			add(Problem{Kind: ProblemCorrupt, Digest: d, Path: p, Detail: "content hashes to " + string(got)})
+		case keyed && size >= trustRecordMin:
+			if after, ok, _ := statKey(p); ok && after == before {
+				s.writeVerified(verifiedRecord{Digest: d, File: before})
+			}
 		}
 		return nil
 	})
@@ -113,8 +121,12 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 			return nil
 		}
 		defer f.Close()
+		fi, ferr := f.Stat()
+		all := ferr == nil // every extent hashed right in the host: stamped
+		wrong := false     // some did not: its extents are hashed again
 		for _, e := range rec.Extents {
 			if _, ok := present[e.Digest]; ok {
+				all = false
 				continue
 			}
 			where := fmt.Sprintf("%s at offset %d", hp, e.Offset)
@@ -130,7 +142,16 @@ func (s *Store) VerifyWithOptions(ctx context.Context, opts VerifyOptions) error
 				bad[e.Digest] = true
 				add(Problem{Kind: ProblemBadRecord, Digest: e.Digest, Path: rp, Detail: fmt.Sprintf("extent at offset %d of %s hashes to %s", e.Offset, rec.Host.Digest, got)})
 			}
+			if bad[e.Digest] {
+				all, wrong = false, true
+			}
 			present[e.Digest] = e.Size
+		}
+		switch {
+		case all:
+			s.stampExtents(rec.Host.Digest, fi)
+		case wrong:
+			s.forgetVerified(rec.Host.Digest)
 		}
 		return nil
 	})

@@ -307,13 +307,28 @@ func (s *Store) BlobSize(ctx context.Context, d digest.Digest) (int64, bool, err
 }
 
 // presentExtent is present for a blob without a file of its own: its
-// extent, hashed once per host file identity (the trust cache).
+// extent, hashed once per host file identity (the trust cache), or not at
+// all while its host's verified record stamps the extents (trust.go).
 func (s *Store) presentExtent(ctx context.Context, d digest.Digest, size int64) (bool, error) {
 	loc, ok, err := s.extentOf(d)
 	if err != nil || !ok {
 		return false, err
 	}
 	hp := s.BlobPath(loc.host.Digest)
+	fi, err := os.Stat(hp)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("blob %s: %w", d, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != loc.host.Size || (size >= 0 && loc.size != size) {
+		return false, nil
+	}
+	if s.trust.ok(d, fi) || s.extentsTrusted(loc.host.Digest, fi) {
+		s.trust.add(d, fi)
+		return true, nil
+	}
 	f, err := os.Open(hp)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
@@ -322,18 +337,12 @@ func (s *Store) presentExtent(ctx context.Context, d digest.Digest, size int64) 
 		return false, fmt.Errorf("blob %s: %w", d, err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
+	// Trust the identity of the file hashed, as present does.
+	if fi, err = f.Stat(); err != nil {
 		return false, fmt.Errorf("blob %s: %w", d, err)
 	}
 	if fi.Size() != loc.host.Size {
 		return false, nil
-	}
-	if size >= 0 && loc.size != size {
-		return false, nil
-	}
-	if s.trust.ok(d, fi) {
-		return true, nil
 	}
 	got, err := hashReader(ctx, io.NewSectionReader(f, loc.off, loc.size), d.Algorithm())
 	if err != nil {

@@ -72,7 +72,8 @@ type Store struct {
 	// leases held through this Store (see Lease).
 	leases leases
 	// trust remembers which blob files this process has hashed (see present).
-	trust trustCache
+	trust  trustCache
+	stamps stampCache // hosts whose extents are trusted (trust.go)
 	// memberChecks remembers member records checked by LookupMember.
 	memberChecks memberChecks
 	// extents indexes the extent records (extents.go).

@@ -8,8 +8,9 @@
 //
 // Bytes are counted by a reverse proxy in front of the registry (request
 // and response bodies), the same way for blockfile and skopeo. The first
-// pull goes into an empty store, each upgrade pull into a copy of the store
-// that pulled v1; skopeo's first copy goes to an empty layout, each upgrade
+// pull goes into an empty store, each upgrade pull into a store that pulled
+// v1 just before (untimed; not a copy, whose files a store would hash once
+// as new); skopeo's first copy goes to an empty layout, each upgrade
 // copy to a copy of the layout holding v1 (skopeo skips layers a layout
 // has). Each upgrade is pushed with --delta-from v1 (the v1 -> upgrade
 // bundle published beside it) and pulled twice from the same starting
@@ -304,16 +305,24 @@ func run(ctx context.Context, scen benchimg.Scenario, work string) error {
 		// blockfile pull: by default (the delta, for an upgrade), then
 		// with --no-deltas from the same starting store.
 		pull := func(site string, noDeltas, noBlockMap bool) (*registry.PullResult, time.Duration, int64, error) {
-			if v != "v1" {
-				if err := exec.Command("cp", "-a", site1, site).Run(); err != nil {
-					return nil, 0, 0, err
-				}
-			} else if err := os.RemoveAll(site); err != nil {
+			if err := os.RemoveAll(site); err != nil {
 				return nil, 0, 0, err
 			}
 			s, err := store.Create(site)
 			if err != nil {
 				return nil, 0, 0, err
+			}
+			if v != "v1" {
+				// The store holding v1, as a site has it: pulled (a copy
+				// would give every file another identity, and a store hashes
+				// a file it has not seen before, once: docs/FORMAT.md 8).
+				eps1, err := reg.PullEndpoints(ctx, refOf("v1"))
+				if err != nil {
+					return nil, 0, 0, err
+				}
+				if _, err := registry.Pull(ctx, s, eps1[0].Ref, "v1", registry.PullOptions{Remote: eps1[0].Options, HTTP: conn, NoDeltas: true}); err != nil {
+					return nil, 0, 0, fmt.Errorf("v1 into %s: %w", site, err)
+				}
 			}
 			drop()
 			c.reset()
