@@ -36,7 +36,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/blockfile/blockfile/blocks"
@@ -124,17 +123,7 @@ func parseBlockMap(data []byte, std digest.Digest) (map[digest.Digest]digest.Dig
 // standard layer. The same maps give the same bytes (pushing again is
 // idempotent).
 func makeBlockMapManifest(subject ocispec.Descriptor, layers []ocispec.Descriptor) ([]byte, error) {
-	sub := ocispec.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
-	m := ocispec.Manifest{
-		Versioned:    specs.Versioned{SchemaVersion: 2},
-		MediaType:    ocispec.MediaTypeImageManifest,
-		ArtifactType: blocks.ArtifactTypeBlockMap,
-		Config:       ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: ocispec.DescriptorEmptyJSON.Digest, Size: ocispec.DescriptorEmptyJSON.Size},
-		Layers:       layers,
-		Subject:      &sub,
-		Annotations:  map[string]string{blocks.AnnotationBlockMap: "1"},
-	}
-	return json.Marshal(m)
+	return makeTransportManifest(blocks.ArtifactTypeBlockMap, subject, layers, map[string]string{blocks.AnnotationBlockMap: "1"})
 }
 
 // blockMapManifest is a block map manifest, checked.
@@ -146,22 +135,9 @@ type blockMapManifest struct {
 // parseBlockMapManifest checks that data is a block map manifest of the
 // image index subject (docs/FORMAT.md section 8d).
 func parseBlockMapManifest(data []byte, subject digest.Digest) (*blockMapManifest, error) {
-	if len(data) > maxBlockMapManifest {
-		return nil, fmt.Errorf("block map manifest of %d bytes, over the limit of %d", len(data), maxBlockMapManifest)
-	}
-	var m ocispec.Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("block map manifest: %w", err)
-	}
-	switch {
-	case m.SchemaVersion != 2:
-		return nil, fmt.Errorf("block map manifest: schemaVersion %d, want 2", m.SchemaVersion)
-	case m.MediaType != ocispec.MediaTypeImageManifest:
-		return nil, fmt.Errorf("block map manifest: mediaType %q, want %s", m.MediaType, ocispec.MediaTypeImageManifest)
-	case m.ArtifactType != blocks.ArtifactTypeBlockMap:
-		return nil, fmt.Errorf("block map manifest: artifactType %q, want %s", m.ArtifactType, blocks.ArtifactTypeBlockMap)
-	case m.Subject == nil || m.Subject.Digest != subject:
-		return nil, fmt.Errorf("block map manifest: its subject is not the image index %s", subject)
+	m, err := parseTransportManifest(data, subject, blocks.ArtifactTypeBlockMap, "block map manifest", maxBlockMapManifest)
+	if err != nil {
+		return nil, err
 	}
 	out := &blockMapManifest{
 		desc:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(data), Size: int64(len(data))},

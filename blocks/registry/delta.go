@@ -87,22 +87,11 @@ type deltaManifest struct {
 // index subject (docs/FORMAT.md section 8c) and returns its bundle and
 // base. data comes from a registry: everything is checked, nothing trusted.
 func parseDeltaManifest(data []byte, subject digest.Digest) (*deltaManifest, error) {
-	if len(data) > maxDeltaManifest {
-		return nil, fmt.Errorf("delta manifest of %d bytes, over the limit of %d", len(data), maxDeltaManifest)
-	}
-	var m ocispec.Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("delta manifest: %w", err)
+	m, err := parseTransportManifest(data, subject, blocks.ArtifactTypeDelta, "delta manifest", maxDeltaManifest)
+	if err != nil {
+		return nil, err
 	}
 	switch {
-	case m.SchemaVersion != 2:
-		return nil, fmt.Errorf("delta manifest: schemaVersion %d, want 2", m.SchemaVersion)
-	case m.MediaType != ocispec.MediaTypeImageManifest:
-		return nil, fmt.Errorf("delta manifest: mediaType %q, want %s", m.MediaType, ocispec.MediaTypeImageManifest)
-	case m.ArtifactType != blocks.ArtifactTypeDelta:
-		return nil, fmt.Errorf("delta manifest: artifactType %q, want %s", m.ArtifactType, blocks.ArtifactTypeDelta)
-	case m.Subject == nil || m.Subject.Digest != subject:
-		return nil, fmt.Errorf("delta manifest: its subject is not the image index %s", subject)
 	case len(m.Layers) != 1:
 		return nil, fmt.Errorf("delta manifest: %d layers, want 1 (the bundle)", len(m.Layers))
 	}
@@ -134,20 +123,54 @@ func parseDeltaManifest(data []byte, subject digest.Digest) (*deltaManifest, err
 // index base (whose standard image is baseStd) to the image index subject.
 // The same inputs give the same bytes, so pushing again is idempotent.
 func makeDeltaManifest(subject, bundleDesc ocispec.Descriptor, base, baseStd digest.Digest) ([]byte, error) {
-	sub := ocispec.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
-	m := ocispec.Manifest{
-		Versioned:    specs.Versioned{SchemaVersion: 2},
-		MediaType:    ocispec.MediaTypeImageManifest,
-		ArtifactType: blocks.ArtifactTypeDelta,
-		Config:       ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: ocispec.DescriptorEmptyJSON.Digest, Size: ocispec.DescriptorEmptyJSON.Size},
-		Layers:       []ocispec.Descriptor{{MediaType: blocks.MediaTypeBundle, Digest: bundleDesc.Digest, Size: bundleDesc.Size}},
-		Subject:      &sub,
-		Annotations: map[string]string{
+	return makeTransportManifest(blocks.ArtifactTypeDelta, subject,
+		[]ocispec.Descriptor{{MediaType: blocks.MediaTypeBundle, Digest: bundleDesc.Digest, Size: bundleDesc.Size}},
+		map[string]string{
 			blocks.AnnotationDeltaBase:         base.String(),
 			blocks.AnnotationDeltaBaseStandard: baseStd.String(),
-		},
+		})
+}
+
+// makeTransportManifest is the manifest of one of blockfile's transport
+// referrers (a delta, a block map) of the image index subject: an OCI 1.1
+// artifact manifest with the empty config, in encoding/json's bytes of
+// these fields in this order, so the same content gives the same digest.
+func makeTransportManifest(artifactType string, subject ocispec.Descriptor, layers []ocispec.Descriptor, annotations map[string]string) ([]byte, error) {
+	sub := ocispec.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
+	return json.Marshal(ocispec.Manifest{
+		Versioned:    specs.Versioned{SchemaVersion: 2},
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: artifactType,
+		Config:       ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: ocispec.DescriptorEmptyJSON.Digest, Size: ocispec.DescriptorEmptyJSON.Size},
+		Layers:       layers,
+		Subject:      &sub,
+		Annotations:  annotations,
+	})
+}
+
+// parseTransportManifest checks what every transport manifest read from a
+// registry shares (what, e.g. "delta manifest", names it in errors): at most
+// limit bytes, schemaVersion 2, the OCI manifest media type, artifactType,
+// and the image index subject as its subject.
+func parseTransportManifest(data []byte, subject digest.Digest, artifactType, what string, limit int) (*ocispec.Manifest, error) {
+	if len(data) > limit {
+		return nil, fmt.Errorf("%s of %d bytes, over the limit of %d", what, len(data), limit)
 	}
-	return json.Marshal(m)
+	var m ocispec.Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	switch {
+	case m.SchemaVersion != 2:
+		return nil, fmt.Errorf("%s: schemaVersion %d, want 2", what, m.SchemaVersion)
+	case m.MediaType != ocispec.MediaTypeImageManifest:
+		return nil, fmt.Errorf("%s: mediaType %q, want %s", what, m.MediaType, ocispec.MediaTypeImageManifest)
+	case m.ArtifactType != artifactType:
+		return nil, fmt.Errorf("%s: artifactType %q, want %s", what, m.ArtifactType, artifactType)
+	case m.Subject == nil || m.Subject.Digest != subject:
+		return nil, fmt.Errorf("%s: its subject is not the image index %s", what, subject)
+	}
+	return &m, nil
 }
 
 // pushDeltas publishes, for each store image named in bases, the bundle
