@@ -197,8 +197,13 @@ func Push(ctx context.Context, s *store.Store, imageName string, ref name.Refere
 		}
 		res.Referrers = len(refs)
 	}
-	// Deltas and the block map: referrers of the index, listed once.
-	listed, lerr := transport.ListTransport(ctx, p.r.repo, p.r.opts, idx.Digest)
+	// Deltas and the block map: referrers of the index, listed once (a
+	// block map the listing misses is pushed again: same bytes).
+	var listed []ocispec.Descriptor
+	var lerr error
+	if len(opts.DeltaFrom) > 0 || !opts.NoBlockMap {
+		listed, lerr = transport.ListTransport(ctx, p.r.repo, p.r.opts, idx.Digest)
+	}
 	if len(opts.DeltaFrom) > 0 {
 		if lerr != nil {
 			return nil, fmt.Errorf("push %s: deltas: %w", imageName, lerr)

@@ -109,11 +109,12 @@ func (s *Store) present(ctx context.Context, d digest.Digest, size int64) (bool,
 }
 
 // trustWritten records that this process just wrote the verified blob d
-// (and, for a large one, so does the store: verifiedDir).
-func (s *Store) trustWritten(d digest.Digest) {
+// (and, for a large one, so does the store: verifiedDir, unless hosts is
+// set: the blob hosts extents, and trustExtents writes its record).
+func (s *Store) trustWritten(d digest.Digest, hosts bool) {
 	if fi, err := os.Stat(s.BlobPath(d)); err == nil {
 		s.trust.add(d, fi)
-		if k, ok := fileKeyOf(fi); ok && fi.Size() >= trustRecordMin {
+		if k, ok := fileKeyOf(fi); ok && fi.Size() >= trustRecordMin && !hosts {
 			s.writeVerified(verifiedRecord{Digest: d, File: k})
 		}
 	}

@@ -29,25 +29,6 @@ func TestPresenceTrustsVerifiedRecords(t *testing.T) {
 		}
 		return s2
 	}
-	flip := func(p string, off int64) {
-		t.Helper()
-		if err := os.Chmod(p, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		f, err := os.OpenFile(p, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := []byte{0}
-		if _, err := f.ReadAt(b, off); err != nil {
-			t.Fatal(err)
-		}
-		b[0] ^= 1
-		if _, err := f.WriteAt(b, off); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-	}
 	present := func(st *Store, d digest.Digest, want bool, why string) {
 		t.Helper()
 		if ok, err := st.Exists(ctx, d); ok != want || err != nil {
@@ -67,7 +48,7 @@ func TestPresenceTrustsVerifiedRecords(t *testing.T) {
 	}
 	p := s.BlobPath(desc.Digest)
 	present(reopen(), desc.Digest, true, "committed")
-	flip(p, 10)
+	corrupt(t, p)
 	present(reopen(), desc.Digest, false, "rewritten in place (another identity)")
 	k, ok, err := statKey(p)
 	if err != nil || !ok {
@@ -90,7 +71,7 @@ func TestPresenceTrustsVerifiedRecords(t *testing.T) {
 	if !ok || r.Extents == nil {
 		t.Fatalf("host record %+v, %v: want its extents stamped", r, ok)
 	}
-	flip(hp, a.Size/2)
+	corrupt(t, hp) // byte 0: inside extent a
 	present(reopen(), a.Digest, false, "extent, host rewritten in place")
 	r.File = mustKey(t, hp)
 	s.writeVerified(r)

@@ -155,6 +155,6 @@ func (s *Store) writeUnhashed(ctx context.Context, desc ocispec.Descriptor, fill
 	if err := t.CommitBlob(p, desc, ""); err != nil {
 		return err
 	}
-	s.trustWritten(desc.Digest)
+	s.trustWritten(desc.Digest, false)
 	return nil
 }

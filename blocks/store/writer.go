@@ -175,7 +175,7 @@ func (w *BlobWriter) commit(ctx context.Context, want ocispec.Descriptor) error 
 	if err := w.t.CommitBlob(w.s.BlobPath(want.Digest), want, w.Digest()); err != nil {
 		return err
 	}
-	w.s.trustWritten(want.Digest)
+	w.s.trustWritten(want.Digest, len(w.extents) > 0)
 	if len(w.extents) == 0 {
 		return nil
 	}
@@ -346,7 +346,9 @@ func (b *Batch) Commit(ctx context.Context) error {
 			return fmt.Errorf("blob %s: %w", it.desc.Digest, err)
 		}
 		if it.extents == nil {
-			b.s.trustWritten(it.desc.Digest)
+			// A host's record follows its extents record (next item).
+			hosts := i+1 < len(b.items) && b.items[i+1].extents != nil && b.items[i+1].desc.Digest == it.desc.Digest
+			b.s.trustWritten(it.desc.Digest, hosts)
 		} else {
 			b.s.trustExtents(it.desc.Digest, it.extents)
 		}
